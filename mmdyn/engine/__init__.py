@@ -1,0 +1,3 @@
+from .schedule_hooks import SparsityTargetHook, TemperatureHook
+
+__all__ = ['TemperatureHook', 'SparsityTargetHook']

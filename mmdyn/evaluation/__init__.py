@@ -1,0 +1,3 @@
+from .sparsity_metric import SparsityMetric
+
+__all__ = ['SparsityMetric']

@@ -1,0 +1,325 @@
+"""LAS-ResNet: latency-aware spatial-wise dynamic ResNet.
+
+Han et al., "Latency-aware Unified Dynamic Networks / Spatial-wise Dynamic Networks",
+NeurIPS 2022. Every residual block gets a masker that decides, per S x S patch of the
+block's output, whether the residual branch is computed:
+
+    y = relu(x_identity + M_S * F(x))                               (LAS Eq. 1)
+
+with M_S the nearest-upsampled patch mask from the masker (adaptive pool to the patch
+grid, 1x1 conv, 2 logits, straight-through Gumbel; LAS Eq. 2-4). ``masked`` mode runs
+F densely and multiplies (training and the reference); ``sparse`` mode runs conv1
+densely fused with the masker (one conv with C+1 outputs, Appendix B.1), gathers the
+active patches with their halo, runs conv2/conv3 on the stack and scatter-adds the
+result onto the identity.
+
+The module tree and parameter names are those of mmdet's ``ResNet`` (plus one
+``masker`` per block), so torchvision/mmdet/mmseg ResNet checkpoints load with only
+the maskers missing. mmseg ``ResNetV1c`` arguments (``deep_stem``, ``strides``,
+``dilations``, ``contract_dilation``) are accepted so it drops into DeepLabv3/PSPNet.
+"""
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from mmengine.registry import MODELS
+from torch import nn
+
+from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches, conv_macs,
+                       gather_windows, patch_extents, scatter_add_patches,
+                       upsample_patch_mask, window_extents, window_validity)
+from .dynamic import DynamicBackboneMixin, DynamicBlockMixin, check_granularity
+
+
+def _out_size(size: int, stride: int) -> int:
+    """Output length of a 3x3 conv with padding == dilation."""
+    return (size - 1) // stride + 1
+
+
+class _LASBlockMixin(DynamicBlockMixin):
+    """What LAS adds to mmdet's ResNet blocks: validation, the masker, the records."""
+
+    def init_las(self, granularity: int, name: str, mask_init_bias: float):
+        if getattr(self, 'with_dcn', False) or getattr(self, 'with_plugins', False):
+            raise ValueError(f'{name}: LASResNet does not support dcn/plugins '
+                             '(the sparse executor covers plain 1x1/3x3 convs)')
+        if self.with_cp:
+            raise ValueError(f'{name}: LASResNet does not support with_cp=True')
+        self.init_dynamic(granularity, name)
+        self.masker = PatchMasker(self.conv1.in_channels, mask_init_bias)
+
+    def decide(self, x, grid: PatchGrid):
+        forced = self.forced_mask(x.shape[0], grid, x.device)
+        if forced is not None:
+            return forced
+        return self.masker(x, grid.shape, self.temperature)
+
+    def downsample_dense(self, x, sparse: bool):
+        """The identity branch, always dense; BatchNorm folded on the sparse path."""
+        if self.downsample is None:
+            return x
+        if not sparse:
+            return self.downsample(x)
+        *pools, conv, bn = self.downsample
+        for pool in pools:
+            x = pool(x)
+        return self.folded('downsample', conv, bn)(x)
+
+    def downsample_flops(self, out_pixels: int) -> int:
+        if self.downsample is None:
+            return 0
+        conv = self.downsample[-2]
+        return out_pixels * conv_macs(conv.in_channels, conv.out_channels, 1)
+
+    def gate_flops(self, in_pixels: int, grid: PatchGrid) -> int:
+        """Pool over the input plus two logits per patch (unfused form)."""
+        channels = self.conv1.in_channels
+        return in_pixels * channels + grid.rows * grid.cols * 2 * channels
+
+    def masked_output(self, identity, residual, mask, grid):
+        return self.relu(identity + residual * upsample_patch_mask(mask, grid))
+
+    def sparse_output(self, identity, patches, index, grid):
+        if index.numel() == 0:
+            return F.relu(identity)
+        return F.relu(scatter_add_patches(identity, patches, index, grid), inplace=True)
+
+
+class LASBottleneck(_LASBlockMixin, Bottleneck):
+    """mmdet Bottleneck + masker; conv1 is dense and fused with the masker at
+    inference, conv2 (3x3, strided/dilated) and conv3 (1x1) run on active patches."""
+
+    def __init__(self, *args, granularity: int = 1, block_name: str = '',
+                 mask_init_bias: float = 3.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.style != 'pytorch':
+            raise ValueError(f"{block_name}: LASResNet needs style='pytorch' (stride on "
+                             f"the 3x3 conv), got style={self.style!r}")
+        self.init_las(granularity, block_name, mask_init_bias)
+        # Window of conv1's output that feeds one output patch of conv2.
+        stride, dilation = self.conv2.stride[0], self.conv2.dilation[0]
+        size = self.granularity
+        self.conv2_window = Window(size * stride, (size - 1) * stride + 2 * dilation + 1,
+                                   dilation)
+
+    def forward(self, x):
+        grid = PatchGrid(_out_size(x.shape[2], self.conv2.stride[0]),
+                         _out_size(x.shape[3], self.conv2.stride[0]), self.granularity)
+        if self.use_sparse_path():
+            out, mask = self._forward_sparse(x, grid)
+        else:
+            out, mask = self._forward_masked(x, grid)
+        self._record(x, grid, mask)
+        return out
+
+    def _forward_masked(self, x, grid):
+        mask = self.decide(x, grid)
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.relu(self.norm2(self.conv2(out)))
+        out = self.norm3(self.conv3(out))
+        return self.masked_output(self.downsample_dense(x, False), out, mask, grid), mask
+
+    def _forward_sparse(self, x, grid):
+        conv1 = self.folded('conv1', self.conv1, self.norm1)
+        forced = self.forced_mask(x.shape[0], grid, x.device)
+        if forced is None:  # one conv with C+1 outputs: conv1 and the gate (App. B.1)
+            gate_weight, gate_bias = self.masker.decision_weight()
+            fused = F.conv2d(x, torch.cat([conv1.weight, gate_weight]),
+                             torch.cat([conv1.bias, gate_bias]))
+            out1 = F.relu(fused[:, :-1])
+            gate = F.adaptive_avg_pool2d(fused[:, -1:], grid.shape)
+            mask = (gate >= 0).to(x.dtype)
+        else:
+            out1, mask = F.relu(conv1(x)), forced
+        index = active_patches(mask)
+        patches = None
+        if index.numel():
+            windows = gather_windows(out1, index, grid, self.conv2_window)
+            patches = F.relu(self.folded('conv2', self.conv2, self.norm2)(windows, valid=True),
+                             inplace=True)
+            patches = self.folded('conv3', self.conv3, self.norm3)(patches)
+        identity = self.downsample_dense(x, True)
+        return self.sparse_output(identity, patches, index, grid), mask
+
+    def _record(self, x, grid, mask):
+        in_pixels = x.shape[2] * x.shape[3]
+        out_pixels = grid.height * grid.width
+        c_in, mid, c_out = self.conv1.in_channels, self.conv2.out_channels, self.conv3.out_channels
+        conv1_flops = in_pixels * conv_macs(c_in, mid, 1)
+        per_pixel = conv_macs(mid, mid, 3) + conv_macs(mid, c_out, 1)
+        computed = (mask * patch_extents(grid, x.device)).sum(dim=(1, 2, 3))
+        always = conv1_flops + self.downsample_flops(out_pixels) + in_pixels * c_in
+        self.store_record(mask, computed, out_pixels,
+                          dense_flops=conv1_flops + out_pixels * per_pixel
+                          + self.downsample_flops(out_pixels),
+                          executed_flops=always + computed * per_pixel)
+
+
+class LASBasicBlock(_LASBlockMixin, BasicBlock):
+    """mmdet BasicBlock + masker; both 3x3 convs run on active patches (conv1 on the
+    patch plus the halo that conv2 needs, zeroed outside the feature map)."""
+
+    def __init__(self, *args, granularity: int = 1, block_name: str = '',
+                 mask_init_bias: float = 3.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.init_las(granularity, block_name, mask_init_bias)
+        size = self.granularity
+        stride, dilation = self.conv1.stride[0], self.conv1.dilation[0]
+        halo2 = self.conv2.dilation[0]
+        # conv1-output window per output patch, and the input window feeding it.
+        self.conv2_window = Window(size, size + 2 * halo2, halo2)
+        self.conv1_window = Window(size * stride, (size + 2 * halo2 - 1) * stride
+                                   + 2 * dilation + 1, halo2 * stride + dilation)
+
+    def forward(self, x):
+        grid = PatchGrid(_out_size(x.shape[2], self.conv1.stride[0]),
+                         _out_size(x.shape[3], self.conv1.stride[0]), self.granularity)
+        mask = self.decide(x, grid)
+        if self.use_sparse_path():
+            out = self._forward_sparse(x, grid, mask)
+        else:
+            out = self.relu(self.norm1(self.conv1(x)))
+            out = self.norm2(self.conv2(out))
+            out = self.masked_output(self.downsample_dense(x, False), out, mask, grid)
+        self._record(x, grid, mask)
+        return out
+
+    def _forward_sparse(self, x, grid, mask):
+        index = active_patches(mask)
+        patches = None
+        if index.numel():
+            windows = gather_windows(x, index, grid, self.conv1_window)
+            hidden = F.relu(self.folded('conv1', self.conv1, self.norm1)(windows, valid=True))
+            hidden = hidden * window_validity(index, grid, self.conv2_window, grid.height,
+                                              grid.width)
+            patches = self.folded('conv2', self.conv2, self.norm2)(hidden, valid=True)
+        return self.sparse_output(self.downsample_dense(x, True), patches, index, grid)
+
+    def _record(self, x, grid, mask):
+        out_pixels = grid.height * grid.width
+        c_in, c_out = self.conv1.in_channels, self.conv1.out_channels
+        conv1_pp, conv2_pp = conv_macs(c_in, c_out, 3), conv_macs(c_out, c_out, 3)
+        computed = (mask * patch_extents(grid, x.device)).sum(dim=(1, 2, 3))
+        conv1_area = (mask * window_extents(grid, self.conv2_window, grid.height, grid.width,
+                                            x.device)).sum(dim=(1, 2, 3))
+        gate = self.gate_flops(x.shape[2] * x.shape[3], grid)
+        self.store_record(mask, computed, out_pixels,
+                          dense_flops=out_pixels * (conv1_pp + conv2_pp)
+                          + self.downsample_flops(out_pixels),
+                          executed_flops=gate + self.downsample_flops(out_pixels)
+                          + conv1_area * conv1_pp + computed * conv2_pp)
+
+
+def expand_granularity(granularity, stage_blocks: Sequence[int]):
+    """Per-stage ints, or per-stage lists with one entry per block -> per-block ints."""
+    if isinstance(granularity, (str, bytes)) or not isinstance(granularity, Sequence) \
+            or len(granularity) != len(stage_blocks):
+        raise ValueError(f'granularity must give one entry per stage ({len(stage_blocks)} '
+                         f'stages), e.g. (8, 4, 7, 1); got {granularity!r}')
+    per_block = []
+    for stage, (value, blocks) in enumerate(zip(granularity, stage_blocks)):
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            if len(value) != blocks:
+                raise ValueError(f'granularity[{stage}] lists {len(value)} values but stage '
+                                 f'{stage + 1} has {blocks} blocks')
+            per_block.append([check_granularity(v, f'granularity[{stage}][{k}]')
+                              for k, v in enumerate(value)])
+        else:
+            per_block.append([check_granularity(value, f'granularity[{stage}]')] * blocks)
+    return per_block
+
+
+@MODELS.register_module()
+class LASResNet(DynamicBackboneMixin, ResNet):
+    """Latency-aware spatial-wise dynamic ResNet (depth 18/34/50/101/152).
+
+    Args (beyond mmdet's ``ResNet``):
+        granularity: patch size S per stage, e.g. ``(8, 4, 7, 1)``; an entry may be a
+            list with one S per block of that stage.
+        execution_mode: ``'auto'`` (masked in training, sparse in eval), ``'masked'``
+            or ``'sparse'`` (inference only).
+        temperature: initial Gumbel temperature (hooks change it during training).
+        mask_init_bias: initial "compute" logit bias; > 0 starts every block dense.
+        contract_dilation: mmseg ResNetV1c semantics, the first block of a dilated
+            stage uses half the dilation.
+    """
+    arch_settings = {
+        18: (LASBasicBlock, (2, 2, 2, 2)),
+        34: (LASBasicBlock, (3, 4, 6, 3)),
+        50: (LASBottleneck, (3, 4, 6, 3)),
+        101: (LASBottleneck, (3, 4, 23, 3)),
+        152: (LASBottleneck, (3, 8, 36, 3)),
+    }
+
+    def __init__(self, depth: int, granularity=(4, 4, 2, 1), execution_mode: str = 'auto',
+                 temperature: float = 1.0, mask_init_bias: float = 3.0,
+                 contract_dilation: bool = False, multi_grid=None, num_stages: int = 4,
+                 **kwargs):
+        if depth not in self.arch_settings:
+            raise ValueError(f'depth={depth!r} is not supported by LASResNet; choose one of '
+                             f'{sorted(self.arch_settings)}')
+        if multi_grid is not None:
+            raise ValueError('multi_grid is not supported by LASResNet')
+        if not isinstance(num_stages, int) or not 1 <= num_stages <= 4:
+            raise ValueError(f'num_stages must be an int in [1, 4], got {num_stages!r}')
+        stage_blocks = self.arch_settings[depth][1][:num_stages]
+        self._block_granularity = expand_granularity(granularity, stage_blocks)
+        self.contract_dilation = contract_dilation
+        self.mask_init_bias = mask_init_bias
+        super().__init__(depth, num_stages=num_stages, **kwargs)
+        self.granularity = tuple(tuple(g) for g in self._block_granularity)
+        stem_convs = [m for m in (self.stem if self.deep_stem else [self.conv1])
+                      if isinstance(m, nn.Conv2d)]
+        self._stem_macs_per_pixel = sum(
+            conv_macs(c.in_channels, c.out_channels, c.kernel_size[0], c.groups)
+            for c in stem_convs)
+        self.set_execution_mode(execution_mode)
+        self.set_temperature(temperature)
+
+    def make_res_layer(self, block, inplanes, planes, num_blocks, stride=1, dilation=1,
+                       avg_down=False, conv_cfg=None, norm_cfg=dict(type='BN'), **kwargs):
+        """mmdet's ResLayer with per-block granularity and mmseg's contract_dilation."""
+        stage = len(self.res_layers)
+        out_channels = planes * block.expansion
+        downsample = None
+        if stride != 1 or inplanes != out_channels:
+            layers = []
+            if avg_down:
+                layers.append(nn.AvgPool2d(stride, stride, ceil_mode=True,
+                                           count_include_pad=False))
+            layers += [build_conv_layer(conv_cfg, inplanes, out_channels, kernel_size=1,
+                                        stride=1 if avg_down else stride, bias=False),
+                       build_norm_layer(norm_cfg, out_channels)[1]]
+            downsample = nn.Sequential(*layers)
+        first_dilation = dilation // 2 if self.contract_dilation and dilation > 1 else dilation
+        blocks = []
+        for k in range(num_blocks):
+            first = k == 0
+            blocks.append(block(
+                inplanes=inplanes if first else out_channels, planes=planes,
+                stride=stride if first else 1,
+                dilation=first_dilation if first else dilation,
+                downsample=downsample if first else None, conv_cfg=conv_cfg,
+                norm_cfg=norm_cfg, granularity=self._block_granularity[stage][k],
+                block_name=f'layer{stage + 1}.{k}', mask_init_bias=self.mask_init_bias,
+                **kwargs))
+        return nn.Sequential(*blocks)
+
+    def forward(self, x):
+        if self.deep_stem:
+            x = self.stem(x)
+        else:
+            x = self.relu(self.norm1(self.conv1(x)))
+        stem_flops = x.shape[2] * x.shape[3] * self._stem_macs_per_pixel
+        x = self.maxpool(x)
+        outs, records = [], []
+        for i, layer_name in enumerate(self.res_layers):
+            for block in getattr(self, layer_name):
+                x = block(x)
+                records.append(block.record)
+            if i in self.out_indices:
+                outs.append(x)
+        self.store_forward_record(ForwardRecord(stem_flops, records))
+        return tuple(outs)

@@ -1,0 +1,5 @@
+from .sparsity_mixin import (DynEncoderDecoder, DynFasterRCNN, DynMaskRCNN, DynRetinaNet,
+                             SparsityLossMixin)
+
+__all__ = ['SparsityLossMixin', 'DynFasterRCNN', 'DynRetinaNet', 'DynMaskRCNN',
+           'DynEncoderDecoder']

@@ -1,0 +1,68 @@
+"""Sparsity loss of spatially dynamic networks (LAS Sec. 3.4; DynConv Sec. 3.3).
+
+    L_flops  = (F_dyn / F_stat - t)^2                                  (LAS Eq. 5)
+    L_bounds = mean_blocks[ relu(r_b - u)^2 + relu(l - r_b)^2 ]
+    u = 1 - c (1 - t),  l = c t,  c = cos^2(pi/2 * min(1, p / p_anneal))
+
+r_b is block b's executed/dense FLOPs ratio, p the fraction of training done. At the
+start the bounds pin every block to the target, then relax to [0, 1] by
+``p = anneal_fraction`` so the network can distribute its budget.
+"""
+import math
+
+import torch
+from mmengine.registry import MODELS
+from torch import nn
+
+
+def check_target(target: float) -> float:
+    if not isinstance(target, (int, float)) or isinstance(target, bool) \
+            or not 0.0 < target <= 1.0:
+        raise ValueError(f'sparsity target must be a number in (0, 1], got {target!r}')
+    return float(target)
+
+
+@MODELS.register_module()
+class FlopsRatioLoss(nn.Module):
+    """Returns ``loss_sparsity`` (summed into the total by mmengine) plus log-only
+    values whose keys avoid the substring "loss"."""
+
+    def __init__(self, target: float = 0.5, loss_weight: float = 1.0,
+                 bounds_weight: float = 1.0, anneal_fraction: float = 1 / 3):
+        super().__init__()
+        self.final_target = check_target(target)
+        if not 0.0 < anneal_fraction <= 1.0:
+            raise ValueError(f'anneal_fraction must be in (0, 1], got {anneal_fraction}')
+        self.loss_weight = float(loss_weight)
+        self.bounds_weight = float(bounds_weight)
+        self.anneal_fraction = float(anneal_fraction)
+        self.target = self.final_target
+        self.progress = 1.0
+
+    def set_target(self, target: float):
+        self.target = check_target(target)
+
+    def set_progress(self, progress: float):
+        self.progress = min(max(float(progress), 0.0), 1.0)
+
+    def bounds(self):
+        anneal = math.cos(math.pi / 2 * min(1.0, self.progress / self.anneal_fraction)) ** 2
+        return anneal * self.target, 1.0 - anneal * (1.0 - self.target)
+
+    def forward(self, record) -> dict:
+        """``record``: the backbone's :class:`~mmdyn.ops.ForwardRecord` of the batch."""
+        blocks = record.blocks
+        dense = record.stem_flops + sum(b.dense_flops for b in blocks)
+        executed = record.stem_flops + sum(b.executed_flops for b in blocks)
+        ratio = (executed / dense).mean()
+        flops_term = (ratio - self.target) ** 2
+        lower, upper = self.bounds()
+        block_ratios = torch.stack([(b.executed_flops / b.dense_flops).mean() for b in blocks])
+        bounds_term = (torch.relu(block_ratios - upper) ** 2
+                       + torch.relu(lower - block_ratios) ** 2).mean()
+        activation = torch.stack([b.activation_rate.mean() for b in blocks]).mean()
+        return dict(
+            loss_sparsity=self.loss_weight * (flops_term + self.bounds_weight * bounds_term),
+            flops_ratio=ratio.detach(),
+            activation_rate=activation.detach(),
+            sparsity_target=ratio.new_tensor(self.target))

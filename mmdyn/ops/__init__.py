@@ -1,0 +1,18 @@
+"""Pure-PyTorch primitives for spatially dynamic networks.
+
+Nothing in this package imports mmcv, mmdet or mmseg: it runs with torch (and numpy)
+alone, so it can be reused by plain PyTorch code and on machines without mmcv.
+"""
+from .flops import BlockRecord, ForwardRecord, conv_macs, patch_extents, window_extents
+from .gumbel import gumbel_gate
+from .masker import PatchMasker
+from .patches import (PatchGrid, Window, active_patches, gather_windows, scatter_add_patches,
+                      upsample_patch_mask, window_validity)
+from .sparse_conv import FoldedConv, fold_conv_bn
+
+__all__ = [
+    'BlockRecord', 'ForwardRecord', 'conv_macs', 'patch_extents', 'window_extents', 'gumbel_gate',
+    'PatchMasker', 'PatchGrid', 'Window', 'active_patches', 'gather_windows',
+    'scatter_add_patches', 'upsample_patch_mask', 'window_validity', 'FoldedConv',
+    'fold_conv_bn'
+]

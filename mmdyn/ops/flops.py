@@ -1,0 +1,56 @@
+"""Per-sample FLOP records. FLOPs here are multiply-accumulates, the convention of
+mmengine's/fvcore's counters (one fused multiply-add = one FLOP)."""
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class BlockRecord:
+    """What one dynamic block did in the last forward (DESIGN contract 3).
+
+    ``mask``: the hard (straight-through in training) patch mask ``[B, 1, rows, cols]``;
+    ``activation_rate``: ``[B]`` fraction of output pixels computed;
+    ``dense_flops``: the static block's FLOPs for one sample;
+    ``executed_flops``: ``[B]`` FLOPs the sparse path executes for that mask, gate
+    included; differentiable with respect to the mask in training.
+    """
+    name: str
+    mask: Tensor
+    activation_rate: Tensor
+    dense_flops: float
+    executed_flops: Tensor
+
+
+def conv_macs(in_channels: int, out_channels: int, kernel_size: int, groups: int = 1) -> int:
+    """Multiply-accumulates of a conv for one output position."""
+    return in_channels * out_channels * kernel_size * kernel_size // groups
+
+
+def _clipped_lengths(count: int, step: int, offset: int, size: int, limit: int,
+                     device=None) -> Tensor:
+    starts = torch.arange(count, device=device) * step - offset
+    stops = (starts + size).clamp(max=limit)
+    return (stops - starts.clamp(min=0)).clamp(min=0).float()
+
+
+def patch_extents(grid, device=None) -> Tensor:
+    """``[rows, cols]`` pixel count of each patch that lies inside the map."""
+    rows = _clipped_lengths(grid.rows, grid.patch, 0, grid.patch, grid.height, device)
+    cols = _clipped_lengths(grid.cols, grid.patch, 0, grid.patch, grid.width, device)
+    return rows[:, None] * cols[None, :]
+
+
+def window_extents(grid, window, height: int, width: int, device=None) -> Tensor:
+    """``[rows, cols]`` pixel count of each patch's window that lies inside a map."""
+    rows = _clipped_lengths(grid.rows, window.step, window.offset, window.size, height, device)
+    cols = _clipped_lengths(grid.cols, window.step, window.offset, window.size, width, device)
+    return rows[:, None] * cols[None, :]
+
+
+@dataclass
+class ForwardRecord:
+    """One backbone forward: the static stem's FLOPs and every dynamic block's record."""
+    stem_flops: float
+    blocks: list

@@ -1,0 +1,20 @@
+"""mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; torch >= 2.6 then
+refuses mmengine's own checkpoints (they pickle ``HistoryBuffer``, numpy scalars and
+the config). mmdyn re-registers mmengine's local-file loader with
+``weights_only=False`` on import, so ``resume``, ``load_from`` and ``test`` work.
+Only local paths are affected: checkpoints your own runs wrote."""
+import os.path as osp
+
+import torch
+
+
+def _load_local_checkpoint(filename, map_location=None):
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+def patch_mmengine_checkpoint_loading():
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=_load_local_checkpoint, force=True)

@@ -1,0 +1,37 @@
+"""Runner construction shared by tools/train.py and tools/test.py.
+
+On a machine without CUDA, ``--launcher pytorch`` (torchrun) uses the gloo backend:
+mmengine 0.10.7 would call ``torch.cuda.set_device`` and wrap the model in DDP with
+``device_ids=[LOCAL_RANK]``, both of which fail on CPU.
+"""
+import os.path as osp
+
+import torch
+import torch.distributed as dist
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+
+def build_runner(cfg, config_path: str, work_dir=None, launcher: str = 'none'):
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    if launcher != 'none' and not torch.cuda.is_available():
+        _use_gloo_on_cpu(cfg)
+    return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+
+
+def _use_gloo_on_cpu(cfg):
+    if cfg.launcher != 'pytorch':
+        raise ValueError(f'--launcher {cfg.launcher} needs CUDA; on CPU use torchrun '
+                         '(tools/dist_train.sh, --launcher pytorch)')
+    if not dist.is_initialized():  # torchrun's env:// variables
+        dist.init_process_group(backend='gloo')
+    env_cfg = cfg.setdefault('env_cfg', {})
+    env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
+    wrapper['device_ids'] = None  # CPU modules take no device ids
+    cfg.model_wrapper_cfg = wrapper
+

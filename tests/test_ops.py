@@ -1,0 +1,141 @@
+"""mmdyn.ops: every sparse primitive against its dense reference."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmdyn.ops import (PatchGrid, PatchMasker, Window, active_patches, fold_conv_bn,
+                       gather_windows, gumbel_gate, patch_extents, scatter_add_patches,
+                       upsample_patch_mask, window_extents, window_validity)
+
+CASES = [  # H, W, patch, stride, dilation
+    (13, 17, 4, 1, 1), (13, 17, 4, 2, 1), (16, 16, 8, 2, 1), (9, 11, 3, 1, 2),
+    (7, 5, 1, 2, 1), (10, 10, 7, 1, 4), (1, 1, 1, 1, 1), (5, 3, 8, 1, 1)]
+
+
+@pytest.mark.parametrize('height,width,patch,stride,dilation', CASES)
+@pytest.mark.parametrize('density', [0.0, 0.4, 1.0])
+def test_gather_conv_scatter_equals_dense_masked(height, width, patch, stride, dilation,
+                                                 density):
+    torch.manual_seed(height * width + patch)
+    x = torch.randn(2, 5, height, width)
+    weight, bias = torch.randn(6, 5, 3, 3), torch.randn(6)
+    dense = F.conv2d(x, weight, bias, stride=stride, padding=dilation, dilation=dilation)
+    grid = PatchGrid(dense.shape[2], dense.shape[3], patch)
+    mask = (torch.rand(2, 1, *grid.shape) < density).float()
+    index = active_patches(mask)
+    window = Window(patch * stride, (patch - 1) * stride + 2 * dilation + 1, dilation)
+    base = torch.randn_like(dense)
+    if index.numel():
+        patches = F.conv2d(gather_windows(x, index, grid, window), weight, bias,
+                           stride=stride, dilation=dilation)
+        assert patches.shape[2:] == (patch, patch)
+        result = scatter_add_patches(base, patches, index, grid)
+    else:
+        result = base.clone()
+    expected = base + dense * upsample_patch_mask(mask, grid)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_scatter_does_not_modify_its_input():
+    base = torch.zeros(1, 2, 8, 8)
+    grid = PatchGrid(8, 8, 4)
+    index = torch.tensor([[0, 1, 0]])
+    out = scatter_add_patches(base, torch.ones(1, 2, 4, 4), index, grid)
+    assert base.abs().sum() == 0 and out.sum() == 2 * 16
+    assert out[0, 0, 4:, :4].eq(1).all() and out[0, 0, :4].eq(0).all()
+
+
+def test_window_validity_and_extents_match_a_padded_map():
+    grid = PatchGrid(7, 9, 4)
+    window = Window(4, 6, 1)
+    index = torch.tensor([[0, r, c] for r in range(grid.rows) for c in range(grid.cols)])
+    ones = torch.ones(1, 1, 7, 9)
+    gathered = gather_windows(ones, index.clone().fill_(0) + index * torch.tensor([0, 1, 1]),
+                              grid, window)
+    validity = window_validity(index, grid, window, 7, 9)
+    torch.testing.assert_close(validity.float(), gathered)
+    extents = window_extents(grid, window, 7, 9)
+    torch.testing.assert_close(extents.flatten(), gathered.sum(dim=(1, 2, 3)))
+    assert patch_extents(grid).sum() == 7 * 9
+
+
+def test_grid_rejects_bad_patch():
+    for bad in (0, -2, 1.5, None):
+        with pytest.raises(ValueError, match='patch size'):
+            PatchGrid(4, 4, bad)
+
+
+def test_fold_conv_bn_matches_eval_conv_bn():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, bias=False)
+    bn = nn.BatchNorm2d(6)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-1, 1)
+    bn.eval()
+    x = torch.randn(2, 4, 11, 13)
+    folded = fold_conv_bn(conv, bn)
+    torch.testing.assert_close(folded(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='square'):
+        fold_conv_bn(nn.Conv2d(2, 2, (1, 3), padding=(0, 1)), None)
+
+
+def test_gumbel_gate_straight_through_and_deterministic_eval():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 2, 3, 3, requires_grad=True)
+    hard = gumbel_gate(logits, tau=0.5, training=True)
+    assert hard.shape == (4, 1, 3, 3)
+    assert set(hard.detach().unique().tolist()) <= {0.0, 1.0}
+    hard.sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    evaluated = gumbel_gate(logits.detach(), tau=0.5, training=False)
+    expected = (logits[:, 0] >= logits[:, 1]).float().unsqueeze(1)
+    assert torch.equal(evaluated, expected)
+    assert torch.equal(evaluated, gumbel_gate(logits.detach(), tau=0.5, training=False))
+
+
+def test_gumbel_gate_follows_probabilities_and_temperature():
+    torch.manual_seed(0)
+    logits = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1).expand(20000, 2, 1, 1)
+    rate = gumbel_gate(logits, tau=1.0, training=True).mean().item()
+    assert abs(rate - torch.sigmoid(torch.tensor(1.0)).item()) < 0.02
+    with pytest.raises(ValueError, match='tau'):
+        gumbel_gate(logits, tau=0.0, training=True)
+    with pytest.raises(ValueError, match='2 logits'):
+        gumbel_gate(torch.zeros(1, 3, 2, 2), tau=1.0, training=True)
+
+
+def test_masker_fused_decision_equals_unfused():
+    torch.manual_seed(0)
+    masker = PatchMasker(8).eval()
+    nn.init.normal_(masker.weight)
+    x = torch.randn(2, 8, 15, 13)
+    logits = masker.logits(x, (4, 3))
+    weight, bias = masker.decision_weight()
+    difference = F.adaptive_avg_pool2d(F.conv2d(x, weight, bias), (4, 3))
+    torch.testing.assert_close(difference, logits[:, :1] - logits[:, 1:], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_masker_starts_dense():
+    masker = PatchMasker(16).eval()
+    assert masker(torch.randn(2, 16, 8, 8), (2, 2), tau=1.0).eq(1).all()
+
+
+def test_ops_import_with_torch_alone():
+    """mmdyn.ops must not pull in mmcv, mmdet, mmseg or mmengine."""
+    code = (
+        'import sys\n'
+        'for name in ("mmcv", "mmdet", "mmseg", "mmengine"):\n'
+        '    sys.modules[name] = None  # behaves as "not installed"\n'
+        'import mmdyn.ops\n'
+        'import torch\n'
+        'grid = mmdyn.ops.PatchGrid(5, 5, 2)\n'
+        'assert mmdyn.ops.patch_extents(grid).sum() == 25\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
