@@ -21,7 +21,8 @@ def build_dense_twin(las: LASResNet) -> ResNet:
     missing, unexpected = dense.load_state_dict(las.state_dict(), strict=False)
     if missing or any('masker' not in key for key in unexpected):
         raise RuntimeError(f'dense twin does not match: missing={missing}')
-    return fuse_conv_bn(dense.eval())
+    dense.eval()
+    return fuse_conv_bn(dense)
 
 
 def fold_stem_(backbone):

@@ -6,6 +6,9 @@ computed on a zero-padded canvas, then cropped. A patch (i, j) of the output nee
 from a map ``k`` convolutions earlier, the *window* that starts at
 ``i * step - offset`` and is ``size`` pixels long (``step = S * stride``,
 ``offset``/``size`` grow by each conv's padding and dilated kernel).
+
+The sparse path works on channels-last maps: a map is then a ``[B * H * W, C]`` matrix
+of pixel rows, windows are one row gather and results one row copy.
 """
 import math
 from dataclasses import dataclass
@@ -59,26 +62,43 @@ def active_patches(mask: Tensor) -> Tensor:
     return torch.nonzero(mask.detach() > 0.5)
 
 
+def pixel_rows(x: Tensor) -> Tensor:
+    """``[B * H * W, C]`` row view of a channels-last map (a copy for other layouts)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _window_taps(index: Tensor, grid: PatchGrid, window: Window, height: int, width: int):
+    """Row ids of every window pixel on a ``height x width`` map, and the positions of
+    the pixels that fall outside it (they must read as zero)."""
+    span = torch.arange(window.size, device=index.device)
+    rows = index[:, 1:2] * window.step - window.offset + span
+    cols = index[:, 2:3] * window.step - window.offset + span
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & \
+        ((cols >= 0) & (cols < width))[:, None, :]
+    taps = (index[:, 0, None, None] * height + rows.clamp(0, height - 1)[:, :, None]) * width \
+        + cols.clamp(0, width - 1)[:, None, :]
+    outside = torch.nonzero(~inside.view(-1)).view(-1)
+    return taps.view(-1), outside
+
+
 def gather_windows(x: Tensor, index: Tensor, grid: PatchGrid, window: Window) -> Tensor:
-    """Stack the windows of ``x`` that feed the active patches: ``[N, C, size, size]``.
+    """Stack the windows of ``x`` that feed the active patches: ``[N, C, size, size]``
+    (channels-last memory).
 
     Pixels outside ``x`` read as zero, which is exactly the zero padding a dense conv
     would apply, so a VALID conv on the stack equals the dense conv on those patches.
+    One row gather on the channels-last view: no padded copy of ``x`` is made.
     """
-    height = (grid.rows - 1) * window.step + window.size
-    width = (grid.cols - 1) * window.step + window.size
-    pad_bottom = height - window.offset - x.shape[2]
-    pad_right = width - window.offset - x.shape[3]
-    padded = F.pad(x, (window.offset, max(pad_right, 0), window.offset, max(pad_bottom, 0)))
-    padded = padded[:, :, :height, :width]
-    tiles = padded.unfold(2, window.size, window.step).unfold(3, window.size, window.step)
-    batch, row, col = index.unbind(1)
-    return tiles[batch, :, row, col]
+    taps, outside = _window_taps(index, grid, window, x.shape[2], x.shape[3])
+    windows = F.embedding(taps, pixel_rows(x))  # a row gather; faster than index_select
+    if outside.numel():
+        windows.index_fill_(0, outside, 0.0)
+    return windows.view(index.shape[0], window.size, window.size, -1).permute(0, 3, 1, 2)
 
 
 def window_validity(index: Tensor, grid: PatchGrid, window: Window, height: int,
                     width: int) -> Tensor:
-    """``[N, 1, size, size]`` float mask, 1 where a window pixel lies inside an
+    """``[N, 1, size, size]`` mask, True where a window pixel lies inside an
     ``height x width`` map. Intermediate maps of a sparse block multiply by it so that
     the next VALID conv sees zero padding, as the dense network does."""
     span = torch.arange(window.size, device=index.device)
@@ -89,29 +109,53 @@ def window_validity(index: Tensor, grid: PatchGrid, window: Window, height: int,
     return (inside_rows[:, :, None] & inside_cols[:, None, :]).unsqueeze(1)
 
 
-def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor,
-                        grid: PatchGrid) -> Tensor:
-    """Return ``base`` with ``patches`` ``[N, C, S, S]`` added at their grid places.
+def _patch_pixels(index: Tensor, grid: PatchGrid):
+    """Row ids (on the output map) of the pixels of every active patch that lie inside
+    the map, and which rows of the ``[N * S * S]`` patch stack they are (None: all)."""
+    span = torch.arange(grid.patch, device=index.device)
+    rows = index[:, 1:2] * grid.patch + span
+    cols = index[:, 2:3] * grid.patch + span
+    pixels = (index[:, 0, None, None] * grid.height + rows[:, :, None]) * grid.width \
+        + cols[:, None, :]
+    if grid.height % grid.patch == 0 and grid.width % grid.patch == 0:
+        return pixels.view(-1), None
+    inside = ((rows < grid.height)[:, :, None] & (cols < grid.width)[:, None, :]).view(-1)
+    keep = torch.nonzero(inside).view(-1)
+    return pixels.view(-1).index_select(0, keep), keep
 
-    ``base`` is ``[B, C, height, width]``; the result is a new tensor of the same
-    shape (``base`` is not modified). Border patches are cropped to the map.
+
+def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: PatchGrid,
+                        relu: bool = False, inplace: bool = False,
+                        pointwise=None) -> Tensor:
+    """``base + scatter(f(patches))``, optionally followed by ReLU over the whole map.
+
+    ``base`` is ``[B, C, height, width]`` and ``patches`` ``[N, C', S, S]``; border
+    patches are cropped to the map. ``pointwise`` (a 1x1 :class:`FoldedConv`, or None
+    for the identity) is applied to the patches inside the scatter: its product is
+    accumulated straight onto the gathered base rows (one GEMM, no intermediate map).
+    The result is channels-last; ``base`` is left untouched unless ``inplace`` (then
+    it must already be channels-last).
     """
-    batch_size, channels = base.shape[:2]
-    size = grid.patch
-    canvas_h, canvas_w = grid.rows * size, grid.cols * size
-    if (canvas_h, canvas_w) == tuple(base.shape[2:]):
-        canvas = base.clone(memory_format=torch.contiguous_format)
+    if not base.is_contiguous(memory_format=torch.channels_last):
+        if inplace:
+            raise ValueError('scatter_add_patches(inplace=True) needs a channels-last base')
+        base, inplace = base.contiguous(memory_format=torch.channels_last), True
+    pixels, keep = _patch_pixels(index, grid)
+    values = pixel_rows(patches)
+    if keep is not None:
+        values = values.index_select(0, keep)
+    updated = F.embedding(pixels, pixel_rows(base))  # a row gather, faster than index_select
+    if pointwise is None:
+        updated.add_(values)
     else:
-        canvas = base.new_zeros(batch_size, channels, canvas_h, canvas_w)
-        canvas[:, :, :grid.height, :grid.width] = base
-    if index.numel():
-        tiles = canvas.view(batch_size, channels, grid.rows, size, grid.cols, size)
-        tiles = tiles.permute(0, 2, 4, 1, 3, 5)
-        batch, row, col = index.unbind(1)
-        tiles.index_put_((batch, row, col), patches.to(canvas.dtype), accumulate=True)
-    if (canvas_h, canvas_w) == tuple(base.shape[2:]):
-        return canvas
-    return canvas[:, :, :grid.height, :grid.width]
+        updated.add_(pointwise.bias).addmm_(values, pointwise.matrix)
+    if relu:
+        out = base.relu_() if inplace else F.relu(base)
+        updated.relu_()
+    else:
+        out = base if inplace else base.clone()
+    pixel_rows(out).index_copy_(0, pixels, updated.to(out.dtype))
+    return out
 
 
 def upsample_patch_mask(mask: Tensor, grid: PatchGrid) -> Tensor:

@@ -9,6 +9,8 @@ latency ratios next to executed-FLOPs ratios and saves JSON.
     python tools/analysis/benchmark_latency.py --depth 101 --granularity 8 4 7 1
 """
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import statistics
@@ -39,45 +41,61 @@ def parse_args():
     return parser.parse_args()
 
 
+def keep_freed_memory():
+    """Let glibc reuse freed buffers instead of returning them to the OS, so that
+    neither network pays page faults on every forward (PyTorch's CPU tuning guide
+    recommends the same through jemalloc/tcmalloc). Applies to both networks."""
+    libc = ctypes.CDLL(ctypes.util.find_library('c'))
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    libc.mallopt(m_trim_threshold, 2 ** 31 - 1)
+    libc.mallopt(m_top_pad, 1024 * 1024 * 1024)
+
+
+def _timed_pass(backbone, x):
+    """Seconds of the stem and of every stage in one forward."""
+    times = []
+    start = time.perf_counter()
+    out = run_stem(backbone, x)
+    times.append(time.perf_counter() - start)
+    for name in backbone.res_layers:
+        begin = time.perf_counter()
+        out = getattr(backbone, name)(out)
+        times.append(time.perf_counter() - begin)
+    return times
+
+
 @torch.no_grad()
-def time_stages(backbone, x, warmup: int, repeats: int):
-    """Median seconds of the stem and of every stage, and of the whole forward."""
-    runs = []
+def time_pair(dense, sparse, x, warmup: int, repeats: int):
+    """Alternate dense and sparse passes so that both see the same machine state;
+    return the median per-part and whole-pass seconds of each."""
+    runs = {'dense': [], 'sparse': []}
     for step in range(warmup + repeats):
-        times = []
-        start = time.perf_counter()
-        out = run_stem(backbone, x)
-        times.append(time.perf_counter() - start)
-        for name in backbone.res_layers:
-            begin = time.perf_counter()
-            out = getattr(backbone, name)(out)
-            times.append(time.perf_counter() - begin)
-        if step >= warmup:
-            runs.append(times)
-    per_part = [statistics.median(part) for part in zip(*runs)]
-    total = statistics.median(sum(run) for run in runs)
-    return per_part, total
+        for name, model in (('dense', dense), ('sparse', sparse)):
+            times = _timed_pass(model, x)
+            if step >= warmup:
+                runs[name].append(times)
+    return {name: ([statistics.median(p) for p in zip(*r)],
+                   statistics.median(sum(t) for t in r)) for name, r in runs.items()}
 
 
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    keep_freed_memory()  # denormals slow x86 CPUs by orders of magnitude
     torch.manual_seed(args.seed)
     las = build_las_backbone(args.depth, tuple(args.granularity)).eval()
-    dense = build_dense_twin(las).eval()
-    fold_stem_(las)
+    # Both networks run channels-last: it is the faster layout for the dense twin too.
+    dense = build_dense_twin(las).to(memory_format=torch.channels_last)
+    las = fold_stem_(las).to(memory_format=torch.channels_last)
     las.set_execution_mode('sparse')
-    x = torch.randn(args.batch, 3, *args.input)
+    x = torch.randn(args.batch, 3, *args.input).contiguous(memory_format=torch.channels_last)
     parts = ['stem'] + list(dense.res_layers)
     print(f'LAS-ResNet-{args.depth} S={"-".join(map(str, args.granularity))} input '
           f'{args.batch}x3x{args.input[0]}x{args.input[1]}, {args.threads} threads, '
           f'median of {args.repeats} after {args.warmup} warm-up')
-    dense_parts, dense_total = time_stages(dense, x, args.warmup, args.repeats)
-    report = dict(config=vars(args), torch=torch.__version__,
-                  dense=dict(latency_s=dense_total, stage_latency_s=dict(zip(parts, dense_parts))),
-                  rates=[])
-    print(f'dense: {dense_total * 1e3:.1f} ms  ('
-          + ', '.join(f'{p} {t * 1e3:.1f}' for p, t in zip(parts, dense_parts)) + ')')
+    report = dict(config=vars(args), torch=torch.__version__, rates=[])
     header = f'{"rate":>5} {"part":>7} {"lat ms":>9} {"lat ratio":>9} {"FLOPs ratio":>11} {"lat/FLOPs":>9}'
     print(header)
     for rate in args.rates:
@@ -85,12 +103,14 @@ def main():
         with torch.no_grad():
             las(x)
         dense_flops, executed_flops = stage_flops(las.records, parts)
-        sparse_parts, sparse_total = time_stages(las, x, args.warmup, args.repeats)
+        timed = time_pair(dense, las, x, args.warmup, args.repeats)
+        (dense_parts, dense_total), (sparse_parts, sparse_total) = timed['dense'], timed['sparse']
+        print(f'dense: {dense_total * 1e3:.1f} ms, sparse: {sparse_total * 1e3:.1f} ms')
         rows = {}
         for part, t_dense, t_sparse in zip(parts, dense_parts, sparse_parts):
-            rows[part] = dict(latency_s=t_sparse, latency_ratio=t_sparse / t_dense,
+            rows[part] = dict(latency_s=t_sparse, dense_latency_s=t_dense, latency_ratio=t_sparse / t_dense,
                               flops_ratio=executed_flops[part] / dense_flops[part])
-        whole = dict(latency_s=sparse_total, latency_ratio=sparse_total / dense_total,
+        whole = dict(latency_s=sparse_total, dense_latency_s=dense_total, latency_ratio=sparse_total / dense_total,
                      flops_ratio=sum(executed_flops.values()) / sum(dense_flops.values()),
                      gflops_dense=sum(dense_flops.values()) / 1e9,
                      gflops_executed=sum(executed_flops.values()) / 1e9)

@@ -55,6 +55,7 @@ class DynamicBlockMixin:
         self.forced_rate = None
         self.forced_seed = 0
         self.record = None
+        self.owns_input = False  # set by a backbone that never reuses block inputs
         self._fold_cache = {}
 
     def use_sparse_path(self) -> bool:

@@ -81,10 +81,15 @@ class _LASBlockMixin(DynamicBlockMixin):
     def masked_output(self, identity, residual, mask, grid):
         return self.relu(identity + residual * upsample_patch_mask(mask, grid))
 
-    def sparse_output(self, identity, patches, index, grid):
+    def sparse_output(self, x, identity, patches, index, grid, pointwise=None):
+        """relu(identity + scatter(patches)). The identity is updated in place when it
+        is a fresh tensor (the downsample output) or when the owning backbone says the
+        block's input is not used afterwards (and no autograd graph is recorded)."""
+        reuse = identity is not x or (self.owns_input and not torch.is_grad_enabled())
         if index.numel() == 0:
-            return F.relu(identity)
-        return F.relu(scatter_add_patches(identity, patches, index, grid), inplace=True)
+            return identity.relu_() if reuse else F.relu(identity)
+        return scatter_add_patches(identity, patches, index, grid, relu=True, inplace=reuse,
+                                   pointwise=pointwise)
 
 
 class LASBottleneck(_LASBlockMixin, Bottleneck):
@@ -122,26 +127,25 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         return self.masked_output(self.downsample_dense(x, False), out, mask, grid), mask
 
     def _forward_sparse(self, x, grid):
+        x = x.contiguous(memory_format=torch.channels_last)
         conv1 = self.folded('conv1', self.conv1, self.norm1)
-        forced = self.forced_mask(x.shape[0], grid, x.device)
-        if forced is None:  # one conv with C+1 outputs: conv1 and the gate (App. B.1)
-            gate_weight, gate_bias = self.masker.decision_weight()
-            fused = F.conv2d(x, torch.cat([conv1.weight, gate_weight]),
-                             torch.cat([conv1.bias, gate_bias]))
-            out1 = F.relu(fused[:, :-1])
-            gate = F.adaptive_avg_pool2d(fused[:, -1:], grid.shape)
-            mask = (gate >= 0).to(x.dtype)
-        else:
-            out1, mask = F.relu(conv1(x)), forced
+        # One conv with C+1 outputs: conv1 and the gate's logit difference (App. B.1).
+        # Forced masks (benchmarks, tests) still pay for the gate channel.
+        gate_weight, gate_bias = self.masker.decision_weight()
+        fused = F.conv2d(x, torch.cat([conv1.weight, gate_weight]),
+                         torch.cat([conv1.bias, gate_bias]))
+        out1 = fused[:, :-1]
+        mask = self.forced_mask(x.shape[0], grid, x.device)
+        if mask is None:
+            mask = (F.adaptive_avg_pool2d(fused[:, -1:], grid.shape) >= 0).to(x.dtype)
         index = active_patches(mask)
-        patches = None
-        if index.numel():
-            windows = gather_windows(out1, index, grid, self.conv2_window)
-            patches = F.relu(self.folded('conv2', self.conv2, self.norm2)(windows, valid=True),
-                             inplace=True)
-            patches = self.folded('conv3', self.conv3, self.norm3)(patches)
         identity = self.downsample_dense(x, True)
-        return self.sparse_output(identity, patches, index, grid), mask
+        if index.numel() == 0:
+            return self.sparse_output(x, identity, None, index, grid), mask
+        windows = gather_windows(out1, index, grid, self.conv2_window).relu_()
+        hidden = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True).relu_()
+        conv3 = self.folded('conv3', self.conv3, self.norm3)  # fused into the scatter-add
+        return self.sparse_output(x, identity, hidden, index, grid, pointwise=conv3), mask
 
     def _record(self, x, grid, mask):
         in_pixels = x.shape[2] * x.shape[3]
@@ -187,15 +191,17 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         return out
 
     def _forward_sparse(self, x, grid, mask):
+        x = x.contiguous(memory_format=torch.channels_last)
         index = active_patches(mask)
-        patches = None
-        if index.numel():
-            windows = gather_windows(x, index, grid, self.conv1_window)
-            hidden = F.relu(self.folded('conv1', self.conv1, self.norm1)(windows, valid=True))
-            hidden = hidden * window_validity(index, grid, self.conv2_window, grid.height,
-                                              grid.width)
-            patches = self.folded('conv2', self.conv2, self.norm2)(hidden, valid=True)
-        return self.sparse_output(self.downsample_dense(x, True), patches, index, grid)
+        identity = self.downsample_dense(x, True)
+        if index.numel() == 0:
+            return self.sparse_output(x, identity, None, index, grid)
+        windows = gather_windows(x, index, grid, self.conv1_window)
+        hidden = self.folded('conv1', self.conv1, self.norm1)(windows, valid=True).relu_()
+        hidden = hidden * window_validity(index, grid, self.conv2_window, grid.height,
+                                          grid.width)
+        patches = self.folded('conv2', self.conv2, self.norm2)(hidden, valid=True)
+        return self.sparse_output(x, identity, patches, index, grid)
 
     def _record(self, x, grid, mask):
         out_pixels = grid.height * grid.width
@@ -277,6 +283,15 @@ class LASResNet(DynamicBackboneMixin, ResNet):
             for c in stem_convs)
         self.set_execution_mode(execution_mode)
         self.set_temperature(temperature)
+        for block in self.dynamic_blocks():
+            # forward() never reads a block's input again (a stage output kept for
+            # out_indices feeds a block with a downsample), so blocks may overwrite it.
+            block.owns_input = True
+
+    def train(self, mode: bool = True):
+        """mmdet's ResNet.train() returns None; keep nn.Module's ``return self``."""
+        super().train(mode)
+        return self
 
     def make_res_layer(self, block, inplanes, planes, num_blocks, stride=1, dilation=1,
                        avg_down=False, conv_cfg=None, norm_cfg=dict(type='BN'), **kwargs):
