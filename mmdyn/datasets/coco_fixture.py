@@ -53,6 +53,7 @@ _VOC_TO_COCO = {
 _BACKGROUNDS = ('brick', 'grass', 'gravel', 'camera', 'coffee', 'chelsea', 'rocket',
                 'astronaut')
 _MIN_VISIBLE_PIXELS = 30
+_MIN_POLYGON_IOU = 0.75
 _JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95]
 
 
@@ -131,14 +132,20 @@ def _shape_sample(rng, background):
 
 
 def _segmentation(mask):
-    """COCO polygons of ``mask``; RLE when it has holes or no polygon has 3 points."""
-    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP,
-                                           cv2.CHAIN_APPROX_SIMPLE)
-    has_holes = hierarchy is not None and bool((hierarchy[0][:, 3] >= 0).any())
+    """COCO polygons of ``mask``, or RLE where polygons would misrepresent it.
+
+    Polygons through contour pixel centres lose thin parts (chair legs) and cannot
+    express holes, so RLE is used when their raster has IoU < 0.75 with the mask.
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
     polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
-    if polygons and not has_holes:
-        return polygons
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    if polygons:
+        height, width = mask.shape
+        poly_rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        if mask_utils.iou([poly_rle], [rle], [0])[0, 0] >= _MIN_POLYGON_IOU:
+            return polygons
     return dict(size=list(rle['size']), counts=rle['counts'].decode('ascii'))
 
 

@@ -1,0 +1,41 @@
+"""Every config in configs/ parses and builds its model (offline: no pretrained)."""
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+
+import mmdyn  # noqa: F401
+
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / 'configs').rglob('*.py')
+                 if '_base_' not in p.parts)
+
+
+def offline(cfg):
+    """Drop pretrained weights: nothing can be downloaded here."""
+    cfg.model.pop('pretrained', None)
+    cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.pop('pretrained', None)
+    return cfg
+
+
+def test_every_framework_is_covered():
+    names = {p.name.split('_')[0] for p in CONFIGS}
+    assert {'faster-rcnn', 'retinanet', 'mask-rcnn', 'deeplabv3', 'pspnet'} <= names
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
+def test_config_builds(path):
+    cfg = offline(Config.fromfile(str(path)))
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    assert type(model).__name__.startswith('Dyn')
+    assert type(model.backbone).__name__ == 'LASResNet'
+    hooks = {h['type'] for h in cfg.custom_hooks}
+    assert {'TemperatureHook', 'SparsityTargetHook'} <= hooks
+    metrics = [m['type'] for m in cfg.val_evaluator]
+    assert 'SparsityMetric' in metrics and len(metrics) == 2
+    stem = path.stem
+    assert f't0{int(model.sparsity_loss.final_target * 10)}' in stem
+    granularity = ''.join(str(blocks[0]) for blocks in model.backbone.granularity)
+    assert f'-s{granularity}-' in stem

@@ -1,0 +1,244 @@
+"""LAS-ResNet: sparse path == dense masked reference, records, checkpoints, errors."""
+import pytest
+import torch
+from mmdet.models.backbones import ResNet
+from mmengine.analysis import FlopAnalyzer
+from mmseg.models.backbones import ResNetV1c
+
+from mmdyn.analysis import build_dense_twin
+from mmdyn.models.backbones import LASResNet
+
+MMSEG_V1C = dict(deep_stem=True, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                 contract_dilation=True)
+
+
+def randomize_batchnorm_(model):
+    """Non-trivial BN statistics so folding is actually exercised."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            size = module.num_features
+            module.running_mean.copy_(torch.rand(size, generator=generator) * 0.2 - 0.1)
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
+    return model
+
+
+def build(depth=50, **kwargs):
+    torch.manual_seed(0)
+    model = LASResNet(depth=depth, init_cfg=None, **kwargs)
+    return randomize_batchnorm_(model).eval()
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
+
+
+def run_both(model, x):
+    model.set_execution_mode('masked')
+    with torch.no_grad():
+        masked = model(x)
+    masked_record = model.records
+    model.set_execution_mode('sparse')
+    with torch.no_grad():
+        sparse = model(x)
+    return masked, sparse, masked_record, model.records
+
+
+CASES = [
+    dict(depth=18, granularity=(4, 4, 2, 1)),
+    dict(depth=34, granularity=(3, 2, 2, 1)),
+    dict(depth=50, granularity=(8, 4, 7, 1)),
+    dict(depth=50, granularity=((8, 4, 2), 4, (7, 7, 3, 3, 1, 1), 1)),
+    dict(depth=50, granularity=(4, 4, 4, 4), **MMSEG_V1C),
+    dict(depth=18, granularity=(2, 2, 2, 2), **MMSEG_V1C),
+    dict(depth=50, granularity=(2, 3, 2, 1), avg_down=True),
+]
+
+
+@pytest.mark.parametrize('case', CASES, ids=lambda c: f"r{c['depth']}-{c['granularity']}"
+                         + ('-v1c' if 'deep_stem' in c else '')
+                         + ('-avgdown' if 'avg_down' in c else ''))
+@pytest.mark.parametrize('rate', [0.0, 0.35, 1.0])
+def test_sparse_equals_masked_for_the_same_mask(case, rate):
+    model = build(**case)
+    model.set_forced_activation(rate, seed=1)
+    x = torch.randn(2, 3, 75, 101)  # odd sizes: every stage needs padding somewhere
+    masked, sparse, masked_record, sparse_record = run_both(model, x)
+    for a, b in zip(sparse, masked):
+        assert a.shape == b.shape
+        assert relative_error(a, b) < 1e-4
+    for m_block, s_block in zip(masked_record.blocks, sparse_record.blocks):
+        assert torch.equal(m_block.mask, s_block.mask)
+        torch.testing.assert_close(m_block.executed_flops, s_block.executed_flops)
+        expected_rate = torch.full((2,), float(rate)) if rate in (0.0, 1.0) else None
+        if expected_rate is not None:
+            torch.testing.assert_close(s_block.activation_rate, expected_rate)
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_learned_masks_fused_gate_agrees_with_masker(depth):
+    """Sparse mode decides with the masker fused into conv1 (App. B.1)."""
+    model = build(depth, granularity=(4, 2, 2, 1))
+    for block in model.dynamic_blocks():
+        torch.nn.init.normal_(block.masker.weight, std=0.5)  # mixed decisions
+        block.masker.bias.data.zero_()
+    x = torch.randn(1, 3, 64, 96)
+    masked, sparse, masked_record, sparse_record = run_both(model, x)
+    rates = [float(b.activation_rate) for b in masked_record.blocks]
+    assert 0.05 < sum(rates) / len(rates) < 0.95
+    for m_block, s_block in zip(masked_record.blocks, sparse_record.blocks):
+        assert torch.equal(m_block.mask, s_block.mask)
+    for a, b in zip(sparse, masked):
+        assert relative_error(a, b) < 1e-4
+
+
+@pytest.mark.parametrize('size', [(1, 1), (17, 9), (32, 32)])
+def test_any_input_size(size):
+    model = build(18, granularity=(4, 4, 2, 1))
+    model.set_forced_activation(0.5)
+    masked, sparse, _, _ = run_both(model, torch.randn(1, 3, *size))
+    for a, b in zip(sparse, masked):
+        assert relative_error(a, b) < 1e-4
+
+
+@pytest.mark.parametrize('kwargs,reference', [
+    (dict(depth=50), lambda: ResNet(depth=50)),
+    (dict(depth=18, out_indices=(1, 3)), lambda: ResNet(depth=18, out_indices=(1, 3))),
+    (dict(depth=50, **MMSEG_V1C),
+     lambda: ResNetV1c(depth=50, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                       contract_dilation=True)),
+])
+def test_outputs_and_parameter_names_match_the_dense_resnet(kwargs, reference):
+    model = build(**kwargs)
+    dense = reference()
+    dense.eval()  # mmdet's ResNet.train() returns None
+    dense_keys = set(dense.state_dict())
+    las_keys = set(model.state_dict())
+    assert dense_keys <= las_keys
+    assert all('.masker.' in key for key in las_keys - dense_keys)
+    dense.load_state_dict({k: v for k, v in model.state_dict().items() if k in dense_keys})
+    x = torch.randn(1, 3, 65, 81)
+    model.set_forced_activation(1.0)  # full masks: the dynamic net is the static one
+    with torch.no_grad():
+        expected = dense(x)
+    for mode in ('masked', 'sparse'):
+        model.set_execution_mode(mode)
+        with torch.no_grad():
+            outputs = model(x)
+        assert len(outputs) == len(expected)
+        for a, b in zip(outputs, expected):
+            assert a.shape == b.shape and relative_error(a, b) < 1e-4
+
+
+def test_resnet_checkpoint_loads_with_only_maskers_missing(tmp_path):
+    torch.manual_seed(0)
+    source = ResNet(depth=50).state_dict()  # torchvision's ResNet key names
+    source['fc.weight'], source['fc.bias'] = torch.zeros(1000, 2048), torch.zeros(1000)
+    path = tmp_path / 'resnet50.pth'
+    torch.save(source, path)
+    model = LASResNet(depth=50, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    loaded = model.state_dict()
+    for key, value in source.items():
+        if not key.startswith('fc.'):
+            assert torch.equal(loaded[key], value), key
+    model.eval()
+    assert all(float(b.masker.bias[0] - b.masker.bias[1]) > 0 for b in model.dynamic_blocks())
+
+
+def test_dense_flops_equal_mmengine_conv_count():
+    model = build(50, granularity=(4, 4, 2, 1))
+    x = torch.randn(1, 3, 96, 128)
+    model.set_forced_activation(1.0)
+    with torch.no_grad():
+        model(x)
+    record = model.records
+    ours = record.stem_flops + sum(b.dense_flops for b in record.blocks)
+    counted = FlopAnalyzer(build_dense_twin(model), (x,)).by_operator()['conv']
+    assert ours == counted
+
+
+def test_executed_flops_full_and_empty_masks():
+    model = build(50, granularity=(4, 4, 2, 1))
+    x = torch.randn(2, 3, 64, 64)
+    model.set_forced_activation(1.0)
+    with torch.no_grad():
+        model(x)
+    for block in model.records.blocks:
+        assert (block.executed_flops > block.dense_flops).all()  # + the gate channel
+    model.set_forced_activation(0.0)
+    with torch.no_grad():
+        model(x)
+    for block in model.records.blocks:
+        assert (block.executed_flops < 0.6 * block.dense_flops).all()
+        assert block.activation_rate.eq(0).all()
+    # layer1.1 by hand: 16 x 16 map, 256 -> 64 -> 64 -> 256 channels.
+    block = model.records.blocks[1]
+    pixels = 16 * 16
+    conv1, conv2, conv3, gate = 256 * 64, 64 * 64 * 9, 64 * 256, 256
+    assert block.name == 'layer1.1'
+    assert block.dense_flops == pixels * (conv1 + conv2 + conv3)
+    assert block.executed_flops.tolist() == [pixels * (conv1 + gate)] * 2
+    summary = model.sparsity_summary()
+    assert summary.executed_flops.shape == (2,)
+    assert (summary.executed_flops < summary.dense_flops).all()
+
+
+def test_gradients_reach_the_maskers_in_training():
+    model = LASResNet(depth=18, granularity=(4, 4, 2, 1), init_cfg=None).train()
+    model.set_temperature(1.0)
+    outputs = model(torch.randn(2, 3, 64, 64))
+    task = sum(o.mean() for o in outputs)
+    task.backward()
+    grads = [b.masker.weight.grad for b in model.dynamic_blocks()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_accumulated_records_sum_over_forwards():
+    model = build(18, granularity=(4, 4, 2, 1))
+    model.set_forced_activation(0.5)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+    single = model.sparsity_summary()
+    with model.accumulate_records(), torch.no_grad():
+        model(x)
+        model(x)
+    double = model.sparsity_summary()
+    assert double.dense_flops == 2 * single.dense_flops
+    torch.testing.assert_close(double.executed_flops, 2 * single.executed_flops)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(depth=42), 'depth=42'),
+    (dict(depth=50, granularity=(4, 4, 2)), 'one entry per stage'),
+    (dict(depth=50, granularity=(4, 0, 2, 1)), r'granularity\[1\]=0'),
+    (dict(depth=50, granularity=(4, 2.5, 2, 1)), r'granularity\[1\]=2.5'),
+    (dict(depth=50, granularity='8471'), 'one entry per stage'),
+    (dict(depth=50, granularity=(4, (2, 2), 2, 1)), r'granularity\[1\] lists 2 values'),
+    (dict(depth=50, granularity=(4, 4, 2, 1), execution_mode='fast'), 'execution_mode'),
+    (dict(depth=50, style='caffe'), "style='pytorch'"),
+    (dict(depth=50, num_stages=5), 'num_stages'),
+])
+def test_bad_configuration_fails_at_build_time(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LASResNet(init_cfg=None, **kwargs)
+
+
+def test_bad_schedule_values_and_sparse_training():
+    model = LASResNet(depth=18, init_cfg=None)
+    with pytest.raises(ValueError, match='temperature'):
+        model.set_temperature(0)
+    with pytest.raises(ValueError, match='activation rate'):
+        model.set_forced_activation(1.5)
+    model.set_execution_mode('sparse')
+    model.train()
+    with pytest.raises(RuntimeError, match='inference-only'):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_train_and_eval_return_the_module():
+    model = LASResNet(depth=18, init_cfg=None)
+    assert model.eval() is model and model.train() is model
