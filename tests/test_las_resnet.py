@@ -242,3 +242,13 @@ def test_bad_schedule_values_and_sparse_training():
 def test_train_and_eval_return_the_module():
     model = LASResNet(depth=18, init_cfg=None)
     assert model.eval() is model and model.train() is model
+
+
+def test_frozen_stages_keep_maskers_trainable():
+    model = LASResNet(depth=18, frozen_stages=1, init_cfg=None).train()
+    block = model.layer1[0]
+    assert not block.conv1.weight.requires_grad and not block.bn1.training
+    assert block.training and block.masker.weight.requires_grad
+    model(torch.randn(1, 3, 32, 32))[0].sum().backward()
+    assert block.masker.weight.grad.abs().sum() > 0
+    assert block.conv1.weight.grad is None

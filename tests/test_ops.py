@@ -9,7 +9,7 @@ from torch import nn
 
 from mmdyn.ops import (PatchGrid, PatchMasker, Window, active_patches, fold_conv_bn,
                        gather_windows, gumbel_gate, patch_extents, scatter_add_patches,
-                       upsample_patch_mask, window_extents, window_validity)
+                       upsample_patch_mask)
 
 CASES = [  # H, W, patch, stride, dilation
     (13, 17, 4, 1, 1), (13, 17, 4, 2, 1), (16, 16, 8, 2, 1), (9, 11, 3, 1, 2),
@@ -49,18 +49,18 @@ def test_scatter_does_not_modify_its_input():
     assert out[0, 0, 4:, :4].eq(1).all() and out[0, 0, :4].eq(0).all()
 
 
-def test_window_validity_and_extents_match_a_padded_map():
+def test_gather_pads_with_zeros_and_extents_count_inside_pixels():
     grid = PatchGrid(7, 9, 4)
     window = Window(4, 6, 1)
     index = torch.tensor([[0, r, c] for r in range(grid.rows) for c in range(grid.cols)])
-    ones = torch.ones(1, 1, 7, 9)
-    gathered = gather_windows(ones, index.clone().fill_(0) + index * torch.tensor([0, 1, 1]),
-                              grid, window)
-    validity = window_validity(index, grid, window, 7, 9)
-    torch.testing.assert_close(validity.float(), gathered)
-    extents = window_extents(grid, window, 7, 9)
-    torch.testing.assert_close(extents.flatten(), gathered.sum(dim=(1, 2, 3)))
+    gathered = gather_windows(torch.ones(1, 1, 7, 9), index, grid, window)
+    assert gathered.shape == (6, 1, 6, 6)
+    assert gathered[0, 0, 0].eq(0).all() and gathered[0, 0, 1:, 1:].eq(1).all()
+    inside = gathered.sum(dim=(1, 2, 3))
+    # rows inside per window: 5, 4; columns: 5, 6, 2
+    assert inside.tolist() == [25, 30, 10, 20, 24, 8]
     assert patch_extents(grid).sum() == 7 * 9
+    assert patch_extents(grid).tolist() == [[16, 16, 4], [12, 12, 3]]
 
 
 def test_grid_rejects_bad_patch():

@@ -42,12 +42,6 @@ def patch_extents(grid, device=None) -> Tensor:
     return rows[:, None] * cols[None, :]
 
 
-def window_extents(grid, window, height: int, width: int, device=None) -> Tensor:
-    """``[rows, cols]`` pixel count of each patch's window that lies inside a map."""
-    rows = _clipped_lengths(grid.rows, window.step, window.offset, window.size, height, device)
-    cols = _clipped_lengths(grid.cols, window.step, window.offset, window.size, width, device)
-    return rows[:, None] * cols[None, :]
-
 
 @dataclass
 class ForwardRecord:

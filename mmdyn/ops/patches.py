@@ -96,19 +96,6 @@ def gather_windows(x: Tensor, index: Tensor, grid: PatchGrid, window: Window) ->
     return windows.view(index.shape[0], window.size, window.size, -1).permute(0, 3, 1, 2)
 
 
-def window_validity(index: Tensor, grid: PatchGrid, window: Window, height: int,
-                    width: int) -> Tensor:
-    """``[N, 1, size, size]`` mask, True where a window pixel lies inside an
-    ``height x width`` map. Intermediate maps of a sparse block multiply by it so that
-    the next VALID conv sees zero padding, as the dense network does."""
-    span = torch.arange(window.size, device=index.device)
-    rows = index[:, 1:2] * window.step - window.offset + span
-    cols = index[:, 2:3] * window.step - window.offset + span
-    inside_rows = (rows >= 0) & (rows < height)
-    inside_cols = (cols >= 0) & (cols < width)
-    return (inside_rows[:, :, None] & inside_cols[:, None, :]).unsqueeze(1)
-
-
 def _patch_pixels(index: Tensor, grid: PatchGrid):
     """Row ids (on the output map) of the pixels of every active patch that lie inside
     the map, and which rows of the ``[N * S * S]`` patch stack they are (None: all)."""

@@ -27,9 +27,9 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmengine.registry import MODELS
 from torch import nn
 
-from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches, conv_macs,
-                       gather_windows, patch_extents, scatter_add_patches,
-                       upsample_patch_mask, window_extents, window_validity)
+from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
+                       conv_macs, gather_windows, patch_extents, scatter_add_patches,
+                       upsample_patch_mask)
 from .dynamic import DynamicBackboneMixin, DynamicBlockMixin, check_granularity
 
 
@@ -162,20 +162,18 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
 
 
 class LASBasicBlock(_LASBlockMixin, BasicBlock):
-    """mmdet BasicBlock + masker; both 3x3 convs run on active patches (conv1 on the
-    patch plus the halo that conv2 needs, zeroed outside the feature map)."""
+    """mmdet BasicBlock + masker. conv1 (3x3, strided) runs densely, as in the
+    bottleneck; conv2 runs on the active patches, gathered with their halo from
+    conv1's output. (Computing conv1 on overlapping windows instead would recompute
+    every halo: more FLOPs than the dense block for small S.)"""
 
     def __init__(self, *args, granularity: int = 1, block_name: str = '',
                  mask_init_bias: float = 3.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.init_las(granularity, block_name, mask_init_bias)
-        size = self.granularity
-        stride, dilation = self.conv1.stride[0], self.conv1.dilation[0]
-        halo2 = self.conv2.dilation[0]
-        # conv1-output window per output patch, and the input window feeding it.
-        self.conv2_window = Window(size, size + 2 * halo2, halo2)
-        self.conv1_window = Window(size * stride, (size + 2 * halo2 - 1) * stride
-                                   + 2 * dilation + 1, halo2 * stride + dilation)
+        dilation = self.conv2.dilation[0]
+        self.conv2_window = Window(self.granularity, self.granularity + 2 * dilation,
+                                   dilation)
 
     def forward(self, x):
         grid = PatchGrid(_out_size(x.shape[2], self.conv1.stride[0]),
@@ -196,26 +194,23 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         identity = self.downsample_dense(x, True)
         if index.numel() == 0:
             return self.sparse_output(x, identity, None, index, grid)
-        windows = gather_windows(x, index, grid, self.conv1_window)
-        hidden = self.folded('conv1', self.conv1, self.norm1)(windows, valid=True).relu_()
-        hidden = hidden * window_validity(index, grid, self.conv2_window, grid.height,
-                                          grid.width)
-        patches = self.folded('conv2', self.conv2, self.norm2)(hidden, valid=True)
+        out1 = self.folded('conv1', self.conv1, self.norm1)(x)
+        windows = gather_windows(out1, index, grid, self.conv2_window).relu_()
+        patches = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True)
         return self.sparse_output(x, identity, patches, index, grid)
 
     def _record(self, x, grid, mask):
         out_pixels = grid.height * grid.width
         c_in, c_out = self.conv1.in_channels, self.conv1.out_channels
-        conv1_pp, conv2_pp = conv_macs(c_in, c_out, 3), conv_macs(c_out, c_out, 3)
+        conv1_flops = out_pixels * conv_macs(c_in, c_out, 3)
+        conv2_per_pixel = conv_macs(c_out, c_out, 3)
         computed = (mask * patch_extents(grid, x.device)).sum(dim=(1, 2, 3))
-        conv1_area = (mask * window_extents(grid, self.conv2_window, grid.height, grid.width,
-                                            x.device)).sum(dim=(1, 2, 3))
+        downsample = self.downsample_flops(out_pixels)
         gate = self.gate_flops(x.shape[2] * x.shape[3], grid)
         self.store_record(mask, computed, out_pixels,
-                          dense_flops=out_pixels * (conv1_pp + conv2_pp)
-                          + self.downsample_flops(out_pixels),
-                          executed_flops=gate + self.downsample_flops(out_pixels)
-                          + conv1_area * conv1_pp + computed * conv2_pp)
+                          dense_flops=conv1_flops + out_pixels * conv2_per_pixel + downsample,
+                          executed_flops=gate + conv1_flops + downsample
+                          + computed * conv2_per_pixel)
 
 
 def expand_granularity(granularity, stage_blocks: Sequence[int]):
@@ -292,6 +287,17 @@ class LASResNet(DynamicBackboneMixin, ResNet):
         """mmdet's ResNet.train() returns None; keep nn.Module's ``return self``."""
         super().train(mode)
         return self
+
+    def _freeze_stages(self):
+        """Frozen stages keep their dense weights frozen, but their maskers are new:
+        they train, and the blocks follow the backbone's mode (masked path in
+        training) while their BatchNorms stay in eval."""
+        super()._freeze_stages()
+        for stage in range(1, self.frozen_stages + 1):
+            for block in getattr(self, f'layer{stage}'):
+                block.training = self.training
+                block.masker.train(self.training)
+                block.masker.requires_grad_(True)
 
     def make_res_layer(self, block, inplanes, planes, num_blocks, stride=1, dilation=1,
                        avg_down=False, conv_cfg=None, norm_cfg=dict(type='BN'), **kwargs):
