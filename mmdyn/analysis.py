@@ -1,5 +1,11 @@
 """Helpers shared by the analysis tools and the demo (benchmarks, twins, FLOPs)."""
+import ctypes
+import ctypes.util
+import statistics
+import time
 from collections import defaultdict
+
+import torch
 
 from mmcv.cnn import fuse_conv_bn
 from mmdet.models.backbones import ResNet
@@ -21,8 +27,21 @@ def build_dense_twin(las: LASResNet) -> ResNet:
     missing, unexpected = dense.load_state_dict(las.state_dict(), strict=False)
     if missing or any('masker' not in key for key in unexpected):
         raise RuntimeError(f'dense twin does not match: missing={missing}')
-    dense.eval()
-    return fuse_conv_bn(dense)
+    return prepare_dense_for_timing(dense)
+
+
+def prepare_dense_for_timing(backbone):
+    """Eval mode, every BatchNorm folded, channels-last (its fastest CPU layout)."""
+    backbone.eval()  # mmdet's ResNet.eval() returns None: do not chain
+    return fuse_conv_bn(backbone).to(memory_format=torch.channels_last)
+
+
+def prepare_sparse_for_timing(backbone):
+    """Eval mode, sparse execution, stem BatchNorm folded (the blocks fold their own
+    on the sparse path), channels-last."""
+    backbone.eval()
+    backbone.set_execution_mode('sparse')
+    return fold_stem_(backbone).to(memory_format=torch.channels_last)
 
 
 def fold_stem_(backbone):
@@ -55,3 +74,41 @@ def stage_flops(record, parts):
         dense[stage] += block.dense_flops
         executed[stage] += float(block.executed_flops.mean())
     return ({p: dense[p] for p in parts}, {p: executed[p] for p in parts})
+
+
+def keep_freed_memory():
+    """Let glibc reuse freed buffers instead of returning them to the OS, so that
+    neither network pays page faults on every forward (PyTorch's CPU tuning guide
+    recommends the same through jemalloc/tcmalloc). Applies to both networks."""
+    libc = ctypes.CDLL(ctypes.util.find_library('c'))
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    libc.mallopt(m_trim_threshold, 2 ** 31 - 1)
+    libc.mallopt(m_top_pad, 1024 * 1024 * 1024)
+
+
+def _timed_pass(backbone, x):
+    """Seconds of the stem and of every stage in one forward."""
+    times = []
+    start = time.perf_counter()
+    out = run_stem(backbone, x)
+    times.append(time.perf_counter() - start)
+    for name in backbone.res_layers:
+        begin = time.perf_counter()
+        out = getattr(backbone, name)(out)
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+@torch.no_grad()
+def time_pair(dense, sparse, x, warmup: int, repeats: int):
+    """Alternate dense and sparse passes so that both see the same machine state;
+    return the median per-part and whole-pass seconds of each."""
+    runs = {'dense': [], 'sparse': []}
+    for step in range(warmup + repeats):
+        for name, model in (('dense', dense), ('sparse', sparse)):
+            times = _timed_pass(model, x)
+            if step >= warmup:
+                runs[name].append(times)
+    return {name: ([statistics.median(p) for p in zip(*r)],
+                   statistics.median(sum(t) for t in r)) for name, r in runs.items()}

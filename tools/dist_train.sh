@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Distributed training with torchrun: bash tools/dist_train.sh CONFIG NPROC [train.py args]
+# (dist_test.sh runs test.py through this script: SCRIPT=test.py ... CONFIG NPROC CKPT ...)
 # On machines without CUDA the processes use the gloo backend (see mmdyn/utils/launch.py).
 set -euo pipefail
 CONFIG=$1
@@ -12,4 +13,4 @@ PYTHON=${PYTHON:-python}
 HERE=$(cd "$(dirname "$0")" && pwd)
 exec "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" --master_port="$PORT" --nproc_per_node="$NPROC" \
-    "$HERE/train.py" "$CONFIG" --launcher pytorch "${@:3}"
+    "$HERE/${SCRIPT:-train.py}" "$CONFIG" "${@:3}" --launcher pytorch

@@ -14,13 +14,15 @@ class BlockRecord:
     ``activation_rate``: ``[B]`` fraction of output pixels computed;
     ``dense_flops``: the static block's FLOPs for one sample;
     ``executed_flops``: ``[B]`` FLOPs the sparse path executes for that mask, gate
-    included; differentiable with respect to the mask in training.
+    included; differentiable with respect to the mask in training;
+    ``grid``: the :class:`~mmdyn.ops.PatchGrid` (output map size and patch size).
     """
     name: str
     mask: Tensor
     activation_rate: Tensor
     dense_flops: float
     executed_flops: Tensor
+    grid: object = None
 
 
 def conv_macs(in_channels: int, out_channels: int, kernel_size: int, groups: int = 1) -> int:

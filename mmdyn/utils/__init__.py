@@ -1,4 +1,5 @@
 from .checkpoint import patch_mmengine_checkpoint_loading
-from .launch import build_runner
+from .launch import add_common_args, build_runner, load_config
 
-__all__ = ['patch_mmengine_checkpoint_loading', 'build_runner']
+__all__ = ['patch_mmengine_checkpoint_loading', 'add_common_args', 'build_runner',
+           'load_config']

@@ -4,12 +4,32 @@ On a machine without CUDA, ``--launcher pytorch`` (torchrun) uses the gloo backe
 mmengine 0.10.7 would call ``torch.cuda.set_device`` and wrap the model in DDP with
 ``device_ids=[LOCAL_RANK]``, both of which fail on CPU.
 """
+import os
 import os.path as osp
 
 import torch
 import torch.distributed as dist
+from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+
+
+def add_common_args(parser):
+    """Arguments shared by tools/train.py and tools/test.py (after ``config``)."""
+    parser.add_argument('--work-dir', help='directory for logs and checkpoints')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_config(args) -> Config:
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    return cfg
 
 
 def build_runner(cfg, config_path: str, work_dir=None, launcher: str = 'none'):

@@ -9,20 +9,17 @@ latency ratios next to executed-FLOPs ratios and saves JSON.
     python tools/analysis/benchmark_latency.py --depth 101 --granularity 8 4 7 1
 """
 import argparse
-import ctypes
-import ctypes.util
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from mmdyn.analysis import (build_dense_twin, build_las_backbone,  # noqa: E402
-                            fold_stem_, run_stem, stage_flops)
+                            keep_freed_memory, prepare_sparse_for_timing,
+                            stage_flops, time_pair)
 
 
 def parse_args():
@@ -41,55 +38,16 @@ def parse_args():
     return parser.parse_args()
 
 
-def keep_freed_memory():
-    """Let glibc reuse freed buffers instead of returning them to the OS, so that
-    neither network pays page faults on every forward (PyTorch's CPU tuning guide
-    recommends the same through jemalloc/tcmalloc). Applies to both networks."""
-    libc = ctypes.CDLL(ctypes.util.find_library('c'))
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-    libc.mallopt(m_trim_threshold, 2 ** 31 - 1)
-    libc.mallopt(m_top_pad, 1024 * 1024 * 1024)
-
-
-def _timed_pass(backbone, x):
-    """Seconds of the stem and of every stage in one forward."""
-    times = []
-    start = time.perf_counter()
-    out = run_stem(backbone, x)
-    times.append(time.perf_counter() - start)
-    for name in backbone.res_layers:
-        begin = time.perf_counter()
-        out = getattr(backbone, name)(out)
-        times.append(time.perf_counter() - begin)
-    return times
-
-
-@torch.no_grad()
-def time_pair(dense, sparse, x, warmup: int, repeats: int):
-    """Alternate dense and sparse passes so that both see the same machine state;
-    return the median per-part and whole-pass seconds of each."""
-    runs = {'dense': [], 'sparse': []}
-    for step in range(warmup + repeats):
-        for name, model in (('dense', dense), ('sparse', sparse)):
-            times = _timed_pass(model, x)
-            if step >= warmup:
-                runs[name].append(times)
-    return {name: ([statistics.median(p) for p in zip(*r)],
-                   statistics.median(sum(t) for t in r)) for name, r in runs.items()}
-
-
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     keep_freed_memory()  # denormals slow x86 CPUs by orders of magnitude
     torch.manual_seed(args.seed)
-    las = build_las_backbone(args.depth, tuple(args.granularity)).eval()
+    las = build_las_backbone(args.depth, tuple(args.granularity))
     # Both networks run channels-last: it is the faster layout for the dense twin too.
-    dense = build_dense_twin(las).to(memory_format=torch.channels_last)
-    las = fold_stem_(las).to(memory_format=torch.channels_last)
-    las.set_execution_mode('sparse')
+    dense = build_dense_twin(las)
+    las = prepare_sparse_for_timing(las)
     x = torch.randn(args.batch, 3, *args.input).contiguous(memory_format=torch.channels_last)
     parts = ['stem'] + list(dense.res_layers)
     print(f'LAS-ResNet-{args.depth} S={"-".join(map(str, args.granularity))} input '

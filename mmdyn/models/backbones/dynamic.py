@@ -83,12 +83,12 @@ class DynamicBlockMixin:
             self._fold_cache[name] = cached
         return cached[1]
 
-    def store_record(self, mask: Tensor, computed_area: Tensor, out_pixels: int,
+    def store_record(self, grid: PatchGrid, mask: Tensor, computed_area: Tensor,
                      dense_flops: float, executed_flops: Tensor):
         self.record = BlockRecord(
             name=self.block_name, mask=mask,
-            activation_rate=computed_area / out_pixels,
-            dense_flops=float(dense_flops), executed_flops=executed_flops)
+            activation_rate=computed_area / (grid.height * grid.width),
+            dense_flops=float(dense_flops), executed_flops=executed_flops, grid=grid)
 
 
 @dataclass

@@ -155,7 +155,7 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         per_pixel = conv_macs(mid, mid, 3) + conv_macs(mid, c_out, 1)
         computed = (mask * patch_extents(grid, x.device)).sum(dim=(1, 2, 3))
         always = conv1_flops + self.downsample_flops(out_pixels) + in_pixels * c_in
-        self.store_record(mask, computed, out_pixels,
+        self.store_record(grid, mask, computed,
                           dense_flops=conv1_flops + out_pixels * per_pixel
                           + self.downsample_flops(out_pixels),
                           executed_flops=always + computed * per_pixel)
@@ -207,7 +207,7 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         computed = (mask * patch_extents(grid, x.device)).sum(dim=(1, 2, 3))
         downsample = self.downsample_flops(out_pixels)
         gate = self.gate_flops(x.shape[2] * x.shape[3], grid)
-        self.store_record(mask, computed, out_pixels,
+        self.store_record(grid, mask, computed,
                           dense_flops=conv1_flops + out_pixels * conv2_per_pixel + downsample,
                           executed_flops=gate + conv1_flops + downsample
                           + computed * conv2_per_pixel)

@@ -1,0 +1,57 @@
+"""Overlays of the patches each dynamic block selected, on the input image."""
+import math
+import os
+
+import cv2
+import numpy as np
+
+SELECTED_TINT = np.array([255, 64, 32], dtype=np.float32)  # RGB
+
+
+def block_mask_on_input(record, sample: int, input_hw, image_hw) -> np.ndarray:
+    """The block's patch mask as a boolean ``image_hw`` map.
+
+    ``input_hw`` is the (padded) network input size; the image occupies its top-left
+    ``image_hw`` part before resizing, as in mmdet/mmseg batches.
+    """
+    grid = record.grid
+    mask = record.mask[sample, 0].detach().float().cpu().numpy()
+    full = np.kron(mask, np.ones((grid.patch, grid.patch), np.float32))
+    full = full[:grid.height, :grid.width]
+    on_input = cv2.resize(full, (input_hw[1], input_hw[0]), interpolation=cv2.INTER_NEAREST)
+    return on_input[:image_hw[0], :image_hw[1]] > 0.5
+
+
+def overlay(image_rgb: np.ndarray, selected: np.ndarray, label: str = '') -> np.ndarray:
+    """Tint the selected pixels, darken the skipped ones, write ``label`` on top."""
+    image = image_rgb.astype(np.float32)
+    out = np.where(selected[..., None], 0.55 * image + 0.45 * SELECTED_TINT, 0.35 * image)
+    out = out.clip(0, 255).astype(np.uint8)
+    if label:
+        cv2.putText(out, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def save_block_overlays(image_rgb: np.ndarray, records, sample: int, input_hw,
+                        out_dir: str, columns: int = 6) -> list:
+    """Write one PNG per block (``<block>.png``) and a mosaic (``all_blocks.png``) of
+    the patches every block computed for ``sample``; return the written paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    image_hw = image_rgb.shape[:2]
+    tiles, paths = [], []
+    for record in records.blocks:
+        selected = block_mask_on_input(record, sample, input_hw, image_hw)
+        rate = float(record.activation_rate[sample])
+        tile = overlay(image_rgb, selected, f'{record.name} S={record.grid.patch} r={rate:.2f}')
+        path = os.path.join(out_dir, f'{record.name}.png')
+        cv2.imwrite(path, cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
+        tiles.append(tile)
+        paths.append(path)
+    rows = math.ceil(len(tiles) / columns)
+    blank = np.zeros_like(tiles[0])
+    tiles += [blank] * (rows * columns - len(tiles))
+    mosaic = np.vstack([np.hstack(tiles[r * columns:(r + 1) * columns]) for r in range(rows)])
+    path = os.path.join(out_dir, 'all_blocks.png')
+    cv2.imwrite(path, cv2.cvtColor(mosaic, cv2.COLOR_RGB2BGR))
+    return paths + [path]

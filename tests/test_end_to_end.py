@@ -1,0 +1,135 @@
+"""End-to-end runs of the command-line tools on the offline COCO fixture."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmdyn.datasets import build_coco_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+LAS_DEMO = ROOT / 'configs' / 'demo' / 'faster-rcnn_las-r18-s4421-t05_fpn_demo-fixture.py'
+pytestmark = pytest.mark.slow
+
+
+def run(*args, timeout=600):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope='module')
+def fixture_config(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('e2e')
+    data = build_coco_fixture(tmp / 'coco', num_shape_images=4, image_size=128, seed=1)
+    root = data['root'].rstrip('/') + '/'
+    config = tmp / 'las_tiny.py'
+    config.write_text(f'''
+_base_ = ['{LAS_DEMO}']
+data_root = '{root}'
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = [
+    dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json',
+         metric='bbox'),
+    dict(type='SparsityMetric', per_block=False)]
+test_evaluator = val_evaluator
+train_cfg = dict(max_iters=4, val_interval=4)
+default_hooks = dict(checkpoint=dict(interval=2), logger=dict(interval=1))
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
+''')
+    return config, tmp, data
+
+
+def logged(work_dir, key):
+    """{iteration: value} of ``key`` from every run in ``work_dir``'s scalars.json."""
+    values = {}
+    for path in Path(work_dir).rglob('scalars.json'):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            if key in entry:
+                values.setdefault(entry['step'], []).append(entry[key])
+    return values
+
+
+def test_train_resume_test_and_visualize(fixture_config):
+    config, tmp, data = fixture_config
+    work_dir = tmp / 'train'
+    run('tools/train.py', config, '--work-dir', work_dir)
+    for name in ('iter_2.pth', 'iter_4.pth'):
+        assert (work_dir / name).is_file()
+    first = logged(work_dir, 'temperature')
+    assert sorted(first) == [1, 2, 3, 4]
+
+    # resume from iteration 2 (an mmengine checkpoint: needs the weights_only fix)
+    resumed_dir = tmp / 'resumed'
+    out = run('tools/train.py', config, '--work-dir', resumed_dir,
+              '--resume', work_dir / 'iter_2.pth')
+    assert 'resumed' in out.lower()
+    second = logged(resumed_dir, 'temperature')
+    assert sorted(second) == [3, 4]
+    for step in (3, 4):
+        assert second[step] == first[step]  # the schedule continues exactly
+    targets = logged(resumed_dir, 'sparsity_target')
+    assert targets[4] == [0.5]
+
+    out = run('tools/test.py', config, work_dir / 'iter_4.pth', '--work-dir', tmp / 'test')
+    assert 'coco/bbox_mAP' in out and 'sparsity/activation_rate' in out
+    assert 'sparsity/backbone_gflops_executed' in out
+
+    image = next(Path(data['val_img_dir']).glob('*.jpg'))
+    run('tools/analysis/visualize_masks.py', config, work_dir / 'iter_4.pth', image,
+        '--out-dir', tmp / 'masks')
+    pngs = sorted((tmp / 'masks' / image.stem).glob('*.png'))
+    assert len(pngs) == 8 + 1  # ResNet-18 blocks + the mosaic
+
+
+def test_distributed_training_with_two_cpu_processes(fixture_config):
+    config, tmp, _ = fixture_config
+    work_dir = tmp / 'dist'
+    with socket.socket() as probe:  # a free port: an earlier run's may be in TIME_WAIT
+        probe.bind(('127.0.0.1', 0))
+        port = str(probe.getsockname()[1])
+    env = {**os.environ, 'PYTHON': sys.executable, 'PORT': port, 'OMP_NUM_THREADS': '1'}
+    result = subprocess.run(
+        ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir),
+         '--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=3'],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log  # world size
+    assert (work_dir / 'iter_2.pth').is_file()
+
+
+def test_benchmark_script_writes_json(tmp_path):
+    out = tmp_path / 'bench.json'
+    run('tools/analysis/benchmark_latency.py', '--depth', '18', '--granularity', '4', '4', '2',
+        '1', '--input', '64', '96', '--rates', '0.5', '--warmup', '0', '--repeats', '1',
+        '--threads', '1', '--out', out)
+    report = json.loads(out.read_text())
+    row = report['rates'][0]
+    assert row['rate'] == 0.5
+    assert set(row['stages']) == {'stem', 'layer1', 'layer2', 'layer3', 'layer4'}
+    assert 0 < row['total']['flops_ratio'] < 1 and row['total']['latency_s'] > 0
+
+
+def test_mmengine_checkpoints_need_the_loader_fix(tmp_path):
+    """mmengine's own checkpoints fail under torch's weights_only default; after
+    ``import mmdyn`` mmengine loads them."""
+    from mmengine.logging import HistoryBuffer
+    path = tmp_path / 'ckpt.pth'
+    torch.save(dict(state_dict={}, message_hub=dict(buffer=HistoryBuffer())), path)
+    code = ('import sys; from mmengine.runner import CheckpointLoader\n'
+            f'CheckpointLoader.load_checkpoint({str(path)!r})\n')
+    broken = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert broken.returncode != 0 and 'weights_only' in broken.stderr.replace('Weights only',
+                                                                              'weights_only')
+    fixed = subprocess.run([sys.executable, '-c', 'import mmdyn\n' + code],
+                           capture_output=True, text=True)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
