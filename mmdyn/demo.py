@@ -30,7 +30,7 @@ from mmdyn.visualization import save_block_overlays
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs' / 'demo'
 STATIC_CONFIG = CONFIG_DIR / 'faster-rcnn_r18_fpn_demo-fixture.py'
-LAS_CONFIG = CONFIG_DIR / 'faster-rcnn_las-r18-s4421-t05_fpn_demo-fixture.py'
+LAS_CONFIG = CONFIG_DIR / 'faster-rcnn_las-r18-s4421-t07_fpn_demo-fixture.py'
 
 
 class ProgressHook(Hook):

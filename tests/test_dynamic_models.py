@@ -101,6 +101,38 @@ def test_segmentors_train_and_predict(name):
     assert results[0].pred_sem_seg.data.shape[-2:] == (64, 64)
 
 
+@pytest.mark.parametrize('name', [
+    'faster-rcnn_las-r101-s4421-t05_fpn_1x_coco.py',
+    'mask-rcnn_las-r101-s4421-t05_fpn_1x_coco.py'])
+def test_detector_predictions_equal_in_masked_and_sparse_mode(name):
+    """The whole detector, not only the backbone: RoIAlign and the heads must see the
+    same features whichever path the backbone took."""
+    torch.manual_seed(0)
+    model = small_detector(name).eval()
+    model.roi_head.test_cfg.score_thr = 0.0  # random heads score below the default 0.05
+    model.backbone.set_forced_activation(0.5)
+    data = model.data_preprocessor(demo_mm_inputs(1, [[3, 96, 128]], with_mask=True), False)
+    predictions = {}
+    for mode in ('masked', 'sparse'):
+        model.backbone.set_execution_mode(mode)
+        with torch.no_grad():
+            predictions[mode] = model(**data, mode='predict')[0].pred_instances
+    masked, sparse = predictions['masked'], predictions['sparse']
+    assert len(masked) > 0
+    torch.testing.assert_close(sparse.bboxes, masked.bboxes, rtol=1e-3, atol=1e-2)
+    torch.testing.assert_close(sparse.scores, masked.scores, rtol=1e-3, atol=1e-4)
+    if 'masks' in masked:
+        assert (sparse.masks != masked.masks).float().mean() < 1e-3
+
+
+def test_backbone_outputs_are_plain_nchw():
+    model = small_detector('retinanet_las-r101-s4421-t05_fpn_1x_coco.py').eval()
+    model.backbone.set_execution_mode('sparse')
+    with torch.no_grad():
+        outputs = model.backbone(torch.randn(1, 3, 64, 96))
+    assert all(o.is_contiguous() for o in outputs)
+
+
 def test_sliding_window_inference_counts_every_crop():
     model = small_segmentor('deeplabv3_las-r50-d8-s4444-t05_4xb4-20k_voc12aug-512x512.py')
     model.backbone.set_forced_activation(1.0)

@@ -12,7 +12,7 @@ import torch
 from mmdyn.datasets import build_coco_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-LAS_DEMO = ROOT / 'configs' / 'demo' / 'faster-rcnn_las-r18-s4421-t05_fpn_demo-fixture.py'
+LAS_DEMO = ROOT / 'configs' / 'demo' / 'faster-rcnn_las-r18-s4421-t07_fpn_demo-fixture.py'
 pytestmark = pytest.mark.slow
 
 

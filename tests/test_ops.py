@@ -30,7 +30,7 @@ def test_gather_conv_scatter_equals_dense_masked(height, width, patch, stride, d
     window = Window(patch * stride, (patch - 1) * stride + 2 * dilation + 1, dilation)
     base = torch.randn_like(dense)
     if index.numel():
-        patches = F.conv2d(gather_windows(x, index, grid, window), weight, bias,
+        patches = F.conv2d(gather_windows(x, index, window), weight, bias,
                            stride=stride, dilation=dilation)
         assert patches.shape[2:] == (patch, patch)
         result = scatter_add_patches(base, patches, index, grid)
@@ -53,7 +53,7 @@ def test_gather_pads_with_zeros_and_extents_count_inside_pixels():
     grid = PatchGrid(7, 9, 4)
     window = Window(4, 6, 1)
     index = torch.tensor([[0, r, c] for r in range(grid.rows) for c in range(grid.cols)])
-    gathered = gather_windows(torch.ones(1, 1, 7, 9), index, grid, window)
+    gathered = gather_windows(torch.ones(1, 1, 7, 9), index, window)
     assert gathered.shape == (6, 1, 6, 6)
     assert gathered[0, 0, 0].eq(0).all() and gathered[0, 0, 1:, 1:].eq(1).all()
     inside = gathered.sum(dim=(1, 2, 3))

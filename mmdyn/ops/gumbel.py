@@ -1,4 +1,4 @@
-"""Straight-through Gumbel-softmax gate (Jang et al. 2017; LAS Eq. 4).
+"""Straight-through Gumbel-softmax gate (Jang et al. 2017; LAS Sec. 3.5).
 
 Convention (documented once, used by every mmdyn masker): the gate has two logits per
 decision, index 0 = "compute" and index 1 = "skip". Training draws a stochastic hard

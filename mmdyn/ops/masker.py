@@ -1,4 +1,5 @@
-"""The LAS masker: one spatial decision per S x S output patch (LAS Sec. 3.2)."""
+"""The LAS masker: one spatial decision per S x S output patch (LAS Fig. 2: a coarse
+mask M_coarse on the patch grid, upsampled to the block output)."""
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -67,7 +67,7 @@ def pixel_rows(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-def _window_taps(index: Tensor, grid: PatchGrid, window: Window, height: int, width: int):
+def _window_taps(index: Tensor, window: Window, height: int, width: int):
     """Row ids of every window pixel on a ``height x width`` map, and the positions of
     the pixels that fall outside it (they must read as zero)."""
     span = torch.arange(window.size, device=index.device)
@@ -81,7 +81,7 @@ def _window_taps(index: Tensor, grid: PatchGrid, window: Window, height: int, wi
     return taps.view(-1), outside
 
 
-def gather_windows(x: Tensor, index: Tensor, grid: PatchGrid, window: Window) -> Tensor:
+def gather_windows(x: Tensor, index: Tensor, window: Window) -> Tensor:
     """Stack the windows of ``x`` that feed the active patches: ``[N, C, size, size]``
     (channels-last memory).
 
@@ -89,7 +89,7 @@ def gather_windows(x: Tensor, index: Tensor, grid: PatchGrid, window: Window) ->
     would apply, so a VALID conv on the stack equals the dense conv on those patches.
     One row gather on the channels-last view: no padded copy of ``x`` is made.
     """
-    taps, outside = _window_taps(index, grid, window, x.shape[2], x.shape[3])
+    taps, outside = _window_taps(index, window, x.shape[2], x.shape[3])
     windows = F.embedding(taps, pixel_rows(x))  # a row gather; faster than index_select
     if outside.numel():
         windows.index_fill_(0, outside, 0.0)

@@ -1,13 +1,13 @@
 """LAS-ResNet: latency-aware spatial-wise dynamic ResNet.
 
-Han et al., "Latency-aware Unified Dynamic Networks / Spatial-wise Dynamic Networks",
+Han et al., "Latency-aware Spatial-wise Dynamic Networks",
 NeurIPS 2022. Every residual block gets a masker that decides, per S x S patch of the
 block's output, whether the residual branch is computed:
 
-    y = relu(x_identity + M_S * F(x))                               (LAS Eq. 1)
+    y = relu(x_identity + M * F(x))                        (LAS Fig. 2, block output)
 
-with M_S the nearest-upsampled patch mask from the masker (adaptive pool to the patch
-grid, 1x1 conv, 2 logits, straight-through Gumbel; LAS Eq. 2-4). ``masked`` mode runs
+with M the nearest-upsampled patch mask from the masker (adaptive pool to the patch
+grid, 1x1 conv, 2 logits, straight-through Gumbel; LAS Sec. 3.5). ``masked`` mode runs
 F densely and multiplies (training and the reference); ``sparse`` mode runs conv1
 densely fused with the masker (one conv with C+1 outputs, Appendix B.1), gathers the
 active patches with their halo, runs conv2/conv3 on the stack and scatter-adds the
@@ -142,7 +142,7 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         identity = self.downsample_dense(x, True)
         if index.numel() == 0:
             return self.sparse_output(x, identity, None, index, grid), mask
-        windows = gather_windows(out1, index, grid, self.conv2_window).relu_()
+        windows = gather_windows(out1, index, self.conv2_window).relu_()
         hidden = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True).relu_()
         conv3 = self.folded('conv3', self.conv3, self.norm3)  # fused into the scatter-add
         return self.sparse_output(x, identity, hidden, index, grid, pointwise=conv3), mask
@@ -195,7 +195,7 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         if index.numel() == 0:
             return self.sparse_output(x, identity, None, index, grid)
         out1 = self.folded('conv1', self.conv1, self.norm1)(x)
-        windows = gather_windows(out1, index, grid, self.conv2_window).relu_()
+        windows = gather_windows(out1, index, self.conv2_window).relu_()
         patches = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True)
         return self.sparse_output(x, identity, patches, index, grid)
 
@@ -341,6 +341,9 @@ class LASResNet(DynamicBackboneMixin, ResNet):
                 x = block(x)
                 records.append(block.record)
             if i in self.out_indices:
-                outs.append(x)
+                # Plain NCHW outputs, as the dense ResNet returns: the sparse path works
+                # channels-last, and some consumers (mmcv's CPU RoIAlign) read raw
+                # memory assuming NCHW.
+                outs.append(x.contiguous())
         self.store_forward_record(ForwardRecord(stem_flops, records))
         return tuple(outs)

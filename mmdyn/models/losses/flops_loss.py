@@ -1,6 +1,6 @@
-"""Sparsity loss of spatially dynamic networks (LAS Sec. 3.4; DynConv Sec. 3.3).
+"""Sparsity loss of spatially dynamic networks (LAS Sec. 3.5; DynConv Sec. 3.3).
 
-    L_flops  = (F_dyn / F_stat - t)^2                                  (LAS Eq. 5)
+    L_flops  = (F_dyn / F_stat - t)^2              (LAS Sec. 3.5, the FLOPs-ratio loss)
     L_bounds = mean_blocks[ relu(r_b - u)^2 + relu(l - r_b)^2 ]
     u = 1 - c (1 - t),  l = c t,  c = cos^2(pi/2 * min(1, p / p_anneal))
 
