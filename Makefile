@@ -13,7 +13,8 @@ STAMP := $(VENV)/.mmdyn-stack-v1
 TORCH_PIN := torch==2.13.0
 BUILD_PINS := "setuptools>=77.0.3,<82" wheel numpy ninja
 MM_PINS := mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 "pycocotools>=2.0.8"
-EXTRA_PINS := scikit-image imgviz matplotlib pytest
+# ftfy and regex: mmseg 1.2.2 imports them without declaring them.
+EXTRA_PINS := scikit-image imgviz matplotlib pytest ftfy regex
 
 .PHONY: setup demo test test-fast clean-venv
 
