@@ -148,13 +148,17 @@ def test_resnet_checkpoint_loads_with_only_maskers_missing(tmp_path):
     assert all(float(b.masker.bias[0] - b.masker.bias[1]) > 0 for b in model.dynamic_blocks())
 
 
+def records_at_rate(model, x, rate):
+    model.set_forced_activation(rate)
+    with torch.no_grad():
+        model(x)
+    return model.records
+
+
 def test_dense_flops_equal_mmengine_conv_count():
     model = build(50, granularity=(4, 4, 2, 1))
     x = torch.randn(1, 3, 96, 128)
-    model.set_forced_activation(1.0)
-    with torch.no_grad():
-        model(x)
-    record = model.records
+    record = records_at_rate(model, x, 1.0)
     ours = record.stem_flops + sum(b.dense_flops for b in record.blocks)
     counted = FlopAnalyzer(build_dense_twin(model), (x,)).by_operator()['conv']
     assert ours == counted
@@ -163,15 +167,9 @@ def test_dense_flops_equal_mmengine_conv_count():
 def test_executed_flops_full_and_empty_masks():
     model = build(50, granularity=(4, 4, 2, 1))
     x = torch.randn(2, 3, 64, 64)
-    model.set_forced_activation(1.0)
-    with torch.no_grad():
-        model(x)
-    for block in model.records.blocks:
+    for block in records_at_rate(model, x, 1.0).blocks:
         assert (block.executed_flops > block.dense_flops).all()  # + the gate channel
-    model.set_forced_activation(0.0)
-    with torch.no_grad():
-        model(x)
-    for block in model.records.blocks:
+    for block in records_at_rate(model, x, 0.0).blocks:
         assert (block.executed_flops < 0.6 * block.dense_flops).all()
         assert block.activation_rate.eq(0).all()
     # layer1.1 by hand: 16 x 16 map, 256 -> 64 -> 64 -> 256 channels.
