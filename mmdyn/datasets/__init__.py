@@ -1,14 +1,21 @@
-"""Offline dataset fixtures (no mmdet / mmseg imports here).
+"""Offline dataset fixtures in the real on-disk formats (no mmdet / mmseg imports here).
 
-Names are re-exported lazily so that ``python -m mmdyn.datasets.coco_fixture`` does not
-import the module twice (runpy warns about that).
+Names are re-exported lazily so that ``python -m mmdyn.datasets.<builder>`` does not
+import the builder module twice (runpy warns about that).
 """
 import importlib
 
-__all__ = ['COCO_CATEGORY_IDS', 'COCO_CLASSES', 'build_coco_fixture']
+_EXPORTS = {
+    'COCO_CATEGORY_IDS': 'coco_fixture', 'COCO_CLASSES': 'coco_fixture',
+    'build_coco_fixture': 'coco_fixture',
+    'VOC_CLASSES': 'voc_fixture', 'build_voc_fixture': 'voc_fixture',
+    'CITYSCAPES_CLASSES': 'cityscapes_fixture',
+    'build_cityscapes_fixture': 'cityscapes_fixture',
+}
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    if name in __all__:
-        return getattr(importlib.import_module('.coco_fixture', __name__), name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f'.{_EXPORTS[name]}', __name__), name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
