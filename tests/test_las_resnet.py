@@ -250,3 +250,22 @@ def test_frozen_stages_keep_maskers_trainable():
     model(torch.randn(1, 3, 32, 32))[0].sum().backward()
     assert block.masker.weight.grad.abs().sum() > 0
     assert block.conv1.weight.grad is None
+
+
+def test_folded_weight_cache_follows_weight_updates():
+    """The sparse path caches folded weights; in-place updates (optimizer steps,
+    load_state_dict, BN statistics) must invalidate the cache."""
+    model = build(50, granularity=(4, 4, 2, 1))
+    x = torch.randn(1, 3, 64, 64)
+    model.set_execution_mode('sparse')
+    with torch.no_grad():
+        before = model(x)[-1].clone()
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.mul_(2.0)
+        model.layer4[0].conv2.weight.mul_(-1.0)
+        model.layer2[1].masker.bias[0] -= 10.0  # layer2.1 now skips everything
+    masked, sparse, masked_record, sparse_record = run_both(model, x)
+    assert relative_error(sparse[-1], before) > 1e-2
+    assert relative_error(sparse[-1], masked[-1]) < 1e-4
+    assert float(sparse_record.blocks[4].activation_rate) == 0.0

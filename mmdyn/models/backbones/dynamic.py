@@ -71,17 +71,22 @@ class DynamicBlockMixin:
             return None
         return draw_forced_mask(batch, grid, self.forced_rate, self.forced_seed, device)
 
-    def folded(self, name: str, conv, bn):
-        """BatchNorm-folded weights, recomputed only when a parameter or running
-        statistic changed (tracked through the tensors' in-place version counters)."""
-        tensors = [t for t in (conv.weight, conv.bias, bn.weight, bn.bias,
-                               bn.running_mean, bn.running_var) if t is not None]
-        key = tuple((id(t), t._version) for t in tensors)
+    def cached(self, name: str, sources, build):
+        """``build()``, recomputed only when one of the ``sources`` tensors changed
+        (tracked through their in-place version counters: optimizer steps,
+        load_state_dict and BatchNorm statistics updates all bump them)."""
+        key = tuple((id(t), t._version) for t in sources if t is not None)
         cached = self._fold_cache.get(name)
         if cached is None or cached[0] != key:
-            cached = (key, fold_conv_bn(conv, bn))
+            cached = (key, build())
             self._fold_cache[name] = cached
         return cached[1]
+
+    def folded(self, name: str, conv, bn):
+        """BatchNorm-folded weights of ``conv`` + ``bn`` (cached)."""
+        return self.cached(name, (conv.weight, conv.bias, bn.weight, bn.bias,
+                                  bn.running_mean, bn.running_var),
+                           lambda: fold_conv_bn(conv, bn))
 
     def store_record(self, grid: PatchGrid, mask: Tensor, computed_area: Tensor,
                      dense_flops: float, executed_flops: Tensor):

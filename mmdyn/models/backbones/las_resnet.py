@@ -128,12 +128,10 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
 
     def _forward_sparse(self, x, grid):
         x = x.contiguous(memory_format=torch.channels_last)
-        conv1 = self.folded('conv1', self.conv1, self.norm1)
         # One conv with C+1 outputs: conv1 and the gate's logit difference (App. B.1).
         # Forced masks (benchmarks, tests) still pay for the gate channel.
-        gate_weight, gate_bias = self.masker.decision_weight()
-        fused = F.conv2d(x, torch.cat([conv1.weight, gate_weight]),
-                         torch.cat([conv1.bias, gate_bias]))
+        weight, bias = self.fused_conv1_gate()
+        fused = F.conv2d(x, weight, bias)
         out1 = fused[:, :-1]
         mask = self.forced_mask(x.shape[0], grid, x.device)
         if mask is None:
@@ -146,6 +144,18 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         hidden = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True).relu_()
         conv3 = self.folded('conv3', self.conv3, self.norm3)  # fused into the scatter-add
         return self.sparse_output(x, identity, hidden, index, grid, pointwise=conv3), mask
+
+    def fused_conv1_gate(self):
+        """Weight and bias of conv1 (BatchNorm folded) with the gate's logit
+        difference appended as one more output channel; cached."""
+        def build():
+            conv1 = self.folded('conv1', self.conv1, self.norm1)
+            gate_weight, gate_bias = self.masker.decision_weight()
+            return torch.cat([conv1.weight, gate_weight]), torch.cat([conv1.bias, gate_bias])
+        sources = (self.conv1.weight, self.norm1.weight, self.norm1.bias,
+                   self.norm1.running_mean, self.norm1.running_var, self.masker.weight,
+                   self.masker.bias)
+        return self.cached('conv1+gate', sources, build)
 
     def _record(self, x, grid, mask):
         in_pixels = x.shape[2] * x.shape[3]
