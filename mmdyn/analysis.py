@@ -6,7 +6,6 @@ import time
 from collections import defaultdict
 
 import torch
-
 from mmcv.cnn import fuse_conv_bn
 from mmdet.models.backbones import ResNet
 from torch import nn
@@ -21,6 +20,9 @@ def build_las_backbone(depth: int, granularity, **kwargs) -> LASResNet:
 
 def build_dense_twin(las: LASResNet) -> ResNet:
     """The static mmdet ResNet with the dynamic backbone's weights, BatchNorm folded."""
+    if las.contract_dilation and any(d > 1 for d in las.dilations):
+        raise ValueError('build_dense_twin: mmdet ResNet has no contract_dilation; '
+                         'compare mmseg layouts against mmseg.models.ResNetV1c instead')
     dense = ResNet(depth=las.depth, num_stages=las.num_stages, strides=las.strides,
                    dilations=las.dilations, out_indices=las.out_indices,
                    deep_stem=las.deep_stem, avg_down=las.avg_down, init_cfg=None)

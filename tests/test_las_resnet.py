@@ -269,3 +269,9 @@ def test_folded_weight_cache_follows_weight_updates():
     assert relative_error(sparse[-1], before) > 1e-2
     assert relative_error(sparse[-1], masked[-1]) < 1e-4
     assert float(sparse_record.blocks[4].activation_rate) == 0.0
+
+
+def test_dense_twin_refuses_layouts_it_cannot_reproduce():
+    model = LASResNet(depth=18, init_cfg=None, **MMSEG_V1C)
+    with pytest.raises(ValueError, match='contract_dilation'):
+        build_dense_twin(model)
