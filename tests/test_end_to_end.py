@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mmdyn.datasets import build_coco_fixture
 
@@ -117,22 +116,6 @@ def test_benchmark_script_writes_json(tmp_path):
     assert row['rate'] == 0.5
     assert set(row['stages']) == {'stem', 'layer1', 'layer2', 'layer3', 'layer4'}
     assert 0 < row['total']['flops_ratio'] < 1 and row['total']['latency_s'] > 0
-
-
-def test_mmengine_checkpoints_need_the_loader_fix(tmp_path):
-    """mmengine's own checkpoints fail under torch's weights_only default; after
-    ``import mmdyn`` mmengine loads them."""
-    from mmengine.logging import HistoryBuffer
-    path = tmp_path / 'ckpt.pth'
-    torch.save(dict(state_dict={}, message_hub=dict(buffer=HistoryBuffer())), path)
-    code = ('import sys; from mmengine.runner import CheckpointLoader\n'
-            f'CheckpointLoader.load_checkpoint({str(path)!r})\n')
-    broken = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
-    assert broken.returncode != 0 and 'weights_only' in broken.stderr.replace('Weights only',
-                                                                              'weights_only')
-    fixed = subprocess.run([sys.executable, '-c', 'import mmdyn\n' + code],
-                           capture_output=True, text=True)
-    assert fixed.returncode == 0, fixed.stderr[-2000:]
 
 
 def test_segmentation_trains_and_reports_miou_with_sparsity(tmp_path):
