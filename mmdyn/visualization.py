@@ -55,3 +55,34 @@ def save_block_overlays(image_rgb: np.ndarray, records, sample: int, input_hw,
     path = os.path.join(out_dir, 'all_blocks.png')
     cv2.imwrite(path, cv2.cvtColor(mosaic, cv2.COLOR_RGB2BGR))
     return paths + [path]
+
+
+def plot_sparsity_histograms(stats, path: str, bins: int = 20) -> dict:
+    """Histograms of per-image activation rate and executed backbone GFLOPs (the
+    dataset view of a dynamic network, SAR Fig. 5 style); returns summary numbers."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rates = np.array([s['activation_rate'] for s in stats])
+    gflops = np.array([s['backbone_flops_executed'] for s in stats]) / 1e9
+    dense = float(np.mean([s['backbone_flops_dense'] for s in stats])) / 1e9
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for axis, values, label in ((axes[0], rates, 'activation rate'),
+                                (axes[1], gflops, 'executed backbone GFLOPs')):
+        axis.hist(values, bins=bins, color='tab:red', alpha=0.8)
+        axis.set_xlabel(label)
+        axis.set_ylabel('images')
+    axes[1].axvline(dense, color='black', linestyle='--', label='dense')
+    axes[1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+    def summary(values):
+        return dict(mean=float(values.mean()), std=float(values.std()),
+                    min=float(values.min()), p10=float(np.percentile(values, 10)),
+                    median=float(np.median(values)), p90=float(np.percentile(values, 90)),
+                    max=float(values.max()))
+
+    return dict(images=len(stats), activation_rate=summary(rates),
+                executed_gflops=summary(gflops), dense_gflops=dense)

@@ -161,3 +161,18 @@ default_hooks = dict(checkpoint=dict(interval=4), logger=dict(interval=1))
     assert 'mIoU' in out and 'sparsity/activation_rate' in out
     assert 'loss_sparsity' in out
     assert (tmp_path / 'work' / 'iter_4.pth').is_file()
+
+
+def test_sparsity_histograms_over_the_validation_set(fixture_config):
+    config, tmp, data = fixture_config
+    out = tmp / 'histograms'
+    run('tools/analysis/sparsity_histograms.py', config, 'none', '--out-dir', out)
+    stats = json.loads((out / 'per_image.json').read_text())
+    assert len(stats) == data['num_images']['val']
+    summary = json.loads((out / 'summary.json').read_text())
+    rates = summary['activation_rate']
+    assert summary['images'] == len(stats)
+    assert 0.0 <= rates['min'] <= rates['median'] <= rates['max'] <= 1.0
+    for image in stats:  # random init: masks start dense, plus the gate's cost
+        assert image['backbone_flops_executed'] <= 1.01 * image['backbone_flops_dense']
+    assert (out / 'histograms.png').stat().st_size > 1000

@@ -1,4 +1,7 @@
 """Sparsity statistics beside COCO mAP / mIoU in the normal mmdet/mmseg evaluators."""
+import json
+import os
+
 import numpy as np
 from mmengine.evaluator import BaseMetric
 from mmengine.registry import METRICS
@@ -13,9 +16,12 @@ class SparsityMetric(BaseMetric):
     """
     default_prefix = 'sparsity'
 
-    def __init__(self, per_block: bool = True, **kwargs):
+    def __init__(self, per_block: bool = True, per_image_file=None, **kwargs):
+        """``per_image_file``: also write every image's statistics to this JSON file
+        (``tools/analysis/sparsity_histograms.py`` plots them)."""
         super().__init__(**kwargs)
         self.per_block = per_block
+        self.per_image_file = per_image_file
 
     def process(self, data_batch, data_samples):
         for sample in data_samples:
@@ -28,6 +34,10 @@ class SparsityMetric(BaseMetric):
             self.results.append(stats)
 
     def compute_metrics(self, results):
+        if self.per_image_file:
+            os.makedirs(os.path.dirname(os.path.abspath(self.per_image_file)), exist_ok=True)
+            with open(self.per_image_file, 'w') as f:
+                json.dump(results, f)
         dense = np.mean([r['backbone_flops_dense'] for r in results]) / 1e9
         executed = np.mean([r['backbone_flops_executed'] for r in results]) / 1e9
         metrics = dict(activation_rate=float(np.mean([r['activation_rate'] for r in results])),

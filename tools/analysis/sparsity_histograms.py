@@ -1,0 +1,54 @@
+"""Per-image activation rate and executed GFLOPs of a dynamic model over a dataset.
+
+    python tools/analysis/sparsity_histograms.py CONFIG CHECKPOINT [--out-dir DIR]
+
+Runs the config's test loop (``CHECKPOINT`` may be ``none`` for random init), records
+every image's statistics through ``SparsityMetric`` and writes ``histograms.png``,
+``per_image.json`` and ``summary.json`` to ``--out-dir``; prints the summary.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import mmdyn  # noqa: E402,F401
+from mmdyn.utils import add_common_args, build_runner, load_config  # noqa: E402
+from mmdyn.visualization import plot_sparsity_histograms  # noqa: E402
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config')
+    parser.add_argument('checkpoint', help='a local checkpoint, or "none"')
+    parser.add_argument('--out-dir', default='work_dirs/sparsity_histograms')
+    parser.add_argument('--bins', type=int, default=20)
+    add_common_args(parser)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args)
+    per_image = os.path.join(args.out_dir, 'per_image.json')
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) \
+        else [cfg.test_evaluator]
+    cfg.test_evaluator = [e for e in evaluators if e['type'] != 'SparsityMetric'] + [
+        dict(type='SparsityMetric', per_block=False, per_image_file=per_image)]
+    if args.checkpoint != 'none':
+        if not os.path.isfile(args.checkpoint):
+            raise SystemExit(f'checkpoint not found: {args.checkpoint}')
+        cfg.load_from = args.checkpoint
+    build_runner(cfg, args.config, args.work_dir or args.out_dir, args.launcher).test()
+    with open(per_image) as f:
+        stats = json.load(f)
+    summary = plot_sparsity_histograms(stats, os.path.join(args.out_dir, 'histograms.png'),
+                                       args.bins)
+    with open(os.path.join(args.out_dir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == '__main__':
+    main()
