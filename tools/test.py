@@ -4,13 +4,13 @@
     bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [args...]
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmdyn  # noqa: E402,F401  (registers mmdyn modules, fixes checkpoint loading)
-from mmdyn.utils import add_common_args, build_runner, load_config  # noqa: E402
+from mmdyn.utils import (add_common_args, build_runner, load_config,  # noqa: E402
+                         resolve_checkpoint)
 
 
 def parse_args():
@@ -24,10 +24,9 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint not found: {args.checkpoint}')
+    checkpoint = resolve_checkpoint(args.checkpoint)
     cfg = load_config(args)
-    cfg.load_from = args.checkpoint
+    cfg.load_from = checkpoint
     if args.out:
         evaluators = cfg.test_evaluator
         evaluators = list(evaluators) if isinstance(evaluators, list) else [evaluators]

@@ -1,5 +1,5 @@
 from .checkpoint import patch_mmengine_checkpoint_loading
-from .launch import add_common_args, build_runner, load_config
+from .launch import add_common_args, build_runner, load_config, resolve_checkpoint
 
 __all__ = ['patch_mmengine_checkpoint_loading', 'add_common_args', 'build_runner',
-           'load_config']
+           'load_config', 'resolve_checkpoint']

@@ -32,6 +32,16 @@ def load_config(args) -> Config:
     return cfg
 
 
+def resolve_checkpoint(path: str, allow_none: bool = False):
+    """A local checkpoint path, or None for ``'none'`` (random init) when allowed;
+    exits with a clear message when the file does not exist."""
+    if allow_none and path == 'none':
+        return None
+    if not os.path.isfile(path):
+        raise SystemExit(f'checkpoint not found: {path}')
+    return path
+
+
 def build_runner(cfg, config_path: str, work_dir=None, launcher: str = 'none'):
     cfg.launcher = launcher
     if work_dir is not None:

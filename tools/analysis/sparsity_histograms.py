@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import mmdyn  # noqa: E402,F401
-from mmdyn.utils import add_common_args, build_runner, load_config  # noqa: E402
+from mmdyn.utils import (add_common_args, build_runner, load_config,  # noqa: E402
+                         resolve_checkpoint)
 from mmdyn.visualization import plot_sparsity_histograms  # noqa: E402
 
 
@@ -36,10 +37,7 @@ def main():
         else [cfg.test_evaluator]
     cfg.test_evaluator = [e for e in evaluators if e['type'] != 'SparsityMetric'] + [
         dict(type='SparsityMetric', per_block=False, per_image_file=per_image)]
-    if args.checkpoint != 'none':
-        if not os.path.isfile(args.checkpoint):
-            raise SystemExit(f'checkpoint not found: {args.checkpoint}')
-        cfg.load_from = args.checkpoint
+    cfg.load_from = resolve_checkpoint(args.checkpoint, allow_none=True)
     build_runner(cfg, args.config, args.work_dir or args.out_dir, args.launcher).test()
     with open(per_image) as f:
         stats = json.load(f)

@@ -15,6 +15,7 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import mmdyn  # noqa: E402,F401
 from mmdyn.models.backbones import DynamicBackboneMixin  # noqa: E402
+from mmdyn.utils import resolve_checkpoint  # noqa: E402
 from mmdyn.visualization import save_block_overlays  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def parse_args():
 def load(config, checkpoint):
     from mmengine.config import Config
     cfg = Config.fromfile(config)
-    checkpoint = None if checkpoint == 'none' else checkpoint
+    checkpoint = resolve_checkpoint(checkpoint, allow_none=True)
     if cfg.get('default_scope') == 'mmseg':
         from mmseg.apis import inference_model, init_model
         return init_model(cfg, checkpoint, device='cpu'), inference_model
