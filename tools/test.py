@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmdyn  # noqa: E402,F401  (registers mmdyn modules, fixes checkpoint loading)
-from mmdyn.utils import (add_common_args, build_runner, load_config,  # noqa: E402
-                         resolve_checkpoint)
+from mmdyn.utils import (add_common_args, build_runner, finish_distributed,  # noqa: E402
+                         load_config, resolve_checkpoint)
 
 
 def parse_args():
@@ -33,6 +33,7 @@ def main():
         cfg.test_evaluator = evaluators + [dict(type='DumpResults', out_file_path=args.out)]
     runner = build_runner(cfg, args.config, args.work_dir, args.launcher)
     runner.test()
+    finish_distributed()
 
 
 if __name__ == '__main__':

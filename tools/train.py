@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmdyn  # noqa: E402,F401  (registers mmdyn modules, fixes checkpoint loading)
-from mmdyn.utils import add_common_args, build_runner, load_config  # noqa: E402
+from mmdyn.utils import (add_common_args, build_runner, finish_distributed,  # noqa: E402
+                         load_config)
 
 
 def parse_args():
@@ -35,6 +36,7 @@ def main():
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     runner = build_runner(cfg, args.config, args.work_dir, args.launcher)
     runner.train()
+    finish_distributed()
 
 
 if __name__ == '__main__':

@@ -53,6 +53,15 @@ def build_runner(cfg, config_path: str, work_dir=None, launcher: str = 'none'):
     return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
 
 
+def finish_distributed():
+    """Tear the process group down before the interpreter exits: left to exit-time
+    destructors, gloo's worker threads can abort a rank ("terminate called without
+    an active exception") after all work has finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _use_gloo_on_cpu(cfg):
     if cfg.launcher != 'pytorch':
         raise ValueError(f'--launcher {cfg.launcher} needs CUDA; on CPU use torchrun '
