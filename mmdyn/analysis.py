@@ -68,9 +68,12 @@ def run_stem(backbone, x):
 
 
 def stage_flops(record, parts):
-    """Per-part (stem, layer1, ...) dense and mean executed FLOPs of one forward."""
+    """Per-part (stem, layer1, ...) dense and mean executed FLOPs of one forward
+    (static FLOPs plus the records of the blocks named ``<part>.<k>...``)."""
     dense, executed = defaultdict(float), defaultdict(float)
-    dense['stem'] = executed['stem'] = record.stem_flops
+    for part, flops in record.static_flops.items():
+        dense[part] += flops
+        executed[part] += flops
     for block in record.blocks:
         stage = block.name.split('.')[0]
         dense[stage] += block.dense_flops

@@ -16,7 +16,7 @@ def block_mask_on_input(record, sample: int, input_hw, image_hw) -> np.ndarray:
     """
     grid = record.grid
     mask = record.mask[sample, 0].detach().float().cpu().numpy()
-    full = np.kron(mask, np.ones((grid.patch, grid.patch), np.float32))
+    full = np.kron(mask, np.ones((grid.patch_h, grid.patch_w), np.float32))
     full = full[:grid.height, :grid.width]
     on_input = cv2.resize(full, (input_hw[1], input_hw[0]), interpolation=cv2.INTER_NEAREST)
     return on_input[:image_hw[0], :image_hw[1]] > 0.5

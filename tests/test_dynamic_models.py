@@ -14,6 +14,7 @@ from mmseg.structures import SegDataSample
 from mmdyn.engine import SparsityTargetHook, TemperatureHook
 from mmdyn.evaluation import SparsityMetric
 from mmdyn.models.losses import FlopsRatioLoss
+from mmdyn.ops import ForwardRecord
 
 CONFIGS = Path(__file__).parents[1] / 'configs' / 'las_resnet'
 
@@ -172,14 +173,11 @@ def test_flops_ratio_loss_bounds_and_value():
             self.dense_flops = dense
             self.activation_rate = torch.tensor([0.5])
 
-    class Record:
-        stem_flops = 0.0
-        blocks = [Block([40.0], 100.0), Block([40.0], 100.0)]
-
-    assert float(loss(Record())['loss_sparsity']) == pytest.approx(0.0)
+    record = ForwardRecord({'stem': 0.0}, [Block([40.0], 100.0), Block([40.0], 100.0)])
+    assert float(loss(record)['loss_sparsity']) == pytest.approx(0.0)
     loss.set_target(0.2)
     # (0.4 - 0.2)^2 from the network term; bounds are relaxed at progress 0.9
-    assert float(loss(Record())['loss_sparsity']) == pytest.approx(0.04)
+    assert float(loss(record)['loss_sparsity']) == pytest.approx(0.04)
     for bad in (0.0, 1.5, -1, 'half'):
         with pytest.raises(ValueError, match='sparsity target'):
             FlopsRatioLoss(target=bad)

@@ -39,14 +39,24 @@ def _clipped_lengths(count: int, step: int, offset: int, size: int, limit: int,
 
 def patch_extents(grid, device=None) -> Tensor:
     """``[rows, cols]`` pixel count of each patch that lies inside the map."""
-    rows = _clipped_lengths(grid.rows, grid.patch, 0, grid.patch, grid.height, device)
-    cols = _clipped_lengths(grid.cols, grid.patch, 0, grid.patch, grid.width, device)
+    rows = _clipped_lengths(grid.rows, grid.patch_h, 0, grid.patch_h, grid.height, device)
+    cols = _clipped_lengths(grid.cols, grid.patch_w, 0, grid.patch_w, grid.width, device)
     return rows[:, None] * cols[None, :]
-
 
 
 @dataclass
 class ForwardRecord:
-    """One backbone forward: the static stem's FLOPs and every dynamic block's record."""
-    stem_flops: float
+    """One backbone forward: the FLOPs that do not depend on any mask, per part
+    (``{'stem': ..., 'layer1': ...}``), and every dynamic block's record."""
+    static_flops: dict
     blocks: list
+
+    @property
+    def dense_flops(self) -> float:
+        """Per-sample FLOPs with every mask full."""
+        return sum(self.static_flops.values()) + sum(b.dense_flops for b in self.blocks)
+
+    @property
+    def executed_flops(self):
+        """``[B]`` FLOPs executed for the masks of this forward."""
+        return sum(self.static_flops.values()) + sum(b.executed_flops for b in self.blocks)

@@ -1,41 +1,62 @@
 """Patch-grid utilities: mask -> indices, gather with halo, scatter-add (any H, W).
 
 An output map of size H x W is covered by a grid of ``rows x cols`` patches of
-``S x S`` pixels, ``rows = ceil(H / S)``; border patches hang over the map and are
-computed on a zero-padded canvas, then cropped. A patch (i, j) of the output needs,
-from a map ``k`` convolutions earlier, the *window* that starts at
-``i * step - offset`` and is ``size`` pixels long (``step = S * stride``,
-``offset``/``size`` grow by each conv's padding and dilated kernel).
+``S_h x S_w`` pixels (square, ``S x S``, unless a pair is given),
+``rows = ceil(H / S_h)``; border patches hang over the map and are computed on a
+zero-padded canvas, then cropped. A patch (i, j) of the output needs, from a map ``k``
+convolutions earlier, the *window* that starts at ``i * step - offset`` and is ``size``
+pixels long (``step = S * stride``, ``offset``/``size`` grow by each conv's padding
+and dilated kernel); each of the three is an int or a (vertical, horizontal) pair.
 
 The sparse path works on channels-last maps: a map is then a ``[B * H * W, C]`` matrix
 of pixel rows, windows are one row gather and results one row copy.
 """
 import math
 from dataclasses import dataclass
+from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
+IntOrPair = Union[int, Tuple[int, int]]
+
+
+def pair(value: IntOrPair) -> Tuple[int, int]:
+    """``S`` -> ``(S, S)``; a pair is returned as a tuple."""
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
 @dataclass(frozen=True)
 class PatchGrid:
-    """The S x S patch grid over an ``height x width`` output map."""
+    """The patch grid over an ``height x width`` output map; ``patch`` is ``S`` (square
+    patches) or ``(S_h, S_w)``."""
     height: int
     width: int
-    patch: int
+    patch: IntOrPair
 
     def __post_init__(self):
-        if not (isinstance(self.patch, int) and self.patch > 0):
-            raise ValueError(f'patch size must be a positive int, got {self.patch!r}')
+        sizes = pair(self.patch) if isinstance(self.patch, (int, tuple, list)) else ()
+        if len(sizes) != 2 or not all(isinstance(v, int) and v > 0 for v in sizes):
+            raise ValueError(f'patch size must be a positive int or a pair of them, '
+                             f'got {self.patch!r}')
+
+    @property
+    def patch_h(self) -> int:
+        return pair(self.patch)[0]
+
+    @property
+    def patch_w(self) -> int:
+        return pair(self.patch)[1]
 
     @property
     def rows(self) -> int:
-        return math.ceil(self.height / self.patch)
+        return math.ceil(self.height / self.patch_h)
 
     @property
     def cols(self) -> int:
-        return math.ceil(self.width / self.patch)
+        return math.ceil(self.width / self.patch_w)
 
     @property
     def shape(self):
@@ -44,10 +65,11 @@ class PatchGrid:
 
 @dataclass(frozen=True)
 class Window:
-    """Where the input of patch (i, j) lives on an earlier map: start = i*step - offset."""
-    step: int
-    size: int
-    offset: int
+    """Where the input of patch (i, j) lives on an earlier map: start = i*step - offset
+    (each field an int or a (vertical, horizontal) pair)."""
+    step: IntOrPair
+    size: IntOrPair
+    offset: IntOrPair
 
 
 def active_patches(mask: Tensor) -> Tensor:
@@ -70,9 +92,10 @@ def pixel_rows(x: Tensor) -> Tensor:
 def _window_taps(index: Tensor, window: Window, height: int, width: int):
     """Row ids of every window pixel on a ``height x width`` map, and the positions of
     the pixels that fall outside it (they must read as zero)."""
-    span = torch.arange(window.size, device=index.device)
-    rows = index[:, 1:2] * window.step - window.offset + span
-    cols = index[:, 2:3] * window.step - window.offset + span
+    (step_h, step_w), (size_h, size_w) = pair(window.step), pair(window.size)
+    offset_h, offset_w = pair(window.offset)
+    rows = index[:, 1:2] * step_h - offset_h + torch.arange(size_h, device=index.device)
+    cols = index[:, 2:3] * step_w - offset_w + torch.arange(size_w, device=index.device)
     inside = ((rows >= 0) & (rows < height))[:, :, None] & \
         ((cols >= 0) & (cols < width))[:, None, :]
     taps = (index[:, 0, None, None] * height + rows.clamp(0, height - 1)[:, :, None]) * width \
@@ -82,8 +105,8 @@ def _window_taps(index: Tensor, window: Window, height: int, width: int):
 
 
 def gather_windows(x: Tensor, index: Tensor, window: Window) -> Tensor:
-    """Stack the windows of ``x`` that feed the active patches: ``[N, C, size, size]``
-    (channels-last memory).
+    """Stack the windows of ``x`` that feed the active patches: ``[N, C, size_h,
+    size_w]`` (channels-last memory).
 
     Pixels outside ``x`` read as zero, which is exactly the zero padding a dense conv
     would apply, so a VALID conv on the stack equals the dense conv on those patches.
@@ -93,18 +116,17 @@ def gather_windows(x: Tensor, index: Tensor, window: Window) -> Tensor:
     windows = F.embedding(taps, pixel_rows(x))  # a row gather; faster than index_select
     if outside.numel():
         windows.index_fill_(0, outside, 0.0)
-    return windows.view(index.shape[0], window.size, window.size, -1).permute(0, 3, 1, 2)
+    return windows.view(index.shape[0], *pair(window.size), -1).permute(0, 3, 1, 2)
 
 
-def _patch_pixels(index: Tensor, grid: PatchGrid):
+def patch_pixels(index: Tensor, grid: PatchGrid):
     """Row ids (on the output map) of the pixels of every active patch that lie inside
-    the map, and which rows of the ``[N * S * S]`` patch stack they are (None: all)."""
-    span = torch.arange(grid.patch, device=index.device)
-    rows = index[:, 1:2] * grid.patch + span
-    cols = index[:, 2:3] * grid.patch + span
+    the map, and which rows of the ``[N * S_h * S_w]`` patch stack they are (None: all)."""
+    rows = index[:, 1:2] * grid.patch_h + torch.arange(grid.patch_h, device=index.device)
+    cols = index[:, 2:3] * grid.patch_w + torch.arange(grid.patch_w, device=index.device)
     pixels = (index[:, 0, None, None] * grid.height + rows[:, :, None]) * grid.width \
         + cols[:, None, :]
-    if grid.height % grid.patch == 0 and grid.width % grid.patch == 0:
+    if grid.height % grid.patch_h == 0 and grid.width % grid.patch_w == 0:
         return pixels.view(-1), None
     inside = ((rows < grid.height)[:, :, None] & (cols < grid.width)[:, None, :]).view(-1)
     keep = torch.nonzero(inside).view(-1)
@@ -116,7 +138,7 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
                         pointwise=None) -> Tensor:
     """``base + scatter(f(patches))``, optionally followed by ReLU over the whole map.
 
-    ``base`` is ``[B, C, height, width]`` and ``patches`` ``[N, C', S, S]``; border
+    ``base`` is ``[B, C, height, width]`` and ``patches`` ``[N, C', S_h, S_w]``; border
     patches are cropped to the map. ``pointwise`` (a 1x1 :class:`FoldedConv`, or None
     for the identity) is applied to the patches inside the scatter: its product is
     accumulated straight onto the gathered base rows (one GEMM, no intermediate map).
@@ -127,7 +149,7 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
         if inplace:
             raise ValueError('scatter_add_patches(inplace=True) needs a channels-last base')
         base, inplace = base.contiguous(memory_format=torch.channels_last), True
-    pixels, keep = _patch_pixels(index, grid)
+    pixels, keep = patch_pixels(index, grid)
     values = pixel_rows(patches)
     if keep is not None:
         values = values.index_select(0, keep)
@@ -146,7 +168,6 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
 
 
 def upsample_patch_mask(mask: Tensor, grid: PatchGrid) -> Tensor:
-    """Nearest upsampling of a ``[B, 1, rows, cols]`` patch mask to the map size."""
-    size = grid.patch
-    full = mask.repeat_interleave(size, dim=2).repeat_interleave(size, dim=3)
+    """Nearest upsampling of a ``[B, G, rows, cols]`` patch mask to the map size."""
+    full = mask.repeat_interleave(grid.patch_h, dim=2).repeat_interleave(grid.patch_w, dim=3)
     return full[:, :, :grid.height, :grid.width]

@@ -1,5 +1,6 @@
 from .dynamic import DynamicBackboneMixin, DynamicBlockMixin, SparsitySummary
 from .las_resnet import LASBasicBlock, LASBottleneck, LASResNet
+from .sar_resnet import SARResNet, parse_sar_setting
 
 __all__ = ['DynamicBackboneMixin', 'DynamicBlockMixin', 'SparsitySummary',
-           'LASBasicBlock', 'LASBottleneck', 'LASResNet']
+           'LASBasicBlock', 'LASBottleneck', 'LASResNet', 'SARResNet', 'parse_sar_setting']

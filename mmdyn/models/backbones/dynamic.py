@@ -31,17 +31,18 @@ def check_granularity(value, where: str = 'granularity') -> int:
 
 
 def draw_forced_mask(batch: int, grid: PatchGrid, rate: float, seed: int,
-                     device) -> Tensor:
-    """A reproducible random mask with exactly ``round(rate * rows * cols)`` active
-    patches per sample (0 gives an empty mask, 1 a full one)."""
+                     device, groups: int = 1) -> Tensor:
+    """A reproducible random ``[B, G, rows, cols]`` mask with exactly
+    ``round(rate * rows * cols)`` active patches per sample and group (0 gives an
+    empty mask, 1 a full one)."""
     cells = grid.rows * grid.cols
     active = int(round(rate * cells))
     generator = torch.Generator().manual_seed(seed)
-    scores = torch.rand(batch, cells, generator=generator)
-    mask = torch.zeros(batch, cells)
+    scores = torch.rand(batch * groups, cells, generator=generator)
+    mask = torch.zeros(batch * groups, cells)
     if active:
         mask.scatter_(1, scores.topk(active, dim=1).indices, 1.0)
-    return mask.view(batch, 1, grid.rows, grid.cols).to(device)
+    return mask.view(batch, groups, grid.rows, grid.cols).to(device)
 
 
 class DynamicBlockMixin:
@@ -66,10 +67,11 @@ class DynamicBlockMixin:
         return self.execution_mode == 'sparse' or (self.execution_mode == 'auto'
                                                    and not self.training)
 
-    def forced_mask(self, batch: int, grid: PatchGrid, device):
+    def forced_mask(self, batch: int, grid: PatchGrid, device, groups: int = 1):
         if self.forced_rate is None:
             return None
-        return draw_forced_mask(batch, grid, self.forced_rate, self.forced_seed, device)
+        return draw_forced_mask(batch, grid, self.forced_rate, self.forced_seed, device,
+                                groups)
 
     def cached(self, name: str, sources, build):
         """``build()``, recomputed only when one of the ``sources`` tensors changed
@@ -83,7 +85,10 @@ class DynamicBlockMixin:
         return cached[1]
 
     def folded(self, name: str, conv, bn):
-        """BatchNorm-folded weights of ``conv`` + ``bn`` (cached)."""
+        """BatchNorm-folded weights of ``conv`` + ``bn`` (cached). ``bn`` may already
+        be folded away (an ``nn.Identity`` left by mmcv's ``fuse_conv_bn``)."""
+        if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+            return self.cached(name, (conv.weight, conv.bias), lambda: fold_conv_bn(conv, None))
         return self.cached(name, (conv.weight, conv.bias, bn.weight, bn.bias,
                                   bn.running_mean, bn.running_var),
                            lambda: fold_conv_bn(conv, bn))
@@ -162,8 +167,8 @@ class DynamicBackboneMixin:
         forwards = getattr(self, '_forward_records', None)
         if not forwards:
             raise RuntimeError('no forward has been recorded yet')
-        dense = sum(f.stem_flops + sum(b.dense_flops for b in f.blocks) for f in forwards)
-        executed = sum(f.stem_flops + sum(b.executed_flops for b in f.blocks) for f in forwards)
+        dense = sum(f.dense_flops for f in forwards)
+        executed = sum(f.executed_flops for f in forwards)
         rates = {}
         for forward in forwards:
             for block in forward.blocks:

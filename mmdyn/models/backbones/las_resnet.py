@@ -22,7 +22,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmengine.registry import MODELS
 from torch import nn
@@ -31,6 +30,7 @@ from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_pat
                        conv_macs, gather_windows, patch_extents, scatter_add_patches,
                        upsample_patch_mask)
 from .dynamic import DynamicBackboneMixin, DynamicBlockMixin, check_granularity
+from .resnet_parts import build_shortcut, first_block_dilation
 
 
 def _out_size(size: int, stride: int) -> int:
@@ -314,17 +314,9 @@ class LASResNet(DynamicBackboneMixin, ResNet):
         """mmdet's ResLayer with per-block granularity and mmseg's contract_dilation."""
         stage = len(self.res_layers)
         out_channels = planes * block.expansion
-        downsample = None
-        if stride != 1 or inplanes != out_channels:
-            layers = []
-            if avg_down:
-                layers.append(nn.AvgPool2d(stride, stride, ceil_mode=True,
-                                           count_include_pad=False))
-            layers += [build_conv_layer(conv_cfg, inplanes, out_channels, kernel_size=1,
-                                        stride=1 if avg_down else stride, bias=False),
-                       build_norm_layer(norm_cfg, out_channels)[1]]
-            downsample = nn.Sequential(*layers)
-        first_dilation = dilation // 2 if self.contract_dilation and dilation > 1 else dilation
+        downsample = build_shortcut(inplanes, out_channels, stride, avg_down, conv_cfg,
+                                    norm_cfg)
+        first_dilation = first_block_dilation(dilation, self.contract_dilation)
         blocks = []
         for k in range(num_blocks):
             first = k == 0
@@ -355,5 +347,5 @@ class LASResNet(DynamicBackboneMixin, ResNet):
                 # channels-last, and some consumers (mmcv's CPU RoIAlign) read raw
                 # memory assuming NCHW.
                 outs.append(x.contiguous())
-        self.store_forward_record(ForwardRecord(stem_flops, records))
+        self.store_forward_record(ForwardRecord({'stem': stem_flops}, records))
         return tuple(outs)

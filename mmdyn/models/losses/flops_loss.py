@@ -22,20 +22,14 @@ def check_target(target: float) -> float:
     return float(target)
 
 
-@MODELS.register_module()
-class FlopsRatioLoss(nn.Module):
-    """Returns ``loss_sparsity`` (summed into the total by mmengine) plus log-only
-    values whose keys avoid the substring "loss"."""
+class ScheduledSparsityLoss(nn.Module):
+    """The target/progress plumbing every sparsity loss shares: hooks call
+    :meth:`set_target` and :meth:`set_progress` from ``runner.iter``."""
 
-    def __init__(self, target: float = 0.5, loss_weight: float = 1.0,
-                 bounds_weight: float = 1.0, anneal_fraction: float = 1 / 3):
+    def __init__(self, target: float = 0.5, loss_weight: float = 1.0):
         super().__init__()
         self.final_target = check_target(target)
-        if not 0.0 < anneal_fraction <= 1.0:
-            raise ValueError(f'anneal_fraction must be in (0, 1], got {anneal_fraction}')
         self.loss_weight = float(loss_weight)
-        self.bounds_weight = float(bounds_weight)
-        self.anneal_fraction = float(anneal_fraction)
         self.target = self.final_target
         self.progress = 1.0
 
@@ -45,24 +39,42 @@ class FlopsRatioLoss(nn.Module):
     def set_progress(self, progress: float):
         self.progress = min(max(float(progress), 0.0), 1.0)
 
+    @staticmethod
+    def log_values(record, target: float) -> dict:
+        """Log-only values (no "loss" in their keys): FLOPs ratio, mean block
+        activation rate, current target."""
+        ratio = (record.executed_flops / record.dense_flops).mean()
+        activation = torch.stack([b.activation_rate.mean() for b in record.blocks]).mean()
+        return dict(flops_ratio=ratio.detach(), activation_rate=activation.detach(),
+                    sparsity_target=ratio.new_tensor(target))
+
+
+@MODELS.register_module()
+class FlopsRatioLoss(ScheduledSparsityLoss):
+    """Returns ``loss_sparsity`` (summed into the total by mmengine) plus log-only
+    values whose keys avoid the substring "loss"."""
+
+    def __init__(self, target: float = 0.5, loss_weight: float = 1.0,
+                 bounds_weight: float = 1.0, anneal_fraction: float = 1 / 3):
+        super().__init__(target, loss_weight)
+        if not 0.0 < anneal_fraction <= 1.0:
+            raise ValueError(f'anneal_fraction must be in (0, 1], got {anneal_fraction}')
+        self.bounds_weight = float(bounds_weight)
+        self.anneal_fraction = float(anneal_fraction)
+
     def bounds(self):
         anneal = math.cos(math.pi / 2 * min(1.0, self.progress / self.anneal_fraction)) ** 2
         return anneal * self.target, 1.0 - anneal * (1.0 - self.target)
 
     def forward(self, record) -> dict:
         """``record``: the backbone's :class:`~mmdyn.ops.ForwardRecord` of the batch."""
-        blocks = record.blocks
-        dense = record.stem_flops + sum(b.dense_flops for b in blocks)
-        executed = record.stem_flops + sum(b.executed_flops for b in blocks)
-        ratio = (executed / dense).mean()
+        ratio = (record.executed_flops / record.dense_flops).mean()
         flops_term = (ratio - self.target) ** 2
         lower, upper = self.bounds()
-        block_ratios = torch.stack([(b.executed_flops / b.dense_flops).mean() for b in blocks])
+        block_ratios = torch.stack([(b.executed_flops / b.dense_flops).mean()
+                                    for b in record.blocks])
         bounds_term = (torch.relu(block_ratios - upper) ** 2
                        + torch.relu(lower - block_ratios) ** 2).mean()
-        activation = torch.stack([b.activation_rate.mean() for b in blocks]).mean()
         return dict(
             loss_sparsity=self.loss_weight * (flops_term + self.bounds_weight * bounds_term),
-            flops_ratio=ratio.detach(),
-            activation_rate=activation.detach(),
-            sparsity_target=ratio.new_tensor(self.target))
+            **self.log_values(record, self.target))

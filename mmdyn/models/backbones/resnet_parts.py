@@ -1,0 +1,54 @@
+"""Pieces of mmdet's ResNet that the dynamic backbones rebuild: the shortcut
+projection, mmseg's contracted dilation, and the FLOPs of a plain (static) block."""
+from typing import Tuple
+
+from mmcv.cnn import build_conv_layer, build_norm_layer
+from torch import nn
+
+from mmdyn.ops import conv_macs
+
+
+def build_shortcut(inplanes: int, out_channels: int, stride: int, avg_down: bool,
+                   conv_cfg, norm_cfg):
+    """mmdet's ResLayer shortcut (1x1 conv + norm, or avg-pool + 1x1 conv + norm with
+    ``avg_down``); None when the identity fits."""
+    if stride == 1 and inplanes == out_channels:
+        return None
+    layers = []
+    if avg_down:  # also for stride 1 (an identity pool), to keep mmdet's parameter names
+        layers.append(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False))
+    layers += [build_conv_layer(conv_cfg, inplanes, out_channels, kernel_size=1,
+                                stride=1 if avg_down else stride, bias=False),
+               build_norm_layer(norm_cfg, out_channels)[1]]
+    return nn.Sequential(*layers)
+
+
+def first_block_dilation(dilation: int, contract_dilation: bool) -> int:
+    """mmseg ResNetV1c: with ``contract_dilation`` a dilated stage's first block uses
+    half the dilation."""
+    return dilation // 2 if contract_dilation and dilation > 1 else dilation
+
+
+def conv_output_size(size: Tuple[int, int], conv: nn.Conv2d) -> Tuple[int, int]:
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
+        size, conv.padding, conv.dilation, conv.kernel_size, conv.stride))
+
+
+def conv_flops(conv: nn.Conv2d, out_size: Tuple[int, int]) -> int:
+    return out_size[0] * out_size[1] * conv_macs(
+        conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.groups)
+
+
+def plain_block_flops(block, size: Tuple[int, int]):
+    """Per-sample FLOPs (MACs) of an mmdet ``BasicBlock``/``Bottleneck`` for an input
+    of ``size`` and the block's output size."""
+    flops = 0
+    for name in ('conv1', 'conv2', 'conv3'):
+        conv = getattr(block, name, None)
+        if conv is not None:
+            size = conv_output_size(size, conv)
+            flops += conv_flops(conv, size)
+    if block.downsample is not None:
+        # The shortcut (strided 1x1 conv, or avg-pool + 1x1 conv) lands on the output grid.
+        flops += sum(conv_flops(m, size) for m in block.downsample if isinstance(m, nn.Conv2d))
+    return flops, size
