@@ -6,6 +6,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import mmdyn  # noqa: F401
+from mmdyn.models.backbones import parse_sar_setting
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[1] / 'configs').rglob('*.py')
                  if '_base_' not in p.parts)
@@ -33,13 +34,22 @@ def test_config_builds(path):
         assert type(model.backbone).__name__ == 'ResNet'  # the demo's static twin
         return
     assert type(model).__name__.startswith('Dyn')
-    assert type(model.backbone).__name__ == 'LASResNet'
     hooks = {h['type'] for h in cfg.custom_hooks}
     assert {'TemperatureHook', 'SparsityTargetHook'} <= hooks
     metrics = [m['type'] for m in cfg.val_evaluator]
     assert 'SparsityMetric' in metrics and len(metrics) == 2
     stem = path.stem
+    backbone = model.backbone
     assert f't0{int(model.sparsity_loss.final_target * 10)}' in stem
-    granularity = ''.join(str(blocks[0]) for blocks in model.backbone.granularity)
+    assert f'-r{backbone.depth}' in stem
+    if type(backbone).__name__ == 'SARResNet':
+        assert type(model.sparsity_loss).__name__ == 'RefineRateLoss'
+        setting = cfg.model.backbone.sar_setting
+        assert f'-{setting.lower()}-' in stem
+        parsed = parse_sar_setting(setting)
+        assert backbone.sar_groups == [parsed['groups']] * 3
+        assert backbone.base_scale == [parsed['base_scale']] * 3
+        return
+    assert type(backbone).__name__ == 'LASResNet'
+    granularity = ''.join(str(blocks[0]) for blocks in backbone.granularity)
     assert f'-s{granularity}-' in stem
-    assert f'-r{model.backbone.depth}' in stem

@@ -1,0 +1,11 @@
+# Mask R-CNN with SAR-ResNet-50, G2s2a2b1, refinement-rate target t=0.5.
+# SAR-ResNet has no public ImageNet weights: pre-train the backbone, then set
+# model.backbone.init_cfg = dict(type='Pretrained', checkpoint='<local .pth>').
+_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '../_base_/sar_runtime.py']
+model = dict(
+    type='DynMaskRCNN',
+    backbone=dict(type='SARResNet', sar_setting='G2s2a2b1', mask_size=(7, 7, 2),
+                  frozen_stages=-1, init_cfg=None),  # frozen_stages=1 once pre-trained
+    sparsity_loss=dict(type='RefineRateLoss', target=0.5, loss_weight=1.0, mode='batch'))
+val_evaluator = [{{_base_.val_evaluator}}, dict(type='SparsityMetric')]
+test_evaluator = val_evaluator
