@@ -1,0 +1,250 @@
+"""End-to-end runs of the SAR-ResNet configs (configs/sar_resnet) on the offline fixtures.
+
+Every config is the shipped SAR config shrunk to ResNet-18, light heads and 128-160 px
+images, with ``min_input_size`` / ``mask_size`` lowered to fit them.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmdyn.datasets import build_coco_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+SAR = ROOT / 'configs' / 'sar_resnet'
+pytestmark = pytest.mark.slow
+
+# Small inputs: the fixtures are 128 px, detection resizes to 160 px (pads to 160).
+SAR_TINY_BACKBONE = "min_input_size=128, mask_size=(4, 4, 2)"
+
+
+def run(*args, timeout=600):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def logged(work_dir, key):
+    """{iteration: [values]} of ``key`` from every run in ``work_dir``'s scalars.json."""
+    values = {}
+    for path in Path(work_dir).rglob('scalars.json'):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            if key in entry:
+                values.setdefault(entry['step'], []).append(entry[key])
+    return values
+
+
+# -- detection: a tiny twin of each SAR COCO config --------------------------------------
+
+DETECTION_DATA = '''
+data_root = '{root}'
+classes = {classes!r}
+metainfo = dict(classes=classes)
+image_size = (160, 160)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True), batch_sampler=None,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline,
+                 ann_file='annotations/instances_train2017.json',
+                 data_prefix=dict(img='train2017/')))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline,
+                 ann_file='annotations/instances_val2017.json',
+                 data_prefix=dict(img='val2017/')))
+test_dataloader = val_dataloader
+val_evaluator = [
+    dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json',
+         metric={metrics!r}),
+    dict(type='SparsityMetric', per_block=False)]
+test_evaluator = val_evaluator
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={iters},
+                 val_interval={val_interval})
+optim_wrapper = dict(optimizer=dict(lr=0.01), clip_grad=dict(max_norm=10, norm_type=2))
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
+                        end={iters})]
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval={iters}),
+                     logger=dict(interval=1))
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)
+'''
+
+TWO_STAGE_MODEL = '''
+num_classes = len(classes)
+model = dict(
+    backbone=dict(depth=18, norm_eval=False, {backbone}),
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
+    rpn_head=dict(in_channels=64, feat_channels=64),
+    roi_head=dict(
+        bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=128, num_classes=num_classes){mask}),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=200),
+                   rcnn=dict(sampler=dict(num=64))),
+    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
+'''
+
+MASK_HEAD = ''',
+        mask_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
+        mask_head=dict(num_convs=1, in_channels=64, conv_out_channels=32,
+                       num_classes=num_classes)'''
+
+RETINANET_MODEL = '''
+model = dict(
+    backbone=dict(depth=18, norm_eval=False, {backbone}),
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
+    bbox_head=dict(in_channels=64, feat_channels=64, stacked_convs=1,
+                   num_classes=len(classes)),
+    test_cfg=dict(nms_pre=300, max_per_img=20))
+'''
+
+
+def tiny_detection_config(path, base, data, iters=2, val=True, with_mask=False):
+    """Write a tiny twin of the SAR detection config ``base`` to ``path``."""
+    if 'retinanet' in base:
+        model = RETINANET_MODEL.format(backbone=SAR_TINY_BACKBONE)
+    else:
+        model = TWO_STAGE_MODEL.format(backbone=SAR_TINY_BACKBONE,
+                                       mask=MASK_HEAD if with_mask else '')
+    root = data['root'].rstrip('/') + '/'
+    path.write_text(f"_base_ = ['{SAR / base}']\n" + DETECTION_DATA.format(
+        root=root, classes=tuple(data['classes']), with_mask=with_mask,
+        metrics=['bbox', 'segm'] if with_mask else 'bbox', iters=iters,
+        val_interval=iters if val else iters + 1) + model)
+    return path
+
+
+@pytest.fixture(scope='module')
+def coco(tmp_path_factory):
+    """One offline COCO fixture (128 px) for every detection test of this module."""
+    return build_coco_fixture(tmp_path_factory.mktemp('sar_coco') / 'coco',
+                              num_shape_images=4, image_size=128, seed=1)
+
+
+def assert_finite_losses(work_dir, *keys):
+    for key in keys:
+        values = [v for vs in logged(work_dir, key).values() for v in vs]
+        assert values, f'{key} was never logged'
+        assert all(math.isfinite(v) for v in values), (key, values)
+
+
+# -- segmentation ---------------------------------------------------------------------
+
+def test_sar_segmentation_trains_and_reports_miou_with_sparsity(tmp_path):
+    """mmseg end to end: the SAR DeepLabv3 VOC config (R18, BN, 128 px crops) trains on
+    the offline VOC2012 fixture, evaluates mIoU next to the sparsity, and tools/test.py
+    evaluates the checkpoint (in eval, 'auto' mode runs the sparse path)."""
+    from mmdyn.datasets import build_voc_fixture
+    data = build_voc_fixture(tmp_path / 'voc', num_shape_images=4, image_size=128, seed=0)
+    base = SAR / 'deeplabv3_sar-r50-d8-g2s4a1-t05_4xb4-20k_voc12aug-512x512.py'
+    config = tmp_path / 'deeplabv3_sar_tiny.py'
+    config.write_text(f'''
+_base_ = ['{base}']
+data_root = '{data['data_root']}'
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    data_preprocessor=dict(size=(128, 128)),
+    backbone=dict(depth=18, norm_cfg=norm_cfg, {SAR_TINY_BACKBONE}),
+    decode_head=dict(in_channels=512, channels=32, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=256, channels=16, norm_cfg=norm_cfg))
+train_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+    dict(type='RandomCrop', crop_size=(128, 128)), dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs')]
+test_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='Resize', scale=(160, 128), keep_ratio=True),
+    dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+dataset = dict(type='PascalVOCDataset', data_root=data_root,
+               data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'))
+train_dataloader = dict(
+    _delete_=True, batch_size=2, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(**dataset, ann_file='ImageSets/Segmentation/train.txt',
+                 pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(**dataset, ann_file='ImageSets/Segmentation/val.txt',
+                 pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters=4, val_interval=4)
+default_hooks = dict(checkpoint=dict(interval=4), logger=dict(interval=1))
+''')
+    work_dir = tmp_path / 'work'
+    out = run('tools/train.py', config, '--work-dir', work_dir)
+    assert 'mIoU' in out and 'sparsity/activation_rate' in out
+    assert 'loss_sparsity' in out
+    assert (work_dir / 'iter_4.pth').is_file()
+    assert_finite_losses(work_dir, 'loss_sparsity')
+    assert sorted(logged(work_dir, 'loss_sparsity')) == [1, 2, 3, 4]
+
+    out = run('tools/test.py', config, work_dir / 'iter_4.pth', '--work-dir', tmp_path / 'test')
+    assert 'mIoU' in out and 'sparsity/activation_rate' in out
+
+
+# -- detection ------------------------------------------------------------------------
+
+def test_sar_mask_rcnn_trains_one_step_on_coco_fixture(coco, tmp_path):
+    """The SAR Mask R-CNN config (R18, light heads, 160 px) trains two iterations on the
+    COCO fixture and validates with CocoMetric bbox + segm and SparsityMetric."""
+    config = tiny_detection_config(tmp_path / 'mask_rcnn_sar_tiny.py',
+                                   'mask-rcnn_sar-r50-g2s2a2b1-t05_fpn_1x_coco.py', coco,
+                                   iters=2, with_mask=True)
+    work_dir = tmp_path / 'work'
+    out = run('tools/train.py', config, '--work-dir', work_dir)
+    assert 'loss_mask' in out and 'loss_sparsity' in out
+    assert 'sparsity/activation_rate' in out
+    assert 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out
+    assert (work_dir / 'iter_2.pth').is_file()
+    assert_finite_losses(work_dir, 'loss_sparsity', 'loss_mask')
+
+
+@pytest.mark.parametrize('base', [
+    'retinanet_sar-r50-g2s2a2b1-t05_fpn_1x_coco.py',
+    'faster-rcnn_sar-r50-g4s4a2b1-t05_fpn_1x_coco.py',
+])
+def test_sar_retinanet_and_faster_rcnn_train_a_step(coco, tmp_path, base):
+    """One training iteration of the SAR RetinaNet (G2s2a2b1) and Faster R-CNN
+    (G4s4a2b1) configs, shrunk to R18; no validation."""
+    config = tiny_detection_config(tmp_path / 'sar_tiny.py', base, coco, iters=1, val=False)
+    work_dir = tmp_path / 'work'
+    out = run('tools/train.py', config, '--work-dir', work_dir)
+    assert 'loss_sparsity' in out
+    assert (work_dir / 'iter_1.pth').is_file()
+    assert_finite_losses(work_dir, 'loss_sparsity')
+
+
+def test_sar_sparsity_histograms(coco, tmp_path):
+    """tools/analysis/sparsity_histograms.py on the tiny SAR RetinaNet (random init)."""
+    config = tiny_detection_config(tmp_path / 'retinanet_sar_tiny.py',
+                                   'retinanet_sar-r50-g2s2a2b1-t05_fpn_1x_coco.py', coco)
+    out = tmp_path / 'histograms'
+    run('tools/analysis/sparsity_histograms.py', config, 'none', '--out-dir', out)
+    stats = json.loads((out / 'per_image.json').read_text())
+    assert len(stats) == coco['num_images']['val']
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['images'] == len(stats)
+    rates = summary['activation_rate']
+    assert 0.0 <= rates['min'] <= rates['median'] <= rates['max'] <= 1.0
+    for image in stats:
+        assert 0.0 <= image['activation_rate'] <= 1.0
+        assert image['backbone_flops_executed'] <= 1.01 * image['backbone_flops_dense']
+    assert (out / 'histograms.png').stat().st_size > 1000
