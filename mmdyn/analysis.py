@@ -10,7 +10,7 @@ from mmcv.cnn import fuse_conv_bn
 from mmdet.models.backbones import ResNet
 from torch import nn
 
-from mmdyn.models.backbones import LASResNet
+from mmdyn.models.backbones import LASResNet, SARResNet
 from mmdyn.ops import fold_conv_bn
 
 
@@ -106,14 +106,33 @@ def _timed_pass(backbone, x):
 
 
 @torch.no_grad()
-def time_pair(dense, sparse, x, warmup: int, repeats: int):
-    """Alternate dense and sparse passes so that both see the same machine state;
-    return the median per-part and whole-pass seconds of each."""
-    runs = {'dense': [], 'sparse': []}
+def time_models(models: dict, x, warmup: int, repeats: int):
+    """Alternate passes of every model (``{name: backbone}``) so that all see the same
+    machine state; return ``{name: (median per-part seconds, median whole pass)}``."""
+    runs = {name: [] for name in models}
     for step in range(warmup + repeats):
-        for name, model in (('dense', dense), ('sparse', sparse)):
+        for name, model in models.items():
             times = _timed_pass(model, x)
             if step >= warmup:
                 runs[name].append(times)
     return {name: ([statistics.median(p) for p in zip(*r)],
                    statistics.median(sum(t) for t in r)) for name, r in runs.items()}
+
+
+def build_sar_backbone(depth: int, setting: str, mask_size=(7, 7, 2), **kwargs):
+    return SARResNet(depth=depth, sar_setting=setting, mask_size=tuple(mask_size),
+                     init_cfg=None, **kwargs)
+
+
+def prepare_sar_for_timing(sar, mode: str):
+    """Eval mode in ``mode`` ('sparse' or 'masked'), every BatchNorm folded (mmcv's
+    fuse_conv_bn; the refinement blocks then fold nothing more), channels-last."""
+    sar.eval()
+    sar.set_execution_mode(mode)
+    return fuse_conv_bn(sar).to(memory_format=torch.channels_last)
+
+
+def build_dense_resnet(depth: int, **kwargs) -> ResNet:
+    """A plain mmdet ResNet of ``depth`` (random weights: latency depends on shapes
+    only), prepared for timing."""
+    return prepare_dense_for_timing(ResNet(depth=depth, init_cfg=None, **kwargs))

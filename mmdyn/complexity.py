@@ -19,44 +19,27 @@ from mmdyn.models.backbones.resnet_parts import (conv_flops, conv_output_size,
 DEFAULT_RATES = (1.0, 0.5, 0.3)
 
 
-def _pool_output_size(size: Tuple[int, int], pool: nn.Module) -> Tuple[int, int]:
-    """Output size of an ``nn.MaxPool2d`` / ``nn.AvgPool2d`` (floor mode unless set)."""
-    pair = nn.modules.utils._pair
-    kernel, stride, padding = pair(pool.kernel_size), pair(pool.stride), pair(pool.padding)
-    dilation = pair(getattr(pool, 'dilation', 1))
-    ceil = getattr(pool, 'ceil_mode', False)
-    out = []
-    for n, k, s, p, d in zip(size, kernel, stride, padding, dilation):
-        span = n + 2 * p - d * (k - 1) - 1
-        o = (-(-span // s) if ceil else span // s) + 1
-        if ceil and (o - 1) * s >= n + p:  # PyTorch: the last window starts inside
-            o -= 1
-        out.append(o)
-    return tuple(out)
-
-
-def stem_flops(backbone, input_hw) -> Tuple[int, Tuple[int, int]]:
-    """Per-sample MACs of a ResNet stem (``conv1`` or the deep stem's convs) and the
-    size after the max-pool."""
-    size = tuple(int(n) for n in input_hw)
-    convs = ([m for m in backbone.stem if isinstance(m, nn.Conv2d)]
-             if getattr(backbone, 'deep_stem', False) else [backbone.conv1])
-    flops = 0
-    for conv in convs:
+def dense_part_flops(resnet: ResNet, input_hw) -> dict:
+    """Per-sample MACs of a static mmdet ``ResNet`` per part (stem, layer1, ...) for an
+    input of ``input_hw`` = (H, W)."""
+    stem = [m for m in (resnet.stem if resnet.deep_stem else [resnet.conv1])
+            if isinstance(m, nn.Conv2d)]
+    size, flops = tuple(int(n) for n in input_hw), {'stem': 0}
+    for conv in stem:
         size = conv_output_size(size, conv)
-        flops += conv_flops(conv, size)
-    return flops, _pool_output_size(size, backbone.maxpool)
+        flops['stem'] += conv_flops(conv, size)
+    size = conv_output_size(size, resnet.maxpool)  # same arithmetic as a conv
+    for name in resnet.res_layers:
+        flops[name] = 0
+        for block in getattr(resnet, name):
+            block_flops, size = plain_block_flops(block, size)
+            flops[name] += block_flops
+    return flops
 
 
 def resnet_flops(backbone: ResNet, input_hw) -> float:
-    """Per-sample MACs of a dense mmdet ``ResNet`` backbone (stem + every block) for
-    an input of ``input_hw`` = (H, W)."""
-    flops, size = stem_flops(backbone, input_hw)
-    for name in backbone.res_layers:
-        for block in getattr(backbone, name):
-            block_flops, size = plain_block_flops(block, size)
-            flops += block_flops
-    return float(flops)
+    """Per-sample MACs of a dense mmdet ``ResNet`` backbone (stem + every block)."""
+    return float(sum(dense_part_flops(backbone, input_hw).values()))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -24,7 +24,7 @@ from mmengine.runner import Runner
 
 import mmdyn  # noqa: F401  (registers mmdyn modules)
 from mmdyn.analysis import (keep_freed_memory, prepare_dense_for_timing,
-                            prepare_sparse_for_timing, time_pair)
+                            prepare_sparse_for_timing, time_models)
 from mmdyn.datasets import build_coco_fixture
 from mmdyn.visualization import save_block_overlays
 
@@ -103,7 +103,8 @@ def main():
     x = batch['inputs'].contiguous(memory_format=torch.channels_last)
     static_backbone = prepare_dense_for_timing(static.model.backbone)
     las_backbone = prepare_sparse_for_timing(las.model.backbone)
-    timed = time_pair(static_backbone, las_backbone, x, warmup=3, repeats=15)
+    timed = time_models(dict(dense=static_backbone, sparse=las_backbone), x, warmup=3,
+                        repeats=15)
 
     masks_dir = os.path.join(args.work_dir, 'masks')
     las.model.eval()

@@ -106,16 +106,22 @@ def test_distributed_training_with_two_cpu_processes(fixture_config):
     assert (work_dir / 'iter_2.pth').is_file()
 
 
-def test_benchmark_script_writes_json(tmp_path):
+@pytest.mark.parametrize('arch_args', [
+    ['--depth', '18', '--granularity', '4', '4', '2', '1'],
+    ['--arch', 'sar', '--depth', '18', '--setting', 'G2s2a2b1', '--mask-size', '4', '4', '2'],
+], ids=['las', 'sar'])
+def test_benchmark_script_writes_json(tmp_path, arch_args):
     out = tmp_path / 'bench.json'
-    run('tools/analysis/benchmark_latency.py', '--depth', '18', '--granularity', '4', '4', '2',
-        '1', '--input', '64', '96', '--rates', '0.5', '--warmup', '0', '--repeats', '1',
-        '--threads', '1', '--out', out)
+    run('tools/analysis/benchmark_latency.py', *arch_args, '--input', '64', '96',
+        '--rates', '0.5', '--warmup', '0', '--repeats', '1', '--threads', '2', '1',
+        '--out', out)
     report = json.loads(out.read_text())
-    row = report['rates'][0]
-    assert row['rate'] == 0.5
-    assert set(row['stages']) == {'stem', 'layer1', 'layer2', 'layer3', 'layer4'}
-    assert 0 < row['total']['flops_ratio'] < 1 and row['total']['latency_s'] > 0
+    assert [(r['threads'], r['rate']) for r in report['runs']] == [(2, 0.5), (1, 0.5)]
+    for row in report['runs']:
+        assert set(row['stages']) == {'stem', 'layer1', 'layer2', 'layer3', 'layer4'}
+        total = row['total']
+        assert 0 < total['flops_ratio'] < 1 and total['sparse_latency_s'] > 0
+        assert ('masked_latency_s' in total) == ('--arch' in arch_args)
 
 
 def test_segmentation_trains_and_reports_miou_with_sparsity(tmp_path):

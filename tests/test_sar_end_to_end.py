@@ -79,7 +79,7 @@ val_evaluator = [
     dict(type='SparsityMetric', per_block=False)]
 test_evaluator = val_evaluator
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={iters},
-                 val_interval={val_interval})
+                 val_interval={iters})
 optim_wrapper = dict(optimizer=dict(lr=0.01), clip_grad=dict(max_norm=10, norm_type=2))
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
                         end={iters})]
@@ -117,6 +117,13 @@ model = dict(
     test_cfg=dict(nms_pre=300, max_per_img=20))
 '''
 
+# The iteration-based loop validates at max_iters whatever val_interval says.
+NO_VALIDATION = '''
+val_cfg = None
+val_dataloader = None
+val_evaluator = None
+'''
+
 
 def tiny_detection_config(path, base, data, iters=2, val=True, with_mask=False):
     """Write a tiny twin of the SAR detection config ``base`` to ``path``."""
@@ -128,8 +135,8 @@ def tiny_detection_config(path, base, data, iters=2, val=True, with_mask=False):
     root = data['root'].rstrip('/') + '/'
     path.write_text(f"_base_ = ['{SAR / base}']\n" + DETECTION_DATA.format(
         root=root, classes=tuple(data['classes']), with_mask=with_mask,
-        metrics=['bbox', 'segm'] if with_mask else 'bbox', iters=iters,
-        val_interval=iters if val else iters + 1) + model)
+        metrics=['bbox', 'segm'] if with_mask else 'bbox', iters=iters) + model
+        + ('' if val else NO_VALIDATION))
     return path
 
 

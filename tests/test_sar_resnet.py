@@ -1,4 +1,6 @@
 """SAR-ResNet: sparse == masked, plain outputs, records, losses, clear errors."""
+import functools
+
 import pytest
 import torch
 from mmcv.cnn import fuse_conv_bn
@@ -41,19 +43,26 @@ def assert_same(outputs):
         assert error < 1e-4, error
 
 
+@functools.lru_cache(maxsize=None)
+def shared_model(depth, groups):
+    """Built once per (depth, G); tests set mode and forced rate before every use."""
+    return build(depth, groups=groups)
+
+
 @pytest.mark.parametrize('depth', [18, 50])
 @pytest.mark.parametrize('groups', [1, 2, 4])
 @pytest.mark.parametrize('size', [(75, 101), (33, 47)])
-@pytest.mark.parametrize('rate', [0.0, 0.4, 1.0])
-def test_sparse_equals_masked_with_forced_masks(depth, groups, size, rate):
-    model = build(depth, groups=groups)
-    model.set_forced_activation(rate, seed=3)
-    outputs = run_both(model, torch.randn(2, 3, *size))
-    assert_same(outputs)
-    for record in outputs['sparse_record'].blocks:
-        assert record.mask.shape[:2] == (2, groups)
-        if rate in (0.0, 1.0):
-            assert torch.allclose(record.activation_rate, torch.full((2,), rate))
+def test_sparse_equals_masked_with_forced_masks(depth, groups, size):
+    model = shared_model(depth, groups)
+    x = torch.randn(2, 3, *size)
+    for rate in (0.0, 0.4, 1.0):
+        model.set_forced_activation(rate, seed=3)
+        outputs = run_both(model, x)
+        assert_same(outputs)
+        for record in outputs['sparse_record'].blocks:
+            assert record.mask.shape[:2] == (2, groups)
+            if rate in (0.0, 1.0):
+                assert torch.allclose(record.activation_rate, torch.full((2,), rate))
 
 
 @pytest.mark.parametrize('setting', ['G2s1a1', 'G2s4a2b2', 'G4s8a4b1'])

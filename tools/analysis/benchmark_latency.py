@@ -1,14 +1,20 @@
-"""Latency of a dynamic backbone's sparse path against its dense ResNet twin.
+"""Latency of a dynamic backbone's sparse path against the dense ResNet.
 
-Both networks have the same weights and BatchNorm folded; the dynamic one runs in
-``sparse`` mode with masks forced to the given activation rates. Everything runs in one
-process on the same input with the same thread count; each number is the median of
-``--repeats`` timed runs after ``--warmup`` runs. Prints per-stage and whole-backbone
-latency ratios next to executed-FLOPs ratios and saves JSON.
+LAS-ResNet is compared with its dense twin (same weights); SAR-ResNet, whose
+architecture differs, with the plain ResNet of the same depth and with its own
+``masked`` execution. Every network has BatchNorm folded and runs channels-last; the
+dynamic ones get masks forced to the given activation rates. Everything runs in one
+process on the same input with the same thread count, the networks' passes
+alternating; each number is the median of ``--repeats`` timed runs after ``--warmup``
+runs. Prints per-stage and whole-backbone latency ratios next to executed-FLOPs ratios
+and saves JSON.
 
     python tools/analysis/benchmark_latency.py --depth 101 --granularity 8 4 7 1
+    python tools/analysis/benchmark_latency.py --arch sar --depth 50 --setting G2s2a2b1 \
+        --threads 2 1
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -17,69 +23,125 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from mmdyn.analysis import (build_dense_twin, build_las_backbone,  # noqa: E402
-                            keep_freed_memory, prepare_sparse_for_timing,
-                            stage_flops, time_pair)
+from mmdyn.analysis import (build_dense_resnet, build_dense_twin,  # noqa: E402
+                            build_las_backbone, build_sar_backbone, keep_freed_memory,
+                            prepare_sar_for_timing, prepare_sparse_for_timing,
+                            stage_flops, time_models)
+from mmdyn.complexity import dense_part_flops  # noqa: E402
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--depth', type=int, default=101)
-    parser.add_argument('--granularity', type=int, nargs='+', default=[8, 4, 7, 1])
+    parser.add_argument('--arch', choices=('las', 'sar'), default='las')
+    parser.add_argument('--depth', type=int, default=None,
+                        help='default: 101 for LAS, 50 for SAR')
+    parser.add_argument('--granularity', type=int, nargs='+', default=[8, 4, 7, 1],
+                        help='LAS: patch size S per stage')
+    parser.add_argument('--setting', default='G2s2a2b1', help='SAR: G<g>s<s>a<alpha>b<beta>')
+    parser.add_argument('--mask-size', type=int, nargs=3, default=[7, 7, 2],
+                        help='SAR: region-selection grid K per SAR stage')
     parser.add_argument('--rates', type=float, nargs='+', default=[0.3, 0.5, 0.7])
     parser.add_argument('--input', type=int, nargs=2, default=[800, 1216],
                         metavar=('H', 'W'))
     parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--threads', type=int, nargs='+', default=[2])
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', default=None, help='JSON path (default under work_dirs/)')
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.depth is None:
+        args.depth = 101 if args.arch == 'las' else 50
+    return args
+
+
+def build_models(args):
+    """``({name: backbone}, dynamic backbones, dense FLOPs per part, title, file stem)``;
+    the dense network is named 'dense', the sparse path 'sparse'."""
+    if args.arch == 'las':
+        las = build_las_backbone(args.depth, tuple(args.granularity))
+        dense = build_dense_twin(las)
+        sparse = prepare_sparse_for_timing(las)
+        models = dict(dense=dense, sparse=sparse)
+        granularity = ''.join(map(str, args.granularity))
+        return models, [sparse], None, \
+            f'LAS-ResNet-{args.depth} S={"-".join(map(str, args.granularity))}', \
+            f'las-r{args.depth}-s{granularity}'
+    sar = build_sar_backbone(args.depth, args.setting, args.mask_size,
+                             min_input_size=min(args.input))
+    masked = prepare_sar_for_timing(copy.deepcopy(sar), 'masked')
+    sparse = prepare_sar_for_timing(sar, 'sparse')
+    dense = build_dense_resnet(args.depth)
+    models = dict(dense=dense, sparse=sparse, masked=masked)
+    return models, [sparse, masked], dense_part_flops(dense, args.input), \
+        f'SAR-ResNet-{args.depth} {args.setting} K={"-".join(map(str, args.mask_size))} ' \
+        f'vs ResNet-{args.depth}', f'sar-r{args.depth}-{args.setting.lower()}'
+
+
+def measure(args, models, dynamic, dense_flops, x, parts, threads):
+    torch.set_num_threads(threads)
+    runs = []
+    for rate in args.rates:
+        for backbone in dynamic:
+            backbone.set_forced_activation(rate, seed=args.seed)
+        with torch.no_grad():
+            models['sparse'](x)
+        reference, executed = stage_flops(models['sparse'].records, parts)
+        reference = dense_flops or reference  # LAS: its own dense FLOPs (the twin's)
+        timed = time_models(models, x, args.warmup, args.repeats)
+        (dense_parts, dense_total) = timed['dense']
+        stages = {}
+        for k, part in enumerate(parts):
+            stages[part] = dict(dense_latency_s=dense_parts[k],
+                                flops_ratio=executed[part] / reference[part])
+            for name in models.keys() - {'dense'}:
+                stages[part][f'{name}_latency_s'] = timed[name][0][k]
+                stages[part][f'{name}_latency_ratio'] = timed[name][0][k] / dense_parts[k]
+        total = dict(dense_latency_s=dense_total,
+                     flops_ratio=sum(executed.values()) / sum(reference.values()),
+                     gflops_dense=sum(reference.values()) / 1e9,
+                     gflops_executed=sum(executed.values()) / 1e9)
+        for name in models.keys() - {'dense'}:
+            total[f'{name}_latency_s'] = timed[name][1]
+            total[f'{name}_latency_ratio'] = timed[name][1] / dense_total
+        total['latency_over_flops'] = total['sparse_latency_ratio'] / total['flops_ratio']
+        print_rows(rate, threads, stages, total)
+        runs.append(dict(threads=threads, rate=rate, stages=stages, total=total))
+    return runs
+
+
+def print_rows(rate, threads, stages, total):
+    masked = 'masked_latency_s' in total
+    print(f'threads {threads}, rate {rate:.2f}: dense {total["dense_latency_s"] * 1e3:.1f} ms, '
+          f'sparse {total["sparse_latency_s"] * 1e3:.1f} ms'
+          + (f', masked {total["masked_latency_s"] * 1e3:.1f} ms' if masked else ''))
+    for part, row in list(stages.items()) + [('total', total)]:
+        line = (f'{rate:5.2f} {part:>7} {row["sparse_latency_s"] * 1e3:9.1f} '
+                f'{row["sparse_latency_ratio"]:9.3f} {row["flops_ratio"]:11.3f} '
+                f'{row["sparse_latency_ratio"] / row["flops_ratio"]:9.3f}')
+        if masked:
+            line += f' {row["masked_latency_ratio"]:12.3f}'
+        print(line)
 
 
 def main():
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    keep_freed_memory()  # denormals slow x86 CPUs by orders of magnitude
+    torch.set_flush_denormal(True)  # denormals slow x86 CPUs by orders of magnitude
+    keep_freed_memory()
     torch.manual_seed(args.seed)
-    las = build_las_backbone(args.depth, tuple(args.granularity))
-    # Both networks run channels-last: it is the faster layout for the dense twin too.
-    dense = build_dense_twin(las)
-    las = prepare_sparse_for_timing(las)
+    models, dynamic, dense_flops, title, stem = build_models(args)
     x = torch.randn(args.batch, 3, *args.input).contiguous(memory_format=torch.channels_last)
-    parts = ['stem'] + list(dense.res_layers)
-    print(f'LAS-ResNet-{args.depth} S={"-".join(map(str, args.granularity))} input '
-          f'{args.batch}x3x{args.input[0]}x{args.input[1]}, {args.threads} threads, '
-          f'median of {args.repeats} after {args.warmup} warm-up')
-    report = dict(config=vars(args), torch=torch.__version__, rates=[])
-    header = f'{"rate":>5} {"part":>7} {"lat ms":>9} {"lat ratio":>9} {"FLOPs ratio":>11} {"lat/FLOPs":>9}'
-    print(header)
-    for rate in args.rates:
-        las.set_forced_activation(rate, seed=args.seed)
-        with torch.no_grad():
-            las(x)
-        dense_flops, executed_flops = stage_flops(las.records, parts)
-        timed = time_pair(dense, las, x, args.warmup, args.repeats)
-        (dense_parts, dense_total), (sparse_parts, sparse_total) = timed['dense'], timed['sparse']
-        print(f'dense: {dense_total * 1e3:.1f} ms, sparse: {sparse_total * 1e3:.1f} ms')
-        rows = {}
-        for part, t_dense, t_sparse in zip(parts, dense_parts, sparse_parts):
-            rows[part] = dict(latency_s=t_sparse, dense_latency_s=t_dense, latency_ratio=t_sparse / t_dense,
-                              flops_ratio=executed_flops[part] / dense_flops[part])
-        whole = dict(latency_s=sparse_total, dense_latency_s=dense_total, latency_ratio=sparse_total / dense_total,
-                     flops_ratio=sum(executed_flops.values()) / sum(dense_flops.values()),
-                     gflops_dense=sum(dense_flops.values()) / 1e9,
-                     gflops_executed=sum(executed_flops.values()) / 1e9)
-        for part, row in list(rows.items()) + [('total', whole)]:
-            print(f'{rate:5.2f} {part:>7} {row["latency_s"] * 1e3:9.1f} '
-                  f'{row["latency_ratio"]:9.3f} {row["flops_ratio"]:11.3f} '
-                  f'{row["latency_ratio"] / row["flops_ratio"]:9.3f}')
-        report['rates'].append(dict(rate=rate, stages=rows, total=whole))
+    parts = ['stem'] + list(models['dense'].res_layers)
+    print(f'{title}, input {args.batch}x3x{args.input[0]}x{args.input[1]}, median of '
+          f'{args.repeats} after {args.warmup} warm-up; BatchNorm folded, channels-last')
+    print(f'{"rate":>5} {"part":>7} {"sparse ms":>9} {"lat ratio":>9} {"FLOPs ratio":>11} '
+          f'{"lat/FLOPs":>9}' + (f' {"masked ratio":>12}' if 'masked' in models else ''))
+    report = dict(config=vars(args), torch=torch.__version__, runs=[])
+    for threads in args.threads:
+        report['runs'] += measure(args, models, dynamic, dense_flops, x, parts, threads)
     out = args.out or os.path.join(
         'work_dirs', 'benchmark_latency',
-        f'las-r{args.depth}-s{"".join(map(str, args.granularity))}-t{args.threads}.json')
+        f'{stem}-t{"-".join(map(str, args.threads))}.json')
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
     with open(out, 'w') as f:
         json.dump(report, f, indent=2)

@@ -29,9 +29,13 @@ def first_block_dilation(dilation: int, contract_dilation: bool) -> int:
     return dilation // 2 if contract_dilation and dilation > 1 else dilation
 
 
-def conv_output_size(size: Tuple[int, int], conv: nn.Conv2d) -> Tuple[int, int]:
+def conv_output_size(size: Tuple[int, int], layer) -> Tuple[int, int]:
+    """Output size of a conv (or a max-pool, which has the same arithmetic)."""
+    def two(value):
+        return value if isinstance(value, (tuple, list)) else (value, value)
     return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
-        size, conv.padding, conv.dilation, conv.kernel_size, conv.stride))
+        size, two(layer.padding), two(layer.dilation), two(layer.kernel_size),
+        two(layer.stride)))
 
 
 def conv_flops(conv: nn.Conv2d, out_size: Tuple[int, int]) -> int:
