@@ -5,17 +5,19 @@ import os
 import cv2
 import numpy as np
 
+from mmdyn.ops import patch_extents
+
 SELECTED_TINT = np.array([255, 64, 32], dtype=np.float32)  # RGB
 
 
-def block_mask_on_input(record, sample: int, input_hw, image_hw) -> np.ndarray:
-    """The block's patch mask as a boolean ``image_hw`` map.
+def block_mask_on_input(record, sample: int, input_hw, image_hw, group: int = 0) -> np.ndarray:
+    """The block's patch mask (of channel group ``group``) as a boolean ``image_hw`` map.
 
     ``input_hw`` is the (padded) network input size; the image occupies its top-left
     ``image_hw`` part before resizing, as in mmdet/mmseg batches.
     """
     grid = record.grid
-    mask = record.mask[sample, 0].detach().float().cpu().numpy()
+    mask = record.mask[sample, group].detach().float().cpu().numpy()
     full = np.kron(mask, np.ones((grid.patch_h, grid.patch_w), np.float32))
     full = full[:grid.height, :grid.width]
     on_input = cv2.resize(full, (input_hw[1], input_hw[0]), interpolation=cv2.INTER_NEAREST)
@@ -33,21 +35,35 @@ def overlay(image_rgb: np.ndarray, selected: np.ndarray, label: str = '') -> np.
     return out
 
 
+def _tiles(record, sample: int):
+    """(file name, label, group) of every tile a block gets: one per channel group
+    (SAR's G masks), or a single one."""
+    groups = record.mask.shape[1]
+    grid = record.grid
+    size = f'S={grid.patch}' if isinstance(grid.patch, int) else f'{grid.rows}x{grid.cols}'
+    for group in range(groups):
+        suffix = f'.g{group}' if groups > 1 else ''
+        area = (record.mask[sample, group] * patch_extents(grid, record.mask.device)).sum()
+        rate = float(area) / (grid.height * grid.width)
+        yield f'{record.name}{suffix}', f'{record.name}{suffix} {size} r={rate:.2f}', group
+
+
 def save_block_overlays(image_rgb: np.ndarray, records, sample: int, input_hw,
                         out_dir: str, columns: int = 6) -> list:
-    """Write one PNG per block (``<block>.png``) and a mosaic (``all_blocks.png``) of
-    the patches every block computed for ``sample``; return the written paths."""
+    """Write one PNG per block and channel group (``<block>.png``, or
+    ``<block>.g<k>.png`` for SAR's G groups) and a mosaic (``all_blocks.png``) of the
+    patches every block computed for ``sample``; return the written paths."""
     os.makedirs(out_dir, exist_ok=True)
     image_hw = image_rgb.shape[:2]
     tiles, paths = [], []
     for record in records.blocks:
-        selected = block_mask_on_input(record, sample, input_hw, image_hw)
-        rate = float(record.activation_rate[sample])
-        tile = overlay(image_rgb, selected, f'{record.name} S={record.grid.patch} r={rate:.2f}')
-        path = os.path.join(out_dir, f'{record.name}.png')
-        cv2.imwrite(path, cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
-        tiles.append(tile)
-        paths.append(path)
+        for name, label, group in _tiles(record, sample):
+            selected = block_mask_on_input(record, sample, input_hw, image_hw, group)
+            tile = overlay(image_rgb, selected, label)
+            path = os.path.join(out_dir, f'{name}.png')
+            cv2.imwrite(path, cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
+            tiles.append(tile)
+            paths.append(path)
     rows = math.ceil(len(tiles) / columns)
     blank = np.zeros_like(tiles[0])
     tiles += [blank] * (rows * columns - len(tiles))

@@ -228,3 +228,28 @@ def test_unsupported_depth_and_options():
         SARResNet(152)
     with pytest.raises(ValueError, match='with_cp'):
         SARResNet(18, with_cp=True)
+
+
+def test_mask_overlays_per_group(tmp_path):
+    """One overlay per refinement block and channel group (SAR Fig. 6/7); the tinted
+    area of each is the group's mask."""
+    import cv2
+    import numpy as np
+
+    from mmdyn.visualization import block_mask_on_input, save_block_overlays
+    model = build(18, groups=2)
+    model.set_forced_activation(0.5, seed=4)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 96))
+    image = np.full((64, 96, 3), 128, np.uint8)
+    paths = save_block_overlays(image, model.records, 0, (64, 96), str(tmp_path))
+    names = sorted(p.split('/')[-1] for p in paths)
+    assert names[:2] == ['all_blocks.png', 'layer1.refine.0.g0.png']
+    assert len(names) == 3 * 2 + 1
+    for record in model.records.blocks:
+        for group in range(2):
+            selected = block_mask_on_input(record, 0, (64, 96), (64, 96), group)
+            expected = (record.mask[0, group] > 0).float().mean()
+            assert selected.mean() == pytest.approx(float(expected), abs=0.1)
+            tile = cv2.imread(str(tmp_path / f'{record.name}.g{group}.png'))
+            assert tile.shape == (64, 96, 3)

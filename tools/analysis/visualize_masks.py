@@ -3,7 +3,8 @@
     python tools/analysis/visualize_masks.py CONFIG CHECKPOINT IMG [IMG ...] --out-dir DIR
 
 Works for mmdet and mmseg configs with a dynamic backbone; writes
-``DIR/<image stem>/<block>.png`` and ``DIR/<image stem>/all_blocks.png``.
+``DIR/<image stem>/<block>.png`` (``<block>.g<k>.png`` per channel group for SAR-ResNet)
+and ``DIR/<image stem>/all_blocks.png``.
 """
 import argparse
 import os
