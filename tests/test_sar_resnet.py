@@ -253,3 +253,15 @@ def test_mask_overlays_per_group(tmp_path):
             assert selected.mean() == pytest.approx(float(expected), abs=0.1)
             tile = cv2.imread(str(tmp_path / f'{record.name}.g{group}.png'))
             assert tile.shape == (64, 96, 3)
+
+
+@pytest.mark.parametrize('refine_size, base_size', [((12, 16), (6, 8)), ((13, 15), (7, 8))])
+def test_fusion_inference_path_equals_the_formula(refine_size, base_size):
+    """Eq. 5 at inference (in place, broadcast upsampling) == the training formula."""
+    from mmdyn.models.backbones.sar_resnet import AdaptiveFusion
+    fusion = AdaptiveFusion(32)
+    base, refine = torch.randn(2, 32, *base_size), torch.randn(2, 32, *refine_size)
+    expected = fusion(base, refine)  # grad enabled: the plain formula
+    with torch.no_grad():
+        got = fusion(base, refine.clone().contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, expected, atol=1e-6)

@@ -203,10 +203,12 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
             if index.numel() == 0:
                 continue
             pixels, keep = patch_pixels(index, grid)
-            refined = self.refine_group(x, mask, grid, g, index, pixels, keep)
             cols = slice(g * channels, (g + 1) * channels)
-            updated = identity_rows[:, cols].index_select(0, pixels).add_(refined).relu_()
-            out_rows[:, cols].index_copy_(0, pixels, updated)
+            # The group's identity rows (a row gather, faster than index_select); the
+            # refinement is accumulated onto them.
+            identity = F.embedding(pixels, identity_rows[:, cols])
+            updated = self.refine_group(x, grid, g, index, pixels, keep, identity, mask)
+            out_rows[:, cols].index_copy_(0, pixels, updated.relu_())
         return out
 
     def halo_canvas(self, values, pixels, like, channels: int):
@@ -245,17 +247,21 @@ class RefineBottleneck(_RefineBlock):
         out = group_masked(self.relu(self.norm2(self.conv2(out))), pixel_mask)
         return group_masked(self.norm3(self.conv3(out)), pixel_mask)
 
-    def refine_group(self, x, mask, grid, g, index, pixels, keep):
+    def refine_group(self, x, grid, g, index, pixels, keep, identity, mask):
+        """``identity + F_g(x)`` on group g's selected pixels (in place on ``identity``)."""
         conv1, conv2, conv3 = (self.group_convs(i)[g] for i in (1, 2, 3))
-        width = x.shape[1] // self.groups
-        inputs = pixel_rows(x)[:, g * width:(g + 1) * width].index_select(0, pixels)
+        if self.downsample is None:
+            inputs = identity  # the same rows of x: read them once
+        else:
+            width = x.shape[1] // self.groups
+            inputs = F.embedding(pixels, pixel_rows(x)[:, g * width:(g + 1) * width])
         hidden = torch.addmm(conv1.bias, inputs, conv1.matrix).relu_()
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
         hidden = conv2(gather_windows(canvas, index, self.window(grid)), valid=True).relu_()
         hidden = pixel_rows(hidden)
         if keep is not None:
             hidden = hidden.index_select(0, keep)
-        return torch.addmm(conv3.bias, hidden, conv3.matrix)
+        return identity.add_(conv3.bias).addmm_(hidden, conv3.matrix)
 
     def group_pixel_flops(self) -> int:
         g = self.groups
@@ -277,7 +283,8 @@ class RefineBasicBlock(_RefineBlock):
                            pixel_mask)
         return group_masked(self.norm2(self.conv2(out)), pixel_mask)
 
-    def refine_group(self, x, mask, grid, g, index, pixels, keep):
+    def refine_group(self, x, grid, g, index, pixels, keep, identity, mask):
+        """``identity + F_g(x)`` on group g's selected pixels (in place on ``identity``)."""
         conv1, conv2 = (self.group_convs(i)[g] for i in (1, 2))
         width = x.shape[1] // self.groups
         window = self.window(grid)
@@ -291,7 +298,7 @@ class RefineBasicBlock(_RefineBlock):
             hidden = hidden.index_select(0, keep)
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
         hidden = pixel_rows(conv2(gather_windows(canvas, index, window), valid=True))
-        return hidden if keep is None else hidden.index_select(0, keep)
+        return identity.add_(hidden if keep is None else hidden.index_select(0, keep))
 
     def group_pixel_flops(self) -> int:
         g = self.groups
@@ -315,17 +322,18 @@ class AdaptiveFusion(nn.Module):
         if torch.is_grad_enabled():
             up = F.interpolate(base, size=(height, width), mode='nearest')
             return F.relu(a * up + (1 - a) * refine)
-        # Inference: blend in place on the refinement map, scale a*base at low
-        # resolution and broadcast it when the upsampling factor is whole.
+        # Inference: blend in place on the refinement map in one pass, a*base scaled at
+        # low resolution and broadcast when the upsampling factor is whole.
         low = a * base
-        out = refine.mul_(1 - a)
-        (batch, channels), (h, w) = out.shape[:2], low.shape[2:]
+        (batch, channels), (h, w) = refine.shape[:2], low.shape[2:]
         if height % h == 0 and width % w == 0:
-            out.view(batch, channels, h, height // h, w, width // w).add_(
-                low.view(batch, channels, h, 1, w, 1))
+            shape = (batch, channels, h, height // h, w, width // w)
+            view = refine.view(shape)
+            torch.addcmul(low.view(batch, channels, h, 1, w, 1), view,
+                          (1 - a).view(batch, channels, 1, 1, 1, 1), out=view)
         else:
-            out.add_(F.interpolate(low, size=(height, width), mode='nearest'))
-        return out.relu_()
+            refine.mul_(1 - a).add_(F.interpolate(low, size=(height, width), mode='nearest'))
+        return refine.relu_()
 
     def flops(self) -> int:
         return 2 * self.fc1.in_features * self.fc1.out_features
