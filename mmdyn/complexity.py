@@ -81,7 +81,7 @@ def sar_complexity(depth: int, setting: str, input_hw, rates: Sequence[float] = 
     height, width = (int(n) for n in input_hw)
     rates = [float(r) for r in rates]
     sar = SARResNet(depth=depth, sar_setting=setting, mask_size=tuple(mask_size),
-                    min_input_size=min(height, width), execution_mode='masked',
+                    min_input_size=min(height, width), execution_mode='sparse',
                     init_cfg=None)
     sar.eval()  # mmdet's ResNet.eval() may return None: do not chain
     dense = ResNet(depth=depth, init_cfg=None)

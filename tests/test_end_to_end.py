@@ -8,18 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from e2e_helpers import ROOT, logged, run, tiny_voc_config
 from mmdyn.datasets import build_coco_fixture
 
-ROOT = Path(__file__).resolve().parents[1]
 LAS_DEMO = ROOT / 'configs' / 'demo' / 'faster-rcnn_las-r18-s4421-t07_fpn_demo-fixture.py'
 pytestmark = pytest.mark.slow
 
-
-def run(*args, timeout=600):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout, env={**os.environ, 'PYTHONPATH': str(ROOT)})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope='module')
@@ -45,16 +39,6 @@ param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin
 ''')
     return config, tmp, data
 
-
-def logged(work_dir, key):
-    """{iteration: value} of ``key`` from every run in ``work_dir``'s scalars.json."""
-    values = {}
-    for path in Path(work_dir).rglob('scalars.json'):
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            if key in entry:
-                values.setdefault(entry['step'], []).append(entry[key])
-    return values
 
 
 def test_train_resume_test_and_visualize(fixture_config):
@@ -131,38 +115,7 @@ def test_segmentation_trains_and_reports_miou_with_sparsity(tmp_path):
     data = build_voc_fixture(tmp_path / 'voc', num_shape_images=4, image_size=128, seed=0)
     base = ROOT / 'configs' / 'las_resnet' / \
         'deeplabv3_las-r50-d8-s4444-t05_4xb4-20k_voc12aug-512x512.py'
-    config = tmp_path / 'deeplabv3_las_tiny.py'
-    config.write_text(f'''
-_base_ = ['{base}']
-data_root = '{data['data_root']}'
-norm_cfg = dict(type='BN', requires_grad=True)
-model = dict(
-    pretrained=None, data_preprocessor=dict(size=(128, 128)),
-    backbone=dict(depth=18, norm_cfg=norm_cfg, init_cfg=None),
-    decode_head=dict(in_channels=512, channels=32, norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=256, channels=16, norm_cfg=norm_cfg))
-train_pipeline = [
-    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
-    dict(type='RandomCrop', crop_size=(128, 128)), dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')]
-test_pipeline = [
-    dict(type='LoadImageFromFile'), dict(type='Resize', scale=(160, 128), keep_ratio=True),
-    dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
-dataset = dict(type='PascalVOCDataset', data_root=data_root,
-               data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'))
-train_dataloader = dict(
-    _delete_=True, batch_size=2, num_workers=0, persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(**dataset, ann_file='ImageSets/Segmentation/train.txt',
-                 pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(**dataset, ann_file='ImageSets/Segmentation/val.txt',
-                 pipeline=test_pipeline))
-test_dataloader = val_dataloader
-train_cfg = dict(max_iters=4, val_interval=4)
-default_hooks = dict(checkpoint=dict(interval=4), logger=dict(interval=1))
-''')
+    config = tiny_voc_config(tmp_path / 'deeplabv3_las_tiny.py', base, data['data_root'])
     out = run('tools/train.py', config, '--work-dir', tmp_path / 'work')
     assert 'mIoU' in out and 'sparsity/activation_rate' in out
     assert 'loss_sparsity' in out

@@ -4,42 +4,20 @@ Every config is the shipped SAR config shrunk to ResNet-18, light heads and 128-
 images, with ``min_input_size`` / ``mask_size`` lowered to fit them.
 """
 import json
-import re
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
+import re
 
 import pytest
 import torch
 
+from e2e_helpers import ROOT, logged, run, tiny_voc_config
 from mmdyn.datasets import build_coco_fixture
 
-ROOT = Path(__file__).resolve().parents[1]
 SAR = ROOT / 'configs' / 'sar_resnet'
 pytestmark = pytest.mark.slow
 
 # Small inputs: the fixtures are 128 px, detection resizes to 160 px (pads to 160).
 SAR_TINY_BACKBONE = "min_input_size=128, mask_size=(4, 4, 2)"
-
-
-def run(*args, timeout=600):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout, env={**os.environ, 'PYTHONPATH': str(ROOT)})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-def logged(work_dir, key):
-    """{iteration: [values]} of ``key`` from every run in ``work_dir``'s scalars.json."""
-    values = {}
-    for path in Path(work_dir).rglob('scalars.json'):
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
-            if key in entry:
-                values.setdefault(entry['step'], []).append(entry[key])
-    return values
 
 
 # -- detection: a tiny twin of each SAR COCO config --------------------------------------
@@ -165,38 +143,8 @@ def test_sar_segmentation_trains_and_reports_miou_with_sparsity(tmp_path):
     from mmdyn.datasets import build_voc_fixture
     data = build_voc_fixture(tmp_path / 'voc', num_shape_images=4, image_size=128, seed=0)
     base = SAR / 'deeplabv3_sar-r50-d8-g2s4a1-t05_4xb4-20k_voc12aug-512x512.py'
-    config = tmp_path / 'deeplabv3_sar_tiny.py'
-    config.write_text(f'''
-_base_ = ['{base}']
-data_root = '{data['data_root']}'
-norm_cfg = dict(type='BN', requires_grad=True)
-model = dict(
-    data_preprocessor=dict(size=(128, 128)),
-    backbone=dict(depth=18, norm_cfg=norm_cfg, {SAR_TINY_BACKBONE}),
-    decode_head=dict(in_channels=512, channels=32, norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=256, channels=16, norm_cfg=norm_cfg))
-train_pipeline = [
-    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
-    dict(type='RandomCrop', crop_size=(128, 128)), dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')]
-test_pipeline = [
-    dict(type='LoadImageFromFile'), dict(type='Resize', scale=(160, 128), keep_ratio=True),
-    dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
-dataset = dict(type='PascalVOCDataset', data_root=data_root,
-               data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'))
-train_dataloader = dict(
-    _delete_=True, batch_size=2, num_workers=0, persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(**dataset, ann_file='ImageSets/Segmentation/train.txt',
-                 pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(**dataset, ann_file='ImageSets/Segmentation/val.txt',
-                 pipeline=test_pipeline))
-test_dataloader = val_dataloader
-train_cfg = dict(max_iters=4, val_interval=4)
-default_hooks = dict(checkpoint=dict(interval=4), logger=dict(interval=1))
-''')
+    config = tiny_voc_config(tmp_path / 'deeplabv3_sar_tiny.py', base, data['data_root'],
+                             SAR_TINY_BACKBONE)
     work_dir = tmp_path / 'work'
     out = run('tools/train.py', config, '--work-dir', work_dir)
     assert 'mIoU' in out and 'sparsity/activation_rate' in out

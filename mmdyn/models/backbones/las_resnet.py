@@ -29,8 +29,8 @@ from torch import nn
 from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
                        conv_macs, gather_windows, patch_extents, scatter_add_patches,
                        upsample_patch_mask)
-from .dynamic import DynamicBackboneMixin, DynamicBlockMixin, check_granularity
-from .resnet_parts import build_shortcut, first_block_dilation
+from .dynamic import DynamicBlockMixin, check_granularity
+from .resnet_parts import DynamicResNetMixin, build_shortcut, first_block_dilation
 
 
 def _out_size(size: int, stride: int) -> int:
@@ -243,7 +243,7 @@ def expand_granularity(granularity, stage_blocks: Sequence[int]):
 
 
 @MODELS.register_module()
-class LASResNet(DynamicBackboneMixin, ResNet):
+class LASResNet(DynamicResNetMixin, ResNet):
     """Latency-aware spatial-wise dynamic ResNet (depth 18/34/50/101/152).
 
     Args (beyond mmdet's ``ResNet``):
@@ -281,22 +281,7 @@ class LASResNet(DynamicBackboneMixin, ResNet):
         self.mask_init_bias = mask_init_bias
         super().__init__(depth, num_stages=num_stages, **kwargs)
         self.granularity = tuple(tuple(g) for g in self._block_granularity)
-        stem_convs = [m for m in (self.stem if self.deep_stem else [self.conv1])
-                      if isinstance(m, nn.Conv2d)]
-        self._stem_macs_per_pixel = sum(
-            conv_macs(c.in_channels, c.out_channels, c.kernel_size[0], c.groups)
-            for c in stem_convs)
-        self.set_execution_mode(execution_mode)
-        self.set_temperature(temperature)
-        for block in self.dynamic_blocks():
-            # forward() never reads a block's input again (a stage output kept for
-            # out_indices feeds a block with a downsample), so blocks may overwrite it.
-            block.owns_input = True
-
-    def train(self, mode: bool = True):
-        """mmdet's ResNet.train() returns None; keep nn.Module's ``return self``."""
-        super().train(mode)
-        return self
+        self.finish_dynamic_init(execution_mode, temperature)
 
     def _freeze_stages(self):
         """Frozen stages keep their dense weights frozen, but their maskers are new:
@@ -331,12 +316,7 @@ class LASResNet(DynamicBackboneMixin, ResNet):
         return nn.Sequential(*blocks)
 
     def forward(self, x):
-        if self.deep_stem:
-            x = self.stem(x)
-        else:
-            x = self.relu(self.norm1(self.conv1(x)))
-        stem_flops = x.shape[2] * x.shape[3] * self._stem_macs_per_pixel
-        x = self.maxpool(x)
+        x, stem_flops = self.stem_forward(x)
         outs, records = [], []
         for i, layer_name in enumerate(self.res_layers):
             for block in getattr(self, layer_name):

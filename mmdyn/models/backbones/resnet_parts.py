@@ -6,6 +6,7 @@ from mmcv.cnn import build_conv_layer, build_norm_layer
 from torch import nn
 
 from mmdyn.ops import conv_macs
+from .dynamic import DynamicBackboneMixin
 
 
 def build_shortcut(inplanes: int, out_channels: int, stride: int, avg_down: bool,
@@ -56,3 +57,37 @@ def plain_block_flops(block, size: Tuple[int, int]):
         # The shortcut (strided 1x1 conv, or avg-pool + 1x1 conv) lands on the output grid.
         flops += sum(conv_flops(m, size) for m in block.downsample if isinstance(m, nn.Conv2d))
     return flops, size
+
+
+class DynamicResNetMixin(DynamicBackboneMixin):
+    """What a dynamic subclass of mmdet's ``ResNet`` shares: the stem with its FLOPs,
+    the controls set at build time, and a ``train()`` that returns ``self``."""
+
+    def finish_dynamic_init(self, execution_mode: str, temperature: float):
+        """Call at the end of ``__init__``, after ``ResNet.__init__``."""
+        stem_convs = [m for m in (self.stem if self.deep_stem else [self.conv1])
+                      if isinstance(m, nn.Conv2d)]
+        self._stem_macs_per_pixel = sum(
+            conv_macs(c.in_channels, c.out_channels, c.kernel_size[0], c.groups)
+            for c in stem_convs)
+        self.set_execution_mode(execution_mode)
+        self.set_temperature(temperature)
+        for block in self.dynamic_blocks():
+            # forward() never reads a dynamic block's input again (a stage output kept
+            # for out_indices feeds a static block or a shortcut projection), so the
+            # blocks may overwrite it at inference.
+            block.owns_input = True
+
+    def train(self, mode: bool = True):
+        """mmdet's ResNet.train() returns None; keep nn.Module's ``return self``."""
+        super().train(mode)
+        return self
+
+    def stem_forward(self, x):
+        """The stem and max-pool; returns the map and the stem's per-sample FLOPs."""
+        if self.deep_stem:
+            x = self.stem(x)
+        else:
+            x = self.relu(self.norm1(self.conv1(x)))
+        flops = x.shape[2] * x.shape[3] * self._stem_macs_per_pixel
+        return self.maxpool(x), flops

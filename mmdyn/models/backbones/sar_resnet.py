@@ -29,7 +29,7 @@ and writes the results back.
 """
 import math
 import re
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +40,11 @@ from mmengine.registry import MODELS
 from torch import nn
 
 from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
-                       conv_macs, fold_conv_bn, gather_windows, patch_extents,
+                       conv_macs, gather_windows, patch_extents,
                        patch_pixels, pixel_rows, upsample_patch_mask)
-from .dynamic import DynamicBackboneMixin, DynamicBlockMixin
-from .resnet_parts import build_shortcut, first_block_dilation, plain_block_flops
+from .dynamic import DynamicBlockMixin
+from .resnet_parts import (DynamicResNetMixin, build_shortcut, first_block_dilation,
+                           plain_block_flops)
 
 SAR_STAGES = 3  # stages 1-3 are SAR modules (the paper's 4-stage ImageNet models)
 _SETTING = re.compile(r'^G(\d+)s(\d+)a(\d+)(?:b(\d+(?:\.\d+)?))?$')
@@ -390,7 +391,7 @@ class SARStage(nn.Module):
 
 
 @MODELS.register_module()
-class SARResNet(DynamicBackboneMixin, ResNet):
+class SARResNet(DynamicResNetMixin, ResNet):
     """SAR-ResNet (depth 18/34/50/101) for mmdet/mmseg; returns the feature maps of
     mmdet's ResNet (same strides and channels for every ``out_indices``).
 
@@ -455,15 +456,7 @@ class SARResNet(DynamicBackboneMixin, ResNet):
         self.mask_init_bias = mask_init_bias
         self._check_mask_sizes(strides, num_stages)
         super().__init__(depth, num_stages=num_stages, strides=strides, **kwargs)
-        stem_convs = [m for m in (self.stem if self.deep_stem else [self.conv1])
-                      if isinstance(m, nn.Conv2d)]
-        self._stem_macs_per_pixel = sum(
-            conv_macs(c.in_channels, c.out_channels, c.kernel_size[0], c.groups)
-            for c in stem_convs)
-        self.set_execution_mode(execution_mode)
-        self.set_temperature(temperature)
-        for block in self.dynamic_blocks():
-            block.owns_input = True  # refine blocks never see a tensor used elsewhere
+        self.finish_dynamic_init(execution_mode, temperature)
 
     def _check_mask_sizes(self, strides, num_stages):
         stride = 4  # the stem
@@ -477,11 +470,6 @@ class SARResNet(DynamicBackboneMixin, ResNet):
                     f'{smallest[0]}x{smallest[1]} feature map for the minimum input '
                     f'{self.min_input_size[0]}x{self.min_input_size[1]} '
                     '(min_input_size); lower K or raise min_input_size')
-
-    def train(self, mode: bool = True):
-        """mmdet's ResNet.train() returns None; keep nn.Module's ``return self``."""
-        super().train(mode)
-        return self
 
     def _freeze_stages(self):
         """Frozen SAR stages keep their region selectors trainable (and the refine
@@ -565,12 +553,8 @@ class SARResNet(DynamicBackboneMixin, ResNet):
                               common['norm_cfg'])
 
     def forward(self, x):
-        if self.deep_stem:
-            x = self.stem(x)
-        else:
-            x = self.relu(self.norm1(self.conv1(x)))
-        static = {'stem': x.shape[2] * x.shape[3] * self._stem_macs_per_pixel}
-        x = self.maxpool(x)
+        x, stem_flops = self.stem_forward(x)
+        static = {'stem': stem_flops}
         outs, records = [], []
         for i, layer_name in enumerate(self.res_layers):
             layer = getattr(self, layer_name)
