@@ -1,6 +1,7 @@
 from .dynamic import DynamicBackboneMixin, DynamicBlockMixin, SparsitySummary
+from .cad_resnet import CADResNet
 from .las_resnet import LASBasicBlock, LASBottleneck, LASResNet
 from .sar_resnet import SARResNet, parse_sar_setting
 
 __all__ = ['DynamicBackboneMixin', 'DynamicBlockMixin', 'SparsitySummary',
-           'LASBasicBlock', 'LASBottleneck', 'LASResNet', 'SARResNet', 'parse_sar_setting']
+           'CADResNet', 'LASBasicBlock', 'LASBottleneck', 'LASResNet', 'SARResNet', 'parse_sar_setting']

@@ -30,6 +30,23 @@ def first_block_dilation(dilation: int, contract_dilation: bool) -> int:
     return dilation // 2 if contract_dilation and dilation > 1 else dilation
 
 
+def plain_res_layer(block, inplanes: int, planes: int, num_blocks: int, stride: int,
+                    dilation: int, avg_down: bool, contract_dilation: bool, conv_cfg=None,
+                    norm_cfg=dict(type='BN'), **kwargs) -> nn.Sequential:
+    """A static ResNet stage as mmdet's ResLayer builds it, with mmseg's contracted
+    dilation for the first block."""
+    out_channels = planes * block.expansion
+    first = block(inplanes=inplanes, planes=planes, stride=stride,
+                  dilation=first_block_dilation(dilation, contract_dilation),
+                  downsample=build_shortcut(inplanes, out_channels, stride, avg_down,
+                                            conv_cfg, norm_cfg),
+                  conv_cfg=conv_cfg, norm_cfg=norm_cfg, **kwargs)
+    rest = [block(inplanes=out_channels, planes=planes, dilation=dilation,
+                  conv_cfg=conv_cfg, norm_cfg=norm_cfg, **kwargs)
+            for _ in range(num_blocks - 1)]
+    return nn.Sequential(first, *rest)
+
+
 def conv_output_size(size: Tuple[int, int], layer) -> Tuple[int, int]:
     """Output size of a conv (or a max-pool, which has the same arithmetic)."""
     def two(value):

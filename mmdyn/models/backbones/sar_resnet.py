@@ -44,7 +44,7 @@ from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_pat
                        patch_pixels, pixel_rows, upsample_patch_mask)
 from .dynamic import DynamicBlockMixin
 from .resnet_parts import (DynamicResNetMixin, build_shortcut, first_block_dilation,
-                           plain_block_flops)
+                           plain_block_flops, plain_res_layer)
 
 SAR_STAGES = 3  # stages 1-3 are SAR modules (the paper's 4-stage ImageNet models)
 _SETTING = re.compile(r'^G(\d+)s(\d+)a(\d+)(?:b(\d+(?:\.\d+)?))?$')
@@ -486,17 +486,16 @@ class SARResNet(DynamicResNetMixin, ResNet):
                        avg_down=False, conv_cfg=None, norm_cfg=dict(type='BN'),
                        init_cfg=None, **kwargs):
         stage = len(self.res_layers)
-        out_channels = planes * block.expansion
-        first_dilation = first_block_dilation(dilation, self.contract_dilation)
         common = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, init_cfg=init_cfg, **kwargs)
+        if stage >= SAR_STAGES:
+            return plain_res_layer(block, inplanes, planes, num_blocks, stride, dilation,
+                                   avg_down, self.contract_dilation, **common)
+        out_channels = planes * block.expansion
         transition = block(inplanes=inplanes, planes=planes, stride=stride,
-                           dilation=first_dilation, downsample=build_shortcut(
+                           dilation=first_block_dilation(dilation, self.contract_dilation),
+                           downsample=build_shortcut(
                                inplanes, out_channels, stride, avg_down, conv_cfg, norm_cfg),
                            **common)
-        if stage >= SAR_STAGES:
-            rest = [block(inplanes=out_channels, planes=planes, dilation=dilation, **common)
-                    for _ in range(num_blocks - 1)]
-            return nn.Sequential(transition, *rest)
         if num_blocks < 2:
             raise ValueError(f'stage {stage + 1} has {num_blocks} block; a SAR stage needs '
                              'at least 2 (a transition block and one refinement block)')

@@ -1,0 +1,267 @@
+"""CAD-ResNet: content-adaptive downsampling.
+
+Hesse et al., "Content-Adaptive Downsampling in Convolutional Neural Networks",
+CVPR-W 2023. The network is the dilated, output-stride-8 ResNet (mmseg's ResNetV1c
+layout: strides 1-2-1-1, dilations 1-1-2-4, contracted dilation), with the last one
+or two downsampling steps of the strided network made adaptive: a mask source decides
+per 2x2 block (4x4 at the second step) whether the block keeps full resolution. Stages
+3-4 then run on the multi-resolution map (see :mod:`mmdyn.ops.multires`), every 3x3
+conv with the dilated network's dilation on the fine grid, which keeps every cell's
+receptive field (Guarantee 1) and gives, with the same weights, the strided network
+when every block is downsampled and the dilated one when none is (Guarantee 2).
+
+``dense`` execution is the reference: the dilated network on the full grid, every
+block's output replaced by its cells' values (``fill``). ``sparse`` execution computes
+only the active cells, as rows: 1x1 convs are matrix products, 3x3 convs gather their
+nine taps. Parameter names are mmdet's ResNet's: dense ResNet checkpoints load
+unchanged and nothing needs retraining (a learned mask source has its own weights).
+"""
+import torch
+import torch.nn.functional as F
+from mmdet.models.backbones.resnet import Bottleneck, ResNet
+from mmengine.registry import MODELS
+from torch import nn
+
+from mmdyn.ops import BlockRecord, ForwardRecord, conv_macs, fold_conv_bn
+from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
+                                dense_to_rows, fill_cells, rows_to_dense, step_levels)
+from .resnet_parts import DynamicResNetMixin, plain_block_flops, plain_res_layer
+
+OS8_STRIDES, OS8_DILATIONS = (1, 2, 1, 1), (1, 1, 2, 4)
+#: base output stride -> the stages whose downsampling step is adaptive
+ADAPTIVE_STAGES = {16: (2,), 32: (2, 3)}
+
+
+@MODELS.register_module()
+class CADResNet(DynamicResNetMixin, ResNet):
+    """Content-adaptive-downsampling ResNet (depth 50/101/152) on the output-stride-8
+    grid.
+
+    Args (beyond mmdet's ``ResNet``):
+        base_output_stride: 16 (stage 3's downsampling is adaptive: OS 16 -> 8) or 32
+            (stages 3 and 4: OS 32 -> 8).
+        mask_source: config of a registered mask source (``EdgeMask``,
+            ``LearnedMask``, ``KeypointMask``, ``RandomMask``, ``InverseMask``,
+            ``FullResolutionMask``, ``DownsampleAllMask``, ...).
+        execution_mode: ``'auto'`` (dense reference in training, sparse in eval),
+            ``'dense'`` or ``'sparse'`` (inference only).
+    """
+    arch_settings = {
+        50: (Bottleneck, (3, 4, 6, 3)),
+        101: (Bottleneck, (3, 4, 23, 3)),
+        152: (Bottleneck, (3, 8, 36, 3)),
+    }
+    EXECUTION_MODES = ('auto', 'dense', 'sparse')
+
+    def __init__(self, depth: int, base_output_stride: int = 16,
+                 mask_source=dict(type='EdgeMask'), execution_mode: str = 'auto',
+                 strides=OS8_STRIDES, dilations=OS8_DILATIONS, contract_dilation: bool = True,
+                 deep_stem: bool = True, num_stages: int = 4, multi_grid=None,
+                 temperature: float = 1.0, **kwargs):
+        if depth not in self.arch_settings:
+            raise ValueError(f'depth={depth!r} is not supported by CADResNet; choose one of '
+                             f'{sorted(self.arch_settings)}')
+        if base_output_stride not in ADAPTIVE_STAGES:
+            raise ValueError(
+                f'base_output_stride={base_output_stride!r}: CADResNet makes the last '
+                f'downsampling steps of an output-stride-16 or -32 ResNet adaptive (one of '
+                f'{sorted(ADAPTIVE_STAGES)}); the result runs at output stride 8')
+        if tuple(strides) != OS8_STRIDES or tuple(dilations) != OS8_DILATIONS or num_stages != 4:
+            raise ValueError(
+                'CADResNet runs on the output-stride-8 grid: it needs num_stages=4, '
+                f'strides={OS8_STRIDES} and dilations={OS8_DILATIONS} (the dilated '
+                f'network); got num_stages={num_stages}, strides={tuple(strides)}, '
+                f'dilations={tuple(dilations)}')
+        if multi_grid is not None:
+            raise ValueError('multi_grid is not supported by CADResNet')
+        for name in ('dcn', 'plugins'):
+            if kwargs.get(name) is not None:
+                raise ValueError(f'CADResNet does not support {name}')
+        if kwargs.get('style', 'pytorch') != 'pytorch':
+            raise ValueError("CADResNet needs style='pytorch' (stride on the 3x3 conv)")
+        self.contract_dilation = contract_dilation
+        self.base_output_stride = base_output_stride
+        self.adaptive_stages = ADAPTIVE_STAGES[base_output_stride]
+        super().__init__(depth, strides=strides, dilations=dilations, deep_stem=deep_stem,
+                         num_stages=num_stages, **kwargs)
+        self.mask_source = MODELS.build(mask_source)
+        if self.mask_source.learned and len(self.adaptive_stages) != 1:
+            raise ValueError(f'{type(self.mask_source).__name__} supports one adaptive step: '
+                             'use base_output_stride=16')
+        self.external_masks = None
+        self.finish_dynamic_init('auto', temperature)
+        self.set_execution_mode(execution_mode)
+
+    # -- controls ---------------------------------------------------------------------
+
+    def set_execution_mode(self, mode: str):
+        if mode not in self.EXECUTION_MODES:
+            raise ValueError(f'execution_mode={mode!r} is not one of {self.EXECUTION_MODES}')
+        self.execution_mode = mode
+
+    def set_temperature(self, tau: float):
+        if not tau > 0:
+            raise ValueError(f'temperature must be > 0, got {tau}')
+        self.temperature = float(tau)
+        if hasattr(self, 'mask_source') and hasattr(self.mask_source, 'temperature'):
+            self.mask_source.temperature = self.temperature
+
+    def set_forced_activation(self, rate, seed: int = 0):
+        raise NotImplementedError('CADResNet takes masks from its mask source or from '
+                                  'set_masks(); use RandomMask(keep_ratio=...)')
+
+    def set_masks(self, masks):
+        """Use these keep masks (one ``[B, rows, cols]`` per adaptive step, True = full
+        resolution) instead of the mask source, until ``set_masks(None)``."""
+        if masks is not None and (not isinstance(masks, (list, tuple))
+                                  or len(masks) != len(self.adaptive_stages)):
+            raise ValueError(f'set_masks expects a list of {len(self.adaptive_stages)} '
+                             'masks (one per adaptive step) or None')
+        self.external_masks = masks
+
+    def make_res_layer(self, block, inplanes, planes, num_blocks, stride=1, dilation=1,
+                       avg_down=False, **kwargs):
+        return plain_res_layer(block, inplanes, planes, num_blocks, stride, dilation,
+                               avg_down, self.contract_dilation, **kwargs)
+
+    def sparse(self) -> bool:
+        if self.execution_mode == 'sparse' and self.training:
+            raise RuntimeError('execution_mode="sparse" is inference-only (it folds '
+                               'BatchNorm statistics); use "auto" or "dense" to train')
+        return self.execution_mode == 'sparse' or (self.execution_mode == 'auto'
+                                                   and not self.training)
+
+    # -- forward ----------------------------------------------------------------------
+
+    def keep_masks(self, inputs, features):
+        height, width = features.shape[2:]
+        grids = [block_grid(height, width, step + 1)
+                 for step in range(len(self.adaptive_stages))]
+        masks = self.external_masks
+        if masks is None:
+            masks = self.mask_source(inputs, features, grids)
+        return [check_keep_mask(m, (features.shape[0], *g), f'keep mask of step {s + 1}')
+                if not (m.dtype.is_floating_point and m.requires_grad) else m
+                for s, (m, g) in enumerate(zip(masks, grids))]
+
+    def forward(self, x):
+        inputs = x
+        x, stem_flops = self.stem_forward(x)
+        static, outs, records = {'stem': stem_flops}, [], []
+        levels = layout = None
+        sparse = self.sparse()
+        for i, layer_name in enumerate(self.res_layers):
+            layer = getattr(self, layer_name)
+            if i < min(self.adaptive_stages):
+                size, flops = tuple(x.shape[2:]), 0
+                for block in layer:
+                    block_flops, size = plain_block_flops(block, size)
+                    flops += block_flops
+                static[layer_name] = flops
+                x = layer(x)
+            else:
+                if i == min(self.adaptive_stages):
+                    masks = self.keep_masks(inputs, x)
+                    levels = torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.long,
+                                         device=x.device)
+                    layout = CellLayout.from_levels(levels)
+                    if sparse:
+                        x = dense_to_rows(x.contiguous(memory_format=torch.channels_last),
+                                          layout)
+                step_mask = None
+                if i in self.adaptive_stages:
+                    step = self.adaptive_stages.index(i) + 1
+                    step_mask = masks[step - 1]
+                    levels = step_levels(levels, step_mask.detach() > 0.5, step)
+                layout_in, layout = layout, CellLayout.from_levels(levels)
+                run = self._stage_sparse if sparse else self._stage_dense
+                x = run(layer, layer_name, x, layout_in, layout, step_mask, records)
+            if i in self.out_indices:
+                out = rows_to_dense(x, layout) if sparse and i >= min(self.adaptive_stages) else x
+                outs.append(out.contiguous())
+        self.store_forward_record(ForwardRecord(static, records))
+        return tuple(outs)
+
+    def _stage_dense(self, layer, name, x, layout_in, layout, step_mask, records):
+        """Reference: the dilated blocks on the full grid, each output filled with its
+        cells' values. A straight-through mask keeps its gradient: the full-resolution
+        pixels take the block output, the others its filled value."""
+        keep = None
+        if step_mask is not None and step_mask.requires_grad:
+            keep = F.interpolate(step_mask.unsqueeze(1), scale_factor=2, mode='nearest')
+            keep = keep[:, :, :x.shape[2], :x.shape[3]]
+        for k, block in enumerate(layer):
+            y = block(x)
+            filled = fill_cells(y, layout)
+            x = filled if keep is None else filled + keep * (y - filled)
+            self._record(records, f'{name}.{k}', block, layout_in if k == 0 else layout,
+                         layout, step_mask)
+        return x
+
+    def _stage_sparse(self, layer, name, rows, layout_in, layout, step_mask, records):
+        for k, block in enumerate(layer):
+            source = layout_in if k == 0 else layout
+            rows = self._block_rows(block, rows, source, layout)
+            self._record(records, f'{name}.{k}', block, source, layout, step_mask)
+        return rows
+
+    def _block_rows(self, block, rows, source: CellLayout, target: CellLayout):
+        """One bottleneck on cells: ``rows`` are ``source``'s cells, the result
+        ``target``'s (equal layouts except at an adaptive step)."""
+        conv1, conv2, conv3 = (self._folded(block, i) for i in (1, 2, 3))
+        hidden = torch.addmm(conv1.bias, rows, conv1.matrix).relu_()
+        taps = self._taps(source, target, conv2.dilation)
+        hidden = conv3x3_rows(hidden, taps, conv2.matrix, conv2.bias).relu_()
+        if block.downsample is None and source is target:
+            identity = rows
+        else:
+            identity = rows if source is target else rows.index_select(
+                0, source.rows_at(target.positions))
+            if block.downsample is not None:
+                shortcut = self._folded(block, 'downsample')
+                identity = torch.addmm(shortcut.bias, identity, shortcut.matrix)
+        return identity.addmm(hidden, conv3.matrix).add_(conv3.bias).relu_()
+
+    def _taps(self, source, target, dilation):
+        """Tap rows, computed once per (layouts, dilation) and forward."""
+        key = (id(source), id(target), dilation)
+        cache = getattr(self, '_tap_cache', None)
+        if cache is None or cache[0] != (id(source.cover), id(target.cover)):
+            cache = ((id(source.cover), id(target.cover)), {})
+            self._tap_cache = cache
+        if key not in cache[1]:
+            cache[1][key] = source.tap_rows(target.positions, dilation)
+        return cache[1][key]
+
+    def _folded(self, block, which):
+        """BatchNorm-folded weights of a block's conv (cached per weights version)."""
+        if which == 'downsample':
+            conv, norm = block.downsample[-2], block.downsample[-1]
+        else:
+            conv, norm = getattr(block, f'conv{which}'), getattr(block, f'norm{which}')
+        sources = [conv.weight, conv.bias] + ([norm.weight, norm.bias, norm.running_mean,
+                                               norm.running_var]
+                                              if isinstance(norm, nn.BatchNorm2d) else [])
+        key = tuple((id(t), t._version) for t in sources if t is not None)
+        cache = block.__dict__.setdefault('_cad_fold_cache', {})
+        if cache.get(which, (None,))[0] != key:
+            folded = fold_conv_bn(conv, norm if isinstance(norm, nn.BatchNorm2d) else None)
+            cache[which] = (key, folded)
+        return cache[which][1]
+
+    def _record(self, records, name, block, source: CellLayout, target: CellLayout, mask):
+        """Per-sample FLOPs from the cells each conv computes (output stride 8 = dense)."""
+        batch, height, width = target.shape
+        pixels = height * width
+        c_in, mid, c_out = block.conv1.in_channels, block.conv2.out_channels, \
+            block.conv3.out_channels
+        per_out = conv_macs(mid, mid, 3) + conv_macs(mid, c_out, 1) + (
+            conv_macs(c_in, c_out, 1) if block.downsample is not None else 0)
+        per_in = conv_macs(c_in, mid, 1)
+        cells_in = source.cells_per_sample().float()
+        cells_out = target.cells_per_sample().float()
+        keep = torch.ones(batch, 1, 1, 1) if mask is None else mask.unsqueeze(1).float()
+        records.append(BlockRecord(
+            name=name, mask=keep, activation_rate=cells_out / pixels,
+            dense_flops=float(pixels * (per_in + per_out)),
+            executed_flops=cells_in * per_in + cells_out * per_out))

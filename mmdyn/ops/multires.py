@@ -1,0 +1,193 @@
+"""Multi-resolution feature maps for content-adaptive downsampling.
+
+Hesse et al., "Content-Adaptive Downsampling in Convolutional Neural Networks",
+CVPR-W 2023. A map lives on its *fine* grid (H x W). A level map ``levels``
+([B, H, W], int) says at which resolution each pixel's region is held: level l is one
+cell of 2^l x 2^l fine pixels, aligned to multiples of 2^l. A cell's value lives at its
+top-left pixel, the *active* cell; the other pixels of the cell are inactive and read
+the active cell's value.
+
+Adaptive downsampling (Eq. 2), step s: a mask on the 2^s x 2^s block grid says which
+blocks are downsampled; only blocks whose pixels are all still at level s-1 (the
+lowest resolution so far) can be, so successive steps give a quadtree.
+
+Convolutions on such a map (the modified submanifold convolution of Sec. 3) keep the
+fine grid's dilation: a 3x3 tap of the output cell at p reads the fine pixel
+p + d * (k - 1), which belongs to some cell, whose active value it takes. Run with the
+dilations of the dilated (output stride 8) network, a cell of level l sees exactly what
+the strided network sees at that position (Guarantee 1: receptive fields unchanged);
+with every block downsampled the result is the strided network's output, with none the
+dilated network's (Guarantee 2).
+
+Everything is computed on *rows*: the active cells of a map, channels-last,
+``[n_cells, C]``. A 1x1 conv is one matrix product, a 3x3 conv one row gather of its 9
+taps (a zero row for taps outside the image) and one matrix product, so the work scales
+with the number of active cells.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DOWNSAMPLE_MODES = ('strided', 'max', 'avg')
+
+
+def check_keep_mask(mask: Tensor, shape, name: str = 'mask') -> Tensor:
+    """A keep mask ``[B, rows, cols]`` (True / 1 = keep full resolution) of the
+    expected ``shape``, as bool; anything else is a clear error."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f'{name} must be a tensor, got {type(mask).__name__}')
+    if mask.dtype not in (torch.bool, torch.uint8, torch.float32, torch.float64,
+                          torch.float16, torch.int64, torch.int32):
+        raise TypeError(f'{name} must be bool, integer or float, got {mask.dtype}')
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f'{name} must have shape {tuple(shape)} ([B, rows, cols] on the '
+                         f'downsampling grid), got {tuple(mask.shape)}')
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f'{name} must hold only 0 and 1')
+        mask = mask > 0.5
+    return mask
+
+
+def block_grid(height: int, width: int, step: int):
+    """Rows and columns of the 2^step block grid over a fine map."""
+    size = 2 ** step
+    return -(-height // size), -(-width // size)
+
+
+def _expand(blocks: Tensor, size: int, height: int, width: int) -> Tensor:
+    return blocks.repeat_interleave(size, 1).repeat_interleave(size, 2)[:, :height, :width]
+
+
+def step_levels(levels: Tensor, keep: Tensor, step: int) -> Tensor:
+    """Adaptive downsampling step ``step`` (Eq. 2): the blocks of 2^step x 2^step fine
+    pixels that ``keep`` leaves off and that are entirely at level ``step - 1`` go to
+    level ``step``. ``keep``: bool ``[B, rows, cols]`` on the block grid."""
+    batch, height, width = levels.shape
+    size = 2 ** step
+    keep = check_keep_mask(keep, (batch, *block_grid(height, width, step)), 'keep mask')
+    # A block is eligible when all its pixels are still at the lowest level so far;
+    # padding beyond the map counts as eligible.
+    below = (levels != step - 1).float().unsqueeze(1)
+    blocked = F.max_pool2d(below, size, size, ceil_mode=True)[:, 0] > 0
+    down = ~keep & ~blocked
+    return torch.where(_expand(down, size, height, width), torch.full_like(levels, step),
+                       levels)
+
+
+@dataclass
+class CellLayout:
+    """The active cells of a level map: ``positions`` ``[n, 3]`` (batch, y, x), sorted,
+    and ``cover`` ``[B * H * W]``: the row of the cell each fine pixel belongs to."""
+    levels: Tensor
+    positions: Tensor
+    cover: Tensor
+
+    @classmethod
+    def from_levels(cls, levels: Tensor) -> 'CellLayout':
+        batch, height, width = levels.shape
+        device = levels.device
+        cell = 2 ** levels
+        ys = torch.arange(height, device=device).view(1, height, 1)
+        xs = torch.arange(width, device=device).view(1, 1, width)
+        active = (ys % cell == 0) & (xs % cell == 0)
+        positions = torch.nonzero(active)
+        row_of = torch.full((batch, height, width), -1, dtype=torch.long, device=device)
+        row_of[active] = torch.arange(positions.shape[0], device=device)
+        top_y, top_x = ys - ys % cell, xs - xs % cell
+        bs = torch.arange(batch, device=device).view(batch, 1, 1)
+        cover = row_of[bs, top_y.expand_as(levels), top_x.expand_as(levels)]
+        return cls(levels, positions, cover.view(-1))
+
+    @classmethod
+    def full(cls, batch: int, height: int, width: int, device=None) -> 'CellLayout':
+        return cls.from_levels(torch.zeros(batch, height, width, dtype=torch.long,
+                                           device=device))
+
+    @property
+    def shape(self):
+        return tuple(self.levels.shape)
+
+    @property
+    def num_cells(self) -> int:
+        return self.positions.shape[0]
+
+    def cells_per_sample(self) -> Tensor:
+        return torch.bincount(self.positions[:, 0], minlength=self.shape[0])
+
+    def rows_at(self, positions: Tensor) -> Tensor:
+        """The row covering each fine position ``[n, 3]``."""
+        _, height, width = self.shape
+        flat = (positions[:, 0] * height + positions[:, 1]) * width + positions[:, 2]
+        return self.cover[flat]
+
+    def tap_rows(self, positions: Tensor, dilation: int) -> Tensor:
+        """``[n, 9]`` rows read by a 3x3 conv (``dilation`` on the fine grid) at each
+        output ``positions``; taps outside the map point at row ``num_cells`` (zero)."""
+        _, height, width = self.shape
+        offsets = torch.arange(-1, 2, device=positions.device) * dilation
+        ys = positions[:, 1:2] + offsets                               # [n, 3]
+        xs = positions[:, 2:3] + offsets
+        inside = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
+        flat = (positions[:, 0, None, None] * height + ys.clamp(0, height - 1)[:, :, None]) \
+            * width + xs.clamp(0, width - 1)[:, None, :]
+        rows = self.cover[flat.view(-1)].view(-1, 3, 3)
+        return torch.where(inside, rows, torch.full_like(rows, self.num_cells)).view(-1, 9)
+
+
+def dense_to_rows(x: Tensor, layout: CellLayout) -> Tensor:
+    """``[n_cells, C]`` values of the active cells of a dense ``[B, C, H, W]`` map."""
+    rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    _, height, width = layout.shape
+    p = layout.positions
+    return rows.index_select(0, (p[:, 0] * height + p[:, 1]) * width + p[:, 2])
+
+
+def rows_to_dense(rows: Tensor, layout: CellLayout) -> Tensor:
+    """The dense ``[B, C, H, W]`` map (channels-last memory) in which every pixel holds
+    its cell's value (nearest broadcast of the coarse cells)."""
+    batch, height, width = layout.shape
+    dense = F.embedding(layout.cover, rows)
+    return dense.view(batch, height, width, -1).permute(0, 3, 1, 2)
+
+
+def fill_cells(x: Tensor, layout: CellLayout) -> Tensor:
+    """Dense reference of the multi-resolution map: every pixel takes the value of its
+    cell's active (top-left) pixel."""
+    return rows_to_dense(dense_to_rows(x, layout), layout)
+
+
+def conv3x3_rows(rows: Tensor, taps: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
+    """A 3x3 conv on cells: gather the 9 taps of every output cell (``taps`` from
+    :meth:`CellLayout.tap_rows`) and multiply by the ``[9 * C_in, C_out]`` matrix
+    (kernel-row, kernel-col, channel order, as :class:`FoldedConv.matrix`)."""
+    padded = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+    gathered = F.embedding(taps.view(-1), padded).view(taps.shape[0], -1)
+    return torch.addmm(bias, gathered, matrix)
+
+
+def adaptive_downsample(x: Tensor, levels: Tensor, keep: Tensor, step: int,
+                        mode: str = 'strided'):
+    """Eq. 2 on a dense map: blocks of 2^step pixels that ``keep`` leaves off (and that
+    are still at the lowest level) become one cell. Returns the dense map in which
+    every pixel holds its cell's value, and the new level map.
+
+    ``mode``: ``'strided'`` (the cell takes its top-left value, as a strided conv
+    samples), ``'max'`` or ``'avg'`` (pooling over the block)."""
+    if mode not in DOWNSAMPLE_MODES:
+        raise ValueError(f'mode={mode!r} is not one of {DOWNSAMPLE_MODES}')
+    new_levels = step_levels(levels, keep, step)
+    if mode == 'strided':
+        return fill_cells(x, CellLayout.from_levels(new_levels)), new_levels
+    size = 2 ** step
+    height, width = x.shape[2:]
+    if mode == 'max':
+        pooled = F.max_pool2d(x, size, size, ceil_mode=True)
+    else:
+        pooled = F.avg_pool2d(x, size, size, ceil_mode=True, count_include_pad=False)
+    pooled = pooled.repeat_interleave(size, 2).repeat_interleave(size, 3)[:, :, :height, :width]
+    return torch.where((new_levels == step).unsqueeze(1), pooled, x), new_levels
