@@ -74,9 +74,9 @@ class SparsityTargetHook(Hook):
 
     def before_train(self, runner):
         model = _unwrap(runner.model)
-        if not hasattr(model, 'set_sparsity_target'):
-            raise TypeError('SparsityTargetHook needs a Dyn* detector/segmentor '
-                            f'(with a sparsity loss); got {type(model).__name__}')
+        if getattr(model, 'sparsity_loss', None) is None:
+            raise TypeError('SparsityTargetHook needs a Dyn* detector/segmentor with a '
+                            f'sparsity loss; got {type(model).__name__}')
         self._model = model
         self._final = self.target if self.target is not None \
             else model.sparsity_loss.final_target

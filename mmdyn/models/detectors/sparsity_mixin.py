@@ -18,17 +18,26 @@ class SparsityLossMixin:
         if not hasattr(self.backbone, 'sparsity_summary'):
             raise TypeError(f'{type(self).__name__} needs a dynamic backbone (e.g. '
                             f'LASResNet); got {type(self.backbone).__name__}')
-        self.sparsity_loss = MODELS.build(sparsity_loss)
+        # None: a backbone without trainable gates (e.g. CAD-ResNet with edge masks);
+        # predictions still carry their sparsity statistics.
+        self.sparsity_loss = None if sparsity_loss is None else MODELS.build(sparsity_loss)
+
+    def _scheduled_loss(self):
+        if self.sparsity_loss is None:
+            raise TypeError(f'{type(self).__name__} has sparsity_loss=None: there is no '
+                            'target to schedule (remove SparsityTargetHook)')
+        return self.sparsity_loss
 
     def set_sparsity_target(self, target: float):
-        self.sparsity_loss.set_target(target)
+        self._scheduled_loss().set_target(target)
 
     def set_sparsity_progress(self, progress: float):
-        self.sparsity_loss.set_progress(progress)
+        self._scheduled_loss().set_progress(progress)
 
     def loss(self, inputs, data_samples):
         losses = super().loss(inputs, data_samples)
-        losses.update(self.sparsity_loss(self.backbone.records))
+        if self.sparsity_loss is not None:
+            losses.update(self.sparsity_loss(self.backbone.records))
         return losses
 
     def predict(self, inputs, data_samples=None, **kwargs):
