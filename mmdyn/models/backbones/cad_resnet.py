@@ -22,7 +22,7 @@ from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmengine.registry import MODELS
 from torch import nn
 
-from mmdyn.ops import BlockRecord, ForwardRecord, conv_macs, fold_conv_bn
+from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
 from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
                                 dense_to_rows, fill_cells, rows_to_dense, step_levels)
 from .resnet_parts import DynamicResNetMixin, plain_block_flops, plain_res_layer
@@ -172,17 +172,19 @@ class CADResNet(DynamicResNetMixin, ResNet):
                 if i in self.adaptive_stages:
                     step = self.adaptive_stages.index(i) + 1
                     step_mask = masks[step - 1]
+                    last_mask = (step_mask, step)
                     levels = step_levels(levels, step_mask.detach() > 0.5, step)
                 layout_in, layout = layout, CellLayout.from_levels(levels)
                 run = self._stage_sparse if sparse else self._stage_dense
-                x = run(layer, layer_name, x, layout_in, layout, step_mask, records)
+                x = run(layer, layer_name, x, layout_in, layout, step_mask, last_mask,
+                        records)
             if i in self.out_indices:
                 out = rows_to_dense(x, layout) if sparse and i >= min(self.adaptive_stages) else x
                 outs.append(out.contiguous())
         self.store_forward_record(ForwardRecord(static, records))
         return tuple(outs)
 
-    def _stage_dense(self, layer, name, x, layout_in, layout, step_mask, records):
+    def _stage_dense(self, layer, name, x, layout_in, layout, step_mask, last_mask, records):
         """Reference: the dilated blocks on the full grid, each output filled with its
         cells' values. A straight-through mask keeps its gradient: the full-resolution
         pixels take the block output, the others its filled value."""
@@ -195,14 +197,15 @@ class CADResNet(DynamicResNetMixin, ResNet):
             filled = fill_cells(y, layout)
             x = filled if keep is None else filled + keep * (y - filled)
             self._record(records, f'{name}.{k}', block, layout_in if k == 0 else layout,
-                         layout, step_mask)
+                         layout, last_mask)
         return x
 
-    def _stage_sparse(self, layer, name, rows, layout_in, layout, step_mask, records):
+    def _stage_sparse(self, layer, name, rows, layout_in, layout, step_mask, last_mask,
+                      records):
         for k, block in enumerate(layer):
             source = layout_in if k == 0 else layout
             rows = self._block_rows(block, rows, source, layout)
-            self._record(records, f'{name}.{k}', block, source, layout, step_mask)
+            self._record(records, f'{name}.{k}', block, source, layout, last_mask)
         return rows
 
     def _block_rows(self, block, rows, source: CellLayout, target: CellLayout):
@@ -250,7 +253,8 @@ class CADResNet(DynamicResNetMixin, ResNet):
         return cache[which][1]
 
     def _record(self, records, name, block, source: CellLayout, target: CellLayout, mask):
-        """Per-sample FLOPs from the cells each conv computes (output stride 8 = dense)."""
+        """Per-sample FLOPs from the cells each conv computes (output stride 8 = dense);
+        ``mask``: (keep mask, step) of the latest adaptive step, on its block grid."""
         batch, height, width = target.shape
         pixels = height * width
         c_in, mid, c_out = block.conv1.in_channels, block.conv2.out_channels, \
@@ -260,8 +264,8 @@ class CADResNet(DynamicResNetMixin, ResNet):
         per_in = conv_macs(c_in, mid, 1)
         cells_in = source.cells_per_sample().float()
         cells_out = target.cells_per_sample().float()
-        keep = torch.ones(batch, 1, 1, 1) if mask is None else mask.unsqueeze(1).float()
+        keep, step = mask
         records.append(BlockRecord(
-            name=name, mask=keep, activation_rate=cells_out / pixels,
+            name=name, mask=keep.unsqueeze(1).float(), grid=PatchGrid(height, width, 2 ** step), activation_rate=cells_out / pixels,
             dense_flops=float(pixels * (per_in + per_out)),
             executed_flops=cells_in * per_in + cells_out * per_out))
