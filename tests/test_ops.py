@@ -134,6 +134,7 @@ def test_ops_import_with_torch_alone():
         'for name in ("mmcv", "mmdet", "mmseg", "mmengine"):\n'
         '    sys.modules[name] = None  # behaves as "not installed"\n'
         'import mmdyn.ops\n'
+        'import mmdyn.ops.multires\n'
         'import torch\n'
         'grid = mmdyn.ops.PatchGrid(5, 5, 2)\n'
         'assert mmdyn.ops.patch_extents(grid).sum() == 25\n')

@@ -107,7 +107,9 @@ class EdgeMask(MaskSource):
     normalised image, central differences [-1, 0, 1] in x and y, |gradient| >=
     ``threshold`` in either, a square dilation of ``dilation`` pixels, then a block is
     kept if any of its pixels is an edge pixel (at the input resolution, subsampled
-    by the network's ``output_stride``)."""
+    by the network's ``output_stride``, as the reference code does). The threshold is
+    in units of the *normalised* image (mmseg's mean/std), as in the reference: 0.35
+    is a grey-level step of about 20 on the 0-255 scale."""
 
     GREY = (0.299, 0.587, 0.114)
 

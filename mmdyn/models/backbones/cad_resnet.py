@@ -140,6 +140,9 @@ class CADResNet(DynamicResNetMixin, ResNet):
         masks = self.external_masks
         if masks is None:
             masks = self.mask_source(inputs, features, grids)
+            if len(masks) != len(grids):
+                raise ValueError(f'{type(self.mask_source).__name__} returned {len(masks)} '
+                                 f'masks for {len(grids)} adaptive steps')
         return [check_keep_mask(m, (features.shape[0], *g), f'keep mask of step {s + 1}')
                 if not (m.dtype.is_floating_point and m.requires_grad) else m
                 for s, (m, g) in enumerate(zip(masks, grids))]
@@ -148,7 +151,8 @@ class CADResNet(DynamicResNetMixin, ResNet):
         inputs = x
         x, stem_flops = self.stem_forward(x)
         static, outs, records = {'stem': stem_flops}, [], []
-        levels = layout = None
+        levels = layout = last_mask = None
+        self._tap_cache = {}  # tap rows per (layouts, dilation), for this forward only
         sparse = self.sparse()
         for i, layer_name in enumerate(self.res_layers):
             layer = getattr(self, layer_name)
@@ -226,15 +230,12 @@ class CADResNet(DynamicResNetMixin, ResNet):
         return identity.addmm(hidden, conv3.matrix).add_(conv3.bias).relu_()
 
     def _taps(self, source, target, dilation):
-        """Tap rows, computed once per (layouts, dilation) and forward."""
+        """Tap rows, computed once per (layouts, dilation) and forward (the layouts
+        are alive for the whole forward, so their ids are stable keys)."""
         key = (id(source), id(target), dilation)
-        cache = getattr(self, '_tap_cache', None)
-        if cache is None or cache[0] != (id(source.cover), id(target.cover)):
-            cache = ((id(source.cover), id(target.cover)), {})
-            self._tap_cache = cache
-        if key not in cache[1]:
-            cache[1][key] = source.tap_rows(target.positions, dilation)
-        return cache[1][key]
+        if key not in self._tap_cache:
+            self._tap_cache[key] = source.tap_rows(target.positions, dilation)
+        return self._tap_cache[key]
 
     def _folded(self, block, which):
         """BatchNorm-folded weights of a block's conv (cached per weights version)."""
@@ -266,6 +267,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
         cells_out = target.cells_per_sample().float()
         keep, step = mask
         records.append(BlockRecord(
-            name=name, mask=keep.unsqueeze(1).float(), grid=PatchGrid(height, width, 2 ** step), activation_rate=cells_out / pixels,
+            name=name, mask=keep.unsqueeze(1).float(),
+            grid=PatchGrid(height, width, 2 ** step), activation_rate=cells_out / pixels,
             dense_flops=float(pixels * (per_in + per_out)),
             executed_flops=cells_in * per_in + cells_out * per_out))
