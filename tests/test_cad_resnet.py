@@ -106,7 +106,7 @@ def test_bad_keep_masks_are_refused(mask, error, message):
 def randomise_batchnorm(model):
     generator = torch.Generator().manual_seed(0)
     for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             n = module.num_features
             module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
             module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
@@ -263,3 +263,18 @@ def test_bad_external_masks_are_refused():
         run(model, x, 'sparse', [torch.ones(1, 3, 3, dtype=torch.bool)])
     with pytest.raises(ValueError, match='list of 1 masks'):
         model.set_masks([torch.ones(1, 4, 6)] * 2)
+
+
+def test_sparse_folds_every_batchnorm_flavour():
+    """SyncBN configs run single-process as mmengine's _BatchNormXd: folded too."""
+    from mmengine.model import revert_sync_batchnorm
+    model = CADResNet(50, init_cfg=None, norm_cfg=dict(type='SyncBN'),
+                      mask_source=dict(type='RandomMask', keep_ratio=0.5))
+    model = randomise_batchnorm(revert_sync_batchnorm(model))
+    model.eval()
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in model.modules())
+    x = torch.randn(1, 3, 64, 96)
+    dense, _ = run(model, x, 'dense')
+    sparse, _ = run(model, x, 'sparse')
+    for a, b in zip(sparse, dense):
+        assert relative_error(a, b) < 1e-4

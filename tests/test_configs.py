@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
@@ -35,11 +36,14 @@ def test_config_builds(path):
         return
     assert type(model).__name__.startswith('Dyn')
     hooks = {h['type'] for h in cfg.custom_hooks}
-    assert {'TemperatureHook', 'SparsityTargetHook'} <= hooks
     metrics = [m['type'] for m in cfg.val_evaluator]
     assert 'SparsityMetric' in metrics and len(metrics) == 2
     stem = path.stem
     backbone = model.backbone
+    if type(backbone).__name__ == 'CADResNet':
+        check_cad_config(model, hooks, stem)
+        return
+    assert {'TemperatureHook', 'SparsityTargetHook'} <= hooks
     assert f't0{int(model.sparsity_loss.final_target * 10)}' in stem
     assert f'-r{backbone.depth}' in stem
     if type(backbone).__name__ == 'SARResNet':
@@ -53,3 +57,43 @@ def test_config_builds(path):
     assert type(backbone).__name__ == 'LASResNet'
     granularity = ''.join(str(blocks[0]) for blocks in backbone.granularity)
     assert f'-s{granularity}-' in stem
+
+
+def check_cad_config(model, hooks, stem):
+    """CAD-ResNet: the name encodes depth, mask source and base output stride; learned
+    masks train with KeepRatioLoss at a fixed target and a Gumbel temperature, edge masks
+    have neither; the detectors' anchors and RoI extractors use the true strides."""
+    backbone = model.backbone
+    source = type(backbone.mask_source).__name__
+    assert f'_cad-r{backbone.depth}-' in stem
+    assert f'-os{backbone.base_output_stride}to8' in stem
+    assert 'SparsityTargetHook' not in hooks  # CAD's keep-ratio target is fixed
+    if source == 'LearnedMask':
+        assert type(model.sparsity_loss).__name__ == 'KeepRatioLoss'
+        assert f'-learned-t0{round(model.sparsity_loss.final_target * 10)}-' in stem
+        assert hooks == {'TemperatureHook'}
+    else:
+        assert source == 'EdgeMask'
+        assert model.sparsity_loss is None and not hooks
+        assert f'-edge{round(backbone.mask_source.threshold * 100):03d}-' in stem
+    if not hasattr(model, 'neck'):
+        assert '-d8-' in stem
+        return
+    # Detection: run the backbone and neck on a 128 px image, read each FPN level's
+    # stride and compare with the anchor generator's and the RoI extractors' strides.
+    model.eval()
+    with torch.no_grad():
+        levels = model.extract_feat(torch.zeros(1, 3, 128, 128))
+    strides = [128 // level.shape[-1] for level in levels]
+    head = model.rpn_head if hasattr(model, 'rpn_head') else model.bbox_head
+    assert [s[0] for s in head.prior_generator.strides] == strides
+    # the standard per-level anchor sizes (RPN 32..512, RetinaNet 32..512 per octave)
+    assert [round(size) for size in head.prior_generator.base_sizes] == \
+        [4 * 2 ** i if hasattr(model, 'rpn_head') else 8 * 2 ** i for i in range(5)]
+    if hasattr(model, 'roi_head'):
+        assert strides[:4] == [4, 8, 8, 8]
+        extractors = [model.roi_head.bbox_roi_extractor]
+        if model.roi_head.with_mask:
+            extractors.append(model.roi_head.mask_roi_extractor)
+        for extractor in extractors:
+            assert list(extractor.featmap_strides) == strides[:4]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmengine.registry import MODELS
-from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
 from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
@@ -245,11 +245,11 @@ class CADResNet(DynamicResNetMixin, ResNet):
             conv, norm = getattr(block, f'conv{which}'), getattr(block, f'norm{which}')
         sources = [conv.weight, conv.bias] + ([norm.weight, norm.bias, norm.running_mean,
                                                norm.running_var]
-                                              if isinstance(norm, nn.BatchNorm2d) else [])
+                                              if isinstance(norm, _BatchNorm) else [])
         key = tuple((id(t), t._version) for t in sources if t is not None)
         cache = block.__dict__.setdefault('_cad_fold_cache', {})
         if cache.get(which, (None,))[0] != key:
-            folded = fold_conv_bn(conv, norm if isinstance(norm, nn.BatchNorm2d) else None)
+            folded = fold_conv_bn(conv, norm if isinstance(norm, _BatchNorm) else None)
             cache[which] = (key, folded)
         return cache[which][1]
 

@@ -1,0 +1,290 @@
+"""End-to-end runs of the CAD-ResNet configs (configs/cad_resnet) on the offline fixtures.
+
+Each run takes a shipped config and shrinks it: CAD-ResNet-50 (the shipped detectors'
+depth; the Cityscapes configs use 101), BN instead of SyncBN, light heads, 128 x 256
+Cityscapes crops or 160 px COCO images. The masks, losses, hooks, strides and evaluators
+stay the shipped ones.
+"""
+import math
+import pickle
+import re
+
+import pytest
+
+from e2e_helpers import ROOT, logged, run
+from mmdyn.datasets import build_cityscapes_fixture, build_coco_fixture
+
+CAD = ROOT / 'configs' / 'cad_resnet'
+pytestmark = pytest.mark.slow
+
+SEGMENTATION = {
+    'learned': 'deeplabv3_cad-r101-d8-learned-t05-os16to8_4xb2-80k_cityscapes-512x1024.py',
+    'edge': 'pspnet_cad-r101-d8-edge035-os16to8_4xb2-80k_cityscapes-512x1024.py',
+}
+ITERS = 2
+
+
+def tiny_cityscapes_config(path, base, data_root, backbone_args='', iters=ITERS):
+    """A twin of the CAD Cityscapes config ``base``: CAD-ResNet-50, BN, small heads,
+    128 x 256 crops of the fixture, ``iters`` iterations, then IoUMetric +
+    SparsityMetric on the val split."""
+    path.write_text(f'''
+_base_ = ['{CAD / base}']
+data_root = '{data_root}'
+crop_size = (128, 256)
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    pretrained=None, data_preprocessor=dict(size=crop_size),
+    backbone=dict(depth=50, norm_cfg=norm_cfg, init_cfg=None, {backbone_args}),
+    decode_head=dict(channels=32, norm_cfg=norm_cfg),
+    auxiliary_head=dict(channels=16, norm_cfg=norm_cfg))
+train_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=(256, 128), ratio_range=(1.0, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')]
+test_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='Resize', scale=(256, 128), keep_ratio=True),
+    dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters={iters}, val_interval={iters})
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end={iters},
+                        by_epoch=False)]
+default_hooks = dict(checkpoint=dict(interval={iters}), logger=dict(interval=1))
+randomness = dict(seed=0)
+''')
+    return path
+
+
+@pytest.fixture(scope='module')
+def cityscapes(tmp_path_factory):
+    return build_cityscapes_fixture(tmp_path_factory.mktemp('cad_cityscapes') / 'cityscapes',
+                                    num_images_per_split=2, size=(128, 256))
+
+
+def logged_metric(out, key):
+    return float(re.search(rf'{re.escape(key)}: ([0-9.]+)', out).group(1))
+
+
+def predictions(path):
+    with open(path, 'rb') as f:
+        return [sample['pred_sem_seg']['data'] for sample in pickle.load(f)]
+
+
+def assert_finite(work_dir, *keys):
+    for key in keys:
+        values = [v for vs in logged(work_dir, key).values() for v in vs]
+        assert values, f'{key} was never logged'
+        assert all(math.isfinite(v) for v in values), (key, values)
+
+
+# -- segmentation ---------------------------------------------------------------------
+
+def evaluate(config, checkpoint, tmp_path, name, *options):
+    """tools/test.py on ``checkpoint``: (activation rate, per-image predicted maps)."""
+    out = run('tools/test.py', config, checkpoint, '--work-dir', tmp_path / name,
+              '--out', tmp_path / f'{name}.pkl', '--cfg-options', *options)
+    assert 'mIoU' in out
+    return logged_metric(out, 'sparsity/activation_rate'), predictions(tmp_path / f'{name}.pkl')
+
+
+def assert_same_predictions(a, b):
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        # Float rounding (BatchNorm folding) may flip a borderline pixel, nothing more.
+        assert (x == y).float().mean() > 0.99
+
+
+def test_cad_learned_mask_segmentation(cityscapes, tmp_path):
+    """DeepLabv3 + CAD (learned mask, t=0.5) trains on the Cityscapes fixture with
+    KeepRatioLoss and the Gumbel temperature, then validates mIoU + SparsityMetric; the
+    checkpoint evaluates the same in sparse ('auto' in eval) and dense execution."""
+    config = tiny_cityscapes_config(tmp_path / 'deeplabv3_cad_learned_tiny.py',
+                                    SEGMENTATION['learned'], cityscapes['root'])
+    work_dir = tmp_path / 'work'
+    out = run('tools/train.py', config, '--work-dir', work_dir)
+    assert 'loss_sparsity' in out and 'keep_ratio' in out
+    assert 'mIoU' in out and 'sparsity/activation_rate' in out
+    assert_finite(work_dir, 'loss_sparsity', 'keep_ratio', 'loss')
+    assert sorted(logged(work_dir, 'loss_sparsity')) == list(range(1, ITERS + 1))
+    assert logged(work_dir, 'temperature')[ITERS] == [pytest.approx(1.0)]
+    rate = logged_metric(out, 'sparsity/activation_rate')
+    assert 0.0 < rate <= 1.0
+    checkpoint = work_dir / f'iter_{ITERS}.pth'
+    assert checkpoint.is_file()
+
+    # After two iterations the mask CNN is near its random init; its deterministic
+    # (eval) decisions may keep every block: partial masks are the edge test's job.
+    sparse_rate, sparse = evaluate(config, checkpoint, tmp_path, 'auto',
+                                   'model.backbone.execution_mode=auto')
+    dense_rate, dense = evaluate(config, checkpoint, tmp_path, 'dense',
+                                 'model.backbone.execution_mode=dense')
+    assert sparse_rate == pytest.approx(rate, abs=1e-6)
+    assert dense_rate == pytest.approx(rate, abs=1e-6)
+    assert_same_predictions(sparse, dense)
+
+
+def test_cad_edge_mask_segmentation(cityscapes, tmp_path):
+    """PSPNet + CAD (edge mask, threshold 0.35): no sparsity loss, no temperature; trains
+    and validates mIoU next to the full-resolution rate (partial masks). tools/test.py: sparse ('auto') and dense execution agree,
+    and so does sparse execution with the shipped SyncBN (which the single-process
+    runner reverts to mmengine's _BatchNormXd)."""
+    # The fixture is 1/8 of Cityscapes' resolution: the 11 px edge dilation shrinks to
+    # 1 px (with 11 px nearly every block of a 128 x 256 street scene keeps full
+    # resolution); the threshold stays 0.35.
+    config = tiny_cityscapes_config(tmp_path / 'pspnet_cad_edge_tiny.py',
+                                    SEGMENTATION['edge'], cityscapes['root'],
+                                    'mask_source=dict(dilation=1)')
+    work_dir = tmp_path / 'work'
+    out = run('tools/train.py', config, '--work-dir', work_dir)
+    assert 'loss_sparsity' not in out and not logged(work_dir, 'temperature')
+    assert 'mIoU' in out and 'sparsity/activation_rate' in out
+    assert_finite(work_dir, 'loss', 'decode.loss_ce')
+    rate = logged_metric(out, 'sparsity/activation_rate')
+    assert 0.05 < rate < 0.95
+    checkpoint = work_dir / f'iter_{ITERS}.pth'
+
+    dense_rate, dense = evaluate(config, checkpoint, tmp_path, 'dense',
+                                 'model.backbone.execution_mode=dense')
+    sparse_rate, sparse = evaluate(config, checkpoint, tmp_path, 'auto',
+                                   'model.backbone.execution_mode=auto')
+    assert dense_rate == sparse_rate == pytest.approx(rate, abs=1e-6)  # input-only masks
+    assert_same_predictions(sparse, dense)
+    sync_rate, sync = evaluate(config, checkpoint, tmp_path, 'auto_syncbn',
+                               'model.backbone.execution_mode=auto',
+                               'model.backbone.norm_cfg.type=SyncBN')
+    assert sync_rate == pytest.approx(rate, abs=1e-6)
+    assert_same_predictions(sync, dense)
+
+
+# -- detection ------------------------------------------------------------------------
+
+DETECTION = '''
+_base_ = ['{base}']
+data_root = '{root}'
+classes = {classes!r}
+metainfo = dict(classes=classes)
+image_size = (160, 160)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True), batch_sampler=None,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline,
+                 ann_file='annotations/instances_train2017.json',
+                 data_prefix=dict(img='train2017/')))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline,
+                 ann_file='annotations/instances_val2017.json',
+                 data_prefix=dict(img='val2017/')))
+test_dataloader = val_dataloader
+val_evaluator = [
+    dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json',
+         metric={metrics!r}),
+    dict(type='SparsityMetric', per_block=False)]
+test_evaluator = val_evaluator
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=1, val_interval=1)
+optim_wrapper = dict(optimizer=dict(lr=0.01), clip_grad=dict(max_norm=10, norm_type=2))
+param_scheduler = []
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval=1), logger=dict(interval=1))
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)
+'''
+
+# CAD-ResNet-50 with random weights, trainable from the stem (no pretrained weights to
+# freeze); the shipped strides, anchors and RoI extractors stay.
+BACKBONE = "backbone=dict(frozen_stages=-1, norm_eval=False, init_cfg=None)"
+
+TWO_STAGE = '''
+num_classes = len(classes)
+model = dict(
+    {backbone},
+    neck=dict(out_channels=64),
+    rpn_head=dict(in_channels=64, feat_channels=64),
+    roi_head=dict(
+        bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=128, num_classes=num_classes){mask}),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=200),
+                   rcnn=dict(sampler=dict(num=64))),
+    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
+'''
+
+MASK_HEAD = ''',
+        mask_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
+        mask_head=dict(num_convs=1, in_channels=64, conv_out_channels=32,
+                       num_classes=num_classes)'''
+
+RETINANET = '''
+model = dict(
+    {backbone},
+    neck=dict(out_channels=64),
+    bbox_head=dict(in_channels=64, feat_channels=64, stacked_convs=1,
+                   num_classes=len(classes)),
+    test_cfg=dict(nms_pre=300, max_per_img=20))
+'''
+
+NO_VALIDATION = '''
+val_cfg = None
+val_dataloader = None
+val_evaluator = None
+'''
+
+
+@pytest.fixture(scope='module')
+def coco(tmp_path_factory):
+    return build_coco_fixture(tmp_path_factory.mktemp('cad_coco') / 'coco',
+                              num_shape_images=4, image_size=128, seed=1)
+
+
+def tiny_detection_config(path, base, data, val):
+    with_mask = base.startswith('mask-rcnn')
+    if base.startswith('retinanet'):
+        model = RETINANET.format(backbone=BACKBONE)
+    else:
+        model = TWO_STAGE.format(backbone=BACKBONE, mask=MASK_HEAD if with_mask else '')
+    path.write_text(DETECTION.format(
+        base=CAD / base, root=data['root'].rstrip('/') + '/', classes=tuple(data['classes']),
+        with_mask=with_mask, metrics=['bbox', 'segm'] if with_mask else 'bbox')
+        + model + ('' if val else NO_VALIDATION))
+    return path
+
+
+@pytest.mark.parametrize('base, val', [
+    ('mask-rcnn_cad-r50-edge035-os32to8_fpn_1x_coco.py', True),
+    ('faster-rcnn_cad-r50-edge035-os16to8_fpn_1x_coco.py', False),
+    ('retinanet_cad-r50-edge035-os32to8_fpn_1x_coco.py', False),
+], ids=['mask-rcnn', 'faster-rcnn', 'retinanet'])
+def test_cad_detectors_train_a_step(coco, tmp_path, base, val):
+    """One training iteration of each CAD COCO config (edge masks, CAD-ResNet-50, strides
+    4/8/8/8, light heads, 160 px); Mask R-CNN then validates with CocoMetric bbox + segm
+    and SparsityMetric (sparse execution on the detection inputs)."""
+    config = tiny_detection_config(tmp_path / 'cad_tiny.py', base, coco, val)
+    work_dir = tmp_path / 'work'
+    out = run('tools/train.py', config, '--work-dir', work_dir)
+    assert 'loss_sparsity' not in out
+    assert (work_dir / 'iter_1.pth').is_file()
+    losses = ['loss_rpn_cls', 'loss_bbox', 'loss_mask'] if val else \
+        ['loss_cls', 'loss_bbox'] if base.startswith('retinanet') else ['loss_rpn_cls', 'loss_cls']
+    assert_finite(work_dir, 'loss', *losses)
+    if val:
+        assert 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out
+        assert 0.0 < logged_metric(out, 'sparsity/activation_rate') <= 1.0
