@@ -5,6 +5,7 @@ depth; the Cityscapes configs use 101), BN instead of SyncBN, light heads, 128 x
 Cityscapes crops or 160 px COCO images. The masks, losses, hooks, strides and evaluators
 stay the shipped ones.
 """
+import json
 import math
 import pickle
 import re
@@ -288,3 +289,16 @@ def test_cad_detectors_train_a_step(coco, tmp_path, base, val):
     if val:
         assert 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out
         assert 0.0 < logged_metric(out, 'sparsity/activation_rate') <= 1.0
+
+
+def test_cad_benchmark_script_writes_json(tmp_path):
+    out = tmp_path / 'cad.json'
+    run('tools/analysis/benchmark_cad.py', '--depth', '50', '--input', '64', '128',
+        '--thresholds', '0.35', '--random-keep', '0.3', '--warmup', '0', '--repeats', '1',
+        '--out', out)
+    rows = {row['network']: row for row in json.loads(out.read_text())['rows']}
+    assert set(rows) == {'OS16', 'OS8', 'CAD edge thr=0.35', 'CAD random keep=0.3'}
+    assert rows['OS16']['gmacs'] < rows['CAD random keep=0.3']['gmacs'] < rows['OS8']['gmacs']
+    for name in ('CAD edge thr=0.35', 'CAD random keep=0.3'):
+        assert 0.0 <= rows[name]['kept_fraction'] <= 1.0
+        assert rows[name]['latency_s'] > 0 and rows[name]['interpolated_latency_s'] > 0
