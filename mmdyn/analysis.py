@@ -11,6 +11,7 @@ from mmdet.models.backbones import ResNet
 from torch import nn
 
 from mmdyn.models.backbones import LASResNet, SARResNet
+from mmdyn.models.backbones.resnet_parts import run_resnet_stem
 from mmdyn.ops import fold_conv_bn
 
 
@@ -60,11 +61,7 @@ def fold_stem_(backbone):
 
 
 def run_stem(backbone, x):
-    if backbone.deep_stem:
-        x = backbone.stem(x)
-    else:
-        x = backbone.relu(backbone.norm1(backbone.conv1(x)))
-    return backbone.maxpool(x)
+    return backbone.maxpool(run_resnet_stem(backbone, x))
 
 
 def stage_flops(record, parts):

@@ -1,5 +1,5 @@
-"""Shared by the slow end-to-end tests: run a tool, read its logged scalars, write a
-tiny twin of a VOC segmentation config for the offline VOC 2012 fixture."""
+"""Shared by the slow end-to-end tests: run a tool, read its logged scalars, write tiny
+twins of the shipped configs for the offline VOC 2012 and COCO fixtures."""
 import json
 import os
 import subprocess
@@ -62,4 +62,108 @@ test_dataloader = val_dataloader
 train_cfg = dict(max_iters=4, val_interval=4)
 default_hooks = dict(checkpoint=dict(interval=4), logger=dict(interval=1))
 ''')
+    return path
+
+
+# -- tiny detection configs on the offline COCO fixture ---------------------------------
+
+COCO_DATA = '''
+data_root = '{root}'
+classes = {classes!r}
+metainfo = dict(classes=classes)
+image_size = (160, 160)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True), batch_sampler=None,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline,
+                 ann_file='annotations/instances_train2017.json',
+                 data_prefix=dict(img='train2017/')))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline,
+                 ann_file='annotations/instances_val2017.json',
+                 data_prefix=dict(img='val2017/')))
+test_dataloader = val_dataloader
+val_evaluator = [
+    dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json',
+         metric={metrics!r}),
+    dict(type='SparsityMetric', per_block=False)]
+test_evaluator = val_evaluator
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={iters},
+                 val_interval={iters})
+optim_wrapper = dict(optimizer=dict(lr=0.01), clip_grad=dict(max_norm=10, norm_type=2))
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
+                        end={iters})]
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval={iters}),
+                     logger=dict(interval=1))
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)
+'''
+
+TWO_STAGE_MODEL = '''
+num_classes = len(classes)
+model = dict(
+    backbone=dict({backbone}),
+    neck=dict({neck}out_channels=64),
+    rpn_head=dict(in_channels=64, feat_channels=64),
+    roi_head=dict(
+        bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=128, num_classes=num_classes){mask}),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=200),
+                   rcnn=dict(sampler=dict(num=64))),
+    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
+'''
+
+MASK_HEAD = ''',
+        mask_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
+        mask_head=dict(num_convs=1, in_channels=64, conv_out_channels=32,
+                       num_classes=num_classes)'''
+
+RETINANET_MODEL = '''
+model = dict(
+    backbone=dict({backbone}),
+    neck=dict({neck}out_channels=64),
+    bbox_head=dict(in_channels=64, feat_channels=64, stacked_convs=1,
+                   num_classes=len(classes)),
+    test_cfg=dict(nms_pre=300, max_per_img=20))
+'''
+
+# The iteration-based loop validates at max_iters whatever val_interval says.
+NO_VALIDATION = '''
+val_cfg = None
+val_dataloader = None
+val_evaluator = None
+'''
+
+
+def tiny_detection_config(path, base, data, backbone, neck='', iters=1, val=True):
+    """Write a twin of the detection config ``base`` for the offline COCO fixture
+    ``data``: 160 px images, light heads (64 channels), ``iters`` iterations; the
+    backbone and neck get the extra arguments ``backbone`` / ``neck`` (config text).
+    Mask heads and the segm metric when ``base`` is a Mask R-CNN config."""
+    name = Path(base).name
+    with_mask = name.startswith('mask-rcnn')
+    if name.startswith('retinanet'):
+        model = RETINANET_MODEL.format(backbone=backbone, neck=neck)
+    else:
+        model = TWO_STAGE_MODEL.format(backbone=backbone, neck=neck,
+                                       mask=MASK_HEAD if with_mask else '')
+    path.write_text(f"_base_ = ['{base}']\n" + COCO_DATA.format(
+        root=data['root'].rstrip('/') + '/', classes=tuple(data['classes']),
+        with_mask=with_mask, metrics=['bbox', 'segm'] if with_mask else 'bbox', iters=iters)
+        + model + ('' if val else NO_VALIDATION))
     return path

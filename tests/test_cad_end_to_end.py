@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from e2e_helpers import ROOT, logged, run
+from e2e_helpers import ROOT, logged, run, tiny_detection_config
 from mmdyn.datasets import build_cityscapes_fixture, build_coco_fixture
 
 CAD = ROOT / 'configs' / 'cad_resnet'
@@ -166,88 +166,10 @@ def test_cad_edge_mask_segmentation(cityscapes, tmp_path):
 
 # -- detection ------------------------------------------------------------------------
 
-DETECTION = '''
-_base_ = ['{base}']
-data_root = '{root}'
-classes = {classes!r}
-metainfo = dict(classes=classes)
-image_size = (160, 160)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
-    dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=True), batch_sampler=None,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline,
-                 ann_file='annotations/instances_train2017.json',
-                 data_prefix=dict(img='train2017/')))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline,
-                 ann_file='annotations/instances_val2017.json',
-                 data_prefix=dict(img='val2017/')))
-test_dataloader = val_dataloader
-val_evaluator = [
-    dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json',
-         metric={metrics!r}),
-    dict(type='SparsityMetric', per_block=False)]
-test_evaluator = val_evaluator
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=1, val_interval=1)
-optim_wrapper = dict(optimizer=dict(lr=0.01), clip_grad=dict(max_norm=10, norm_type=2))
-param_scheduler = []
-default_hooks = dict(checkpoint=dict(by_epoch=False, interval=1), logger=dict(interval=1))
-log_processor = dict(by_epoch=False)
-randomness = dict(seed=0)
-'''
-
 # CAD-ResNet-50 with random weights, trainable from the stem (no pretrained weights to
 # freeze); the shipped strides, anchors and RoI extractors stay.
-BACKBONE = "backbone=dict(frozen_stages=-1, norm_eval=False, init_cfg=None)"
+BACKBONE = "frozen_stages=-1, norm_eval=False, init_cfg=None"
 
-TWO_STAGE = '''
-num_classes = len(classes)
-model = dict(
-    {backbone},
-    neck=dict(out_channels=64),
-    rpn_head=dict(in_channels=64, feat_channels=64),
-    roi_head=dict(
-        bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
-        bbox_head=dict(in_channels=64, fc_out_channels=128, num_classes=num_classes){mask}),
-    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=200),
-                   rcnn=dict(sampler=dict(num=64))),
-    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
-'''
-
-MASK_HEAD = ''',
-        mask_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
-        mask_head=dict(num_convs=1, in_channels=64, conv_out_channels=32,
-                       num_classes=num_classes)'''
-
-RETINANET = '''
-model = dict(
-    {backbone},
-    neck=dict(out_channels=64),
-    bbox_head=dict(in_channels=64, feat_channels=64, stacked_convs=1,
-                   num_classes=len(classes)),
-    test_cfg=dict(nms_pre=300, max_per_img=20))
-'''
-
-NO_VALIDATION = '''
-val_cfg = None
-val_dataloader = None
-val_evaluator = None
-'''
 
 
 @pytest.fixture(scope='module')
@@ -256,17 +178,6 @@ def coco(tmp_path_factory):
                               num_shape_images=4, image_size=128, seed=1)
 
 
-def tiny_detection_config(path, base, data, val):
-    with_mask = base.startswith('mask-rcnn')
-    if base.startswith('retinanet'):
-        model = RETINANET.format(backbone=BACKBONE)
-    else:
-        model = TWO_STAGE.format(backbone=BACKBONE, mask=MASK_HEAD if with_mask else '')
-    path.write_text(DETECTION.format(
-        base=CAD / base, root=data['root'].rstrip('/') + '/', classes=tuple(data['classes']),
-        with_mask=with_mask, metrics=['bbox', 'segm'] if with_mask else 'bbox')
-        + model + ('' if val else NO_VALIDATION))
-    return path
 
 
 @pytest.mark.parametrize('base, val', [
@@ -278,7 +189,7 @@ def test_cad_detectors_train_a_step(coco, tmp_path, base, val):
     """One training iteration of each CAD COCO config (edge masks, CAD-ResNet-50, strides
     4/8/8/8, light heads, 160 px); Mask R-CNN then validates with CocoMetric bbox + segm
     and SparsityMetric (sparse execution on the detection inputs)."""
-    config = tiny_detection_config(tmp_path / 'cad_tiny.py', base, coco, val)
+    config = tiny_detection_config(tmp_path / 'cad_tiny.py', CAD / base, coco, BACKBONE, val=val)
     work_dir = tmp_path / 'work'
     out = run('tools/train.py', config, '--work-dir', work_dir)
     assert 'loss_sparsity' not in out

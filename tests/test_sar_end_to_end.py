@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from e2e_helpers import ROOT, logged, run, tiny_voc_config
+from e2e_helpers import ROOT, logged, run, tiny_detection_config, tiny_voc_config
 from mmdyn.datasets import build_coco_fixture
 
 SAR = ROOT / 'configs' / 'sar_resnet'
@@ -18,106 +18,16 @@ pytestmark = pytest.mark.slow
 
 # Small inputs: the fixtures are 128 px, detection resizes to 160 px (pads to 160).
 SAR_TINY_BACKBONE = "min_input_size=128, mask_size=(4, 4, 2)"
+SAR_TINY_DETECTION = f"depth=18, norm_eval=False, {SAR_TINY_BACKBONE}"
+SMALL_NECK = "in_channels=[64, 128, 256, 512], "
 
 
 # -- detection: a tiny twin of each SAR COCO config --------------------------------------
 
-DETECTION_DATA = '''
-data_root = '{root}'
-classes = {classes!r}
-metainfo = dict(classes=classes)
-image_size = (160, 160)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
-    dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask={with_mask}),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=True), batch_sampler=None,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline,
-                 ann_file='annotations/instances_train2017.json',
-                 data_prefix=dict(img='train2017/')))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline,
-                 ann_file='annotations/instances_val2017.json',
-                 data_prefix=dict(img='val2017/')))
-test_dataloader = val_dataloader
-val_evaluator = [
-    dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json',
-         metric={metrics!r}),
-    dict(type='SparsityMetric', per_block=False)]
-test_evaluator = val_evaluator
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={iters},
-                 val_interval={iters})
-optim_wrapper = dict(optimizer=dict(lr=0.01), clip_grad=dict(max_norm=10, norm_type=2))
-param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
-                        end={iters})]
-default_hooks = dict(checkpoint=dict(by_epoch=False, interval={iters}),
-                     logger=dict(interval=1))
-log_processor = dict(by_epoch=False)
-randomness = dict(seed=0)
-'''
-
-TWO_STAGE_MODEL = '''
-num_classes = len(classes)
-model = dict(
-    backbone=dict(depth=18, norm_eval=False, {backbone}),
-    neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
-    rpn_head=dict(in_channels=64, feat_channels=64),
-    roi_head=dict(
-        bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
-        bbox_head=dict(in_channels=64, fc_out_channels=128, num_classes=num_classes){mask}),
-    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=200),
-                   rcnn=dict(sampler=dict(num=64))),
-    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
-'''
-
-MASK_HEAD = ''',
-        mask_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
-        mask_head=dict(num_convs=1, in_channels=64, conv_out_channels=32,
-                       num_classes=num_classes)'''
-
-RETINANET_MODEL = '''
-model = dict(
-    backbone=dict(depth=18, norm_eval=False, {backbone}),
-    neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
-    bbox_head=dict(in_channels=64, feat_channels=64, stacked_convs=1,
-                   num_classes=len(classes)),
-    test_cfg=dict(nms_pre=300, max_per_img=20))
-'''
-
-# The iteration-based loop validates at max_iters whatever val_interval says.
-NO_VALIDATION = '''
-val_cfg = None
-val_dataloader = None
-val_evaluator = None
-'''
-
-
-def tiny_detection_config(path, base, data, iters=2, val=True, with_mask=False):
-    """Write a tiny twin of the SAR detection config ``base`` to ``path``."""
-    if 'retinanet' in base:
-        model = RETINANET_MODEL.format(backbone=SAR_TINY_BACKBONE)
-    else:
-        model = TWO_STAGE_MODEL.format(backbone=SAR_TINY_BACKBONE,
-                                       mask=MASK_HEAD if with_mask else '')
-    root = data['root'].rstrip('/') + '/'
-    path.write_text(f"_base_ = ['{SAR / base}']\n" + DETECTION_DATA.format(
-        root=root, classes=tuple(data['classes']), with_mask=with_mask,
-        metrics=['bbox', 'segm'] if with_mask else 'bbox', iters=iters) + model
-        + ('' if val else NO_VALIDATION))
-    return path
+def sar_detection_config(path, base, data, iters=2, val=True):
+    """A tiny twin of the SAR detection config ``base`` (ResNet-18 widths)."""
+    return tiny_detection_config(path, SAR / base, data, SAR_TINY_DETECTION, SMALL_NECK,
+                                 iters=iters, val=val)
 
 
 @pytest.fixture(scope='module')
@@ -180,9 +90,9 @@ def test_sar_segmentation_trains_and_reports_miou_with_sparsity(tmp_path):
 def test_sar_mask_rcnn_trains_one_step_on_coco_fixture(coco, tmp_path):
     """The SAR Mask R-CNN config (R18, light heads, 160 px) trains two iterations on the
     COCO fixture and validates with CocoMetric bbox + segm and SparsityMetric."""
-    config = tiny_detection_config(tmp_path / 'mask_rcnn_sar_tiny.py',
+    config = sar_detection_config(tmp_path / 'mask_rcnn_sar_tiny.py',
                                    'mask-rcnn_sar-r50-g2s2a2b1-t05_fpn_1x_coco.py', coco,
-                                   iters=2, with_mask=True)
+                                   iters=2)
     work_dir = tmp_path / 'work'
     out = run('tools/train.py', config, '--work-dir', work_dir)
     assert 'loss_mask' in out and 'loss_sparsity' in out
@@ -199,7 +109,7 @@ def test_sar_mask_rcnn_trains_one_step_on_coco_fixture(coco, tmp_path):
 def test_sar_retinanet_and_faster_rcnn_train_a_step(coco, tmp_path, base):
     """One training iteration of the SAR RetinaNet (G2s2a2b1) and Faster R-CNN
     (G4s4a2b1) configs, shrunk to R18; no validation."""
-    config = tiny_detection_config(tmp_path / 'sar_tiny.py', base, coco, iters=1, val=False)
+    config = sar_detection_config(tmp_path / 'sar_tiny.py', base, coco, iters=1, val=False)
     work_dir = tmp_path / 'work'
     out = run('tools/train.py', config, '--work-dir', work_dir)
     assert 'loss_sparsity' in out
@@ -209,7 +119,7 @@ def test_sar_retinanet_and_faster_rcnn_train_a_step(coco, tmp_path, base):
 
 def test_sar_sparsity_histograms(coco, tmp_path):
     """tools/analysis/sparsity_histograms.py on the tiny SAR RetinaNet (random init)."""
-    config = tiny_detection_config(tmp_path / 'retinanet_sar_tiny.py',
+    config = sar_detection_config(tmp_path / 'retinanet_sar_tiny.py',
                                    'retinanet_sar-r50-g2s2a2b1-t05_fpn_1x_coco.py', coco)
     out = tmp_path / 'histograms'
     run('tools/analysis/sparsity_histograms.py', config, 'none', '--out-dir', out)

@@ -25,7 +25,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
 from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
                                 dense_to_rows, fill_cells, rows_to_dense, step_levels)
-from .resnet_parts import DynamicResNetMixin, plain_block_flops, plain_res_layer
+from .resnet_parts import (DynamicResNetMixin, plain_block_flops, plain_res_layer,
+                           reject_unsupported)
 
 OS8_STRIDES, OS8_DILATIONS = (1, 2, 1, 1), (1, 1, 2, 4)
 #: base output stride -> the stages whose downsampling step is adaptive
@@ -72,11 +73,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
                 f'strides={OS8_STRIDES} and dilations={OS8_DILATIONS} (the dilated '
                 f'network); got num_stages={num_stages}, strides={tuple(strides)}, '
                 f'dilations={tuple(dilations)}')
-        if multi_grid is not None:
-            raise ValueError('multi_grid is not supported by CADResNet')
-        for name in ('dcn', 'plugins'):
-            if kwargs.get(name) is not None:
-                raise ValueError(f'CADResNet does not support {name}')
+        reject_unsupported('CADResNet', multi_grid, **kwargs)
         if kwargs.get('style', 'pytorch') != 'pytorch':
             raise ValueError("CADResNet needs style='pytorch' (stride on the 3x3 conv)")
         self.contract_dilation = contract_dilation

@@ -30,6 +30,25 @@ def first_block_dilation(dilation: int, contract_dilation: bool) -> int:
     return dilation // 2 if contract_dilation and dilation > 1 else dilation
 
 
+def reject_unsupported(backbone: str, multi_grid=None, **kwargs):
+    """Clear build-time errors for mmdet/mmseg ResNet options the dynamic executors do
+    not cover."""
+    if multi_grid is not None:
+        raise ValueError(f'multi_grid is not supported by {backbone}')
+    for name in ('dcn', 'plugins'):
+        if kwargs.get(name) is not None:
+            raise ValueError(f'{backbone} does not support {name}')
+    if kwargs.get('with_cp'):
+        raise ValueError(f'{backbone} does not support with_cp=True')
+
+
+def run_resnet_stem(backbone, x):
+    """The stem of an mmdet/mmseg ResNet (deep or not), before the max-pool."""
+    if backbone.deep_stem:
+        return backbone.stem(x)
+    return backbone.relu(backbone.norm1(backbone.conv1(x)))
+
+
 def plain_res_layer(block, inplanes: int, planes: int, num_blocks: int, stride: int,
                     dilation: int, avg_down: bool, contract_dilation: bool, conv_cfg=None,
                     norm_cfg=dict(type='BN'), **kwargs) -> nn.Sequential:
@@ -102,9 +121,6 @@ class DynamicResNetMixin(DynamicBackboneMixin):
 
     def stem_forward(self, x):
         """The stem and max-pool; returns the map and the stem's per-sample FLOPs."""
-        if self.deep_stem:
-            x = self.stem(x)
-        else:
-            x = self.relu(self.norm1(self.conv1(x)))
+        x = run_resnet_stem(self, x)
         flops = x.shape[2] * x.shape[3] * self._stem_macs_per_pixel
         return self.maxpool(x), flops

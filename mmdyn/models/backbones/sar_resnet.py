@@ -44,7 +44,7 @@ from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_pat
                        patch_pixels, pixel_rows, upsample_patch_mask)
 from .dynamic import DynamicBlockMixin
 from .resnet_parts import (DynamicResNetMixin, build_shortcut, first_block_dilation,
-                           plain_block_flops, plain_res_layer)
+                           plain_block_flops, plain_res_layer, reject_unsupported)
 
 SAR_STAGES = 3  # stages 1-3 are SAR modules (the paper's 4-stage ImageNet models)
 _SETTING = re.compile(r'^G(\d+)s(\d+)a(\d+)(?:b(\d+(?:\.\d+)?))?$')
@@ -423,13 +423,7 @@ class SARResNet(DynamicResNetMixin, ResNet):
         if depth not in self.arch_settings:
             raise ValueError(f'depth={depth!r} is not supported by SARResNet; choose one of '
                              f'{sorted(self.arch_settings)}')
-        if multi_grid is not None:
-            raise ValueError('multi_grid is not supported by SARResNet')
-        for name in ('dcn', 'plugins'):
-            if kwargs.get(name) is not None:
-                raise ValueError(f'SARResNet does not support {name}')
-        if kwargs.get('with_cp'):
-            raise ValueError('SARResNet does not support with_cp=True')
+        reject_unsupported('SARResNet', multi_grid, **kwargs)
         if not isinstance(num_stages, int) or not 1 <= num_stages <= 4:
             raise ValueError(f'num_stages must be an int in [1, 4], got {num_stages!r}')
         explicit = dict(groups=groups, base_scale=base_scale, alpha=alpha, beta=beta)
