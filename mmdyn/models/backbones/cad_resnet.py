@@ -169,13 +169,13 @@ class CADResNet(DynamicResNetMixin, ResNet):
                     if sparse:
                         x = dense_to_rows(x.contiguous(memory_format=torch.channels_last),
                                           layout)
-                step_mask = None
-                if i in self.adaptive_stages:
+                step_mask, layout_in = None, layout
+                if i in self.adaptive_stages:  # otherwise the stage keeps its layout
                     step = self.adaptive_stages.index(i) + 1
                     step_mask = masks[step - 1]
                     last_mask = (step_mask, step)
                     levels = step_levels(levels, step_mask.detach() > 0.5, step)
-                layout_in, layout = layout, CellLayout.from_levels(levels)
+                    layout = CellLayout.from_levels(levels)
                 run = self._stage_sparse if sparse else self._stage_dense
                 x = run(layer, layer_name, x, layout_in, layout, step_mask, last_mask,
                         records)
@@ -203,6 +203,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
 
     def _stage_sparse(self, layer, name, rows, layout_in, layout, step_mask, last_mask,
                       records):
+        """Only the active cells, as rows (``step_mask`` is already in ``layout``)."""
         for k, block in enumerate(layer):
             source = layout_in if k == 0 else layout
             rows = self._block_rows(block, rows, source, layout)
@@ -216,14 +217,12 @@ class CADResNet(DynamicResNetMixin, ResNet):
         hidden = torch.addmm(conv1.bias, rows, conv1.matrix).relu_()
         taps = self._taps(source, target, conv2.dilation)
         hidden = conv3x3_rows(hidden, taps, conv2.matrix, conv2.bias).relu_()
-        if block.downsample is None and source is target:
-            identity = rows
-        else:
-            identity = rows if source is target else rows.index_select(
-                0, source.rows_at(target.positions))
-            if block.downsample is not None:
-                shortcut = self._folded(block, 'downsample')
-                identity = torch.addmm(shortcut.bias, identity, shortcut.matrix)
+        # The shortcut reads the input at the output cells (a strided 1x1 conv samples).
+        identity = rows if source is target else rows.index_select(
+            0, source.rows_at(target.positions))
+        if block.downsample is not None:
+            shortcut = self._folded(block, 'downsample')
+            identity = torch.addmm(shortcut.bias, identity, shortcut.matrix)
         return identity.addmm(hidden, conv3.matrix).add_(conv3.bias).relu_()
 
     def _taps(self, source, target, dilation):
