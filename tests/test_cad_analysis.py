@@ -9,7 +9,7 @@ import torch
 from mmengine.registry import MODELS
 
 from e2e_helpers import run
-from mmdyn.cad_analysis import (default_settings, draw_levels, level_fractions, level_map,
+from mmdyn.analysis.cad import (default_settings, draw_levels, level_fractions, level_map,
                                 plot_miou_vs_macs, save_level_overlays, sweep_masks)
 from mmdyn.datasets import build_cityscapes_fixture
 from mmdyn.models.backbones import CADResNet
@@ -240,7 +240,7 @@ def test_sweep_in_process(cityscapes):
     # Guarantee 2: the multiply-adds of mmseg's strided (OS16) and dilated (OS8) ResNets
     from mmseg.models.backbones import ResNetV1c
 
-    from mmdyn.complexity import dense_part_flops
+    from mmdyn.analysis.complexity import dense_part_flops
     for name, strides, dilations in (('OS16', (1, 2, 2, 1), (1, 1, 1, 2)),
                                      ('OS8', (1, 2, 1, 1), (1, 1, 2, 4))):
         net = ResNetV1c(depth=50, strides=strides, dilations=dilations, contract_dilation=True)

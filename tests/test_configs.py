@@ -38,28 +38,37 @@ def test_config_builds(path):
     hooks = {h['type'] for h in cfg.custom_hooks}
     metrics = [m['type'] for m in cfg.val_evaluator]
     assert 'SparsityMetric' in metrics and len(metrics) == 2
-    stem = path.stem
-    backbone = model.backbone
-    if type(backbone).__name__ == 'CADResNet':
-        check_cad_config(model, hooks, stem)
-        return
+    check = BACKBONE_CHECKS.get(type(model.backbone).__name__)
+    assert check is not None, f'no config check for {type(model.backbone).__name__}'
+    check(model, cfg, hooks, path.stem)
+
+
+def check_scheduled_target(model, hooks, stem):
+    """LAS / SAR: temperature and target hooks; the name gives the target and depth."""
     assert {'TemperatureHook', 'SparsityTargetHook'} <= hooks
     assert f't0{int(model.sparsity_loss.final_target * 10)}' in stem
-    assert f'-r{backbone.depth}' in stem
-    if type(backbone).__name__ == 'SARResNet':
-        assert type(model.sparsity_loss).__name__ == 'RefineRateLoss'
-        setting = cfg.model.backbone.sar_setting
-        assert f'-{setting.lower()}-' in stem
-        parsed = parse_sar_setting(setting)
-        assert backbone.sar_groups == [parsed['groups']] * 3
-        assert backbone.base_scale == [parsed['base_scale']] * 3
-        return
-    assert type(backbone).__name__ == 'LASResNet'
+    assert f'-r{model.backbone.depth}' in stem
+
+
+def check_las_config(model, cfg, hooks, stem):
+    check_scheduled_target(model, hooks, stem)
+    backbone = model.backbone
     granularity = ''.join(str(blocks[0]) for blocks in backbone.granularity)
     assert f'-s{granularity}-' in stem
 
 
-def check_cad_config(model, hooks, stem):
+def check_sar_config(model, cfg, hooks, stem):
+    check_scheduled_target(model, hooks, stem)
+    backbone = model.backbone
+    assert type(model.sparsity_loss).__name__ == 'RefineRateLoss'
+    setting = cfg.model.backbone.sar_setting
+    assert f'-{setting.lower()}-' in stem
+    parsed = parse_sar_setting(setting)
+    assert backbone.sar_groups == [parsed['groups']] * 3
+    assert backbone.base_scale == [parsed['base_scale']] * 3
+
+
+def check_cad_config(model, cfg, hooks, stem):
     """CAD-ResNet: the name encodes depth, mask source and base output stride; learned
     masks train with KeepRatioLoss at a fixed target and a Gumbel temperature, edge masks
     have neither; the detectors' anchors and RoI extractors use the true strides."""
@@ -97,3 +106,11 @@ def check_cad_config(model, hooks, stem):
             extractors.append(model.roi_head.mask_roi_extractor)
         for extractor in extractors:
             assert list(extractor.featmap_strides) == strides[:4]
+
+
+#: one check per backbone type: what a config's name promises about its model
+BACKBONE_CHECKS = {
+    'LASResNet': check_las_config,
+    'SARResNet': check_sar_config,
+    'CADResNet': check_cad_config,
+}

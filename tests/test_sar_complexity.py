@@ -9,7 +9,7 @@ import torch
 from mmdet.models.backbones import ResNet
 from mmengine.analysis import FlopAnalyzer
 
-from mmdyn.complexity import (count_parameters, format_table, resnet_flops,
+from mmdyn.analysis.complexity import (count_parameters, format_table, resnet_flops,
                               sar_complexity)
 from mmdyn.models.backbones import SARResNet
 

@@ -28,7 +28,7 @@ from mmcv.cnn import fuse_conv_bn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from mmdyn.analysis import keep_freed_memory, prepare_dense_for_timing  # noqa: E402
-from mmdyn.complexity import dense_part_flops  # noqa: E402
+from mmdyn.analysis.complexity import dense_part_flops  # noqa: E402
 from mmdyn.models.backbones import CADResNet  # noqa: E402
 
 MEAN = (123.675, 116.28, 103.53)

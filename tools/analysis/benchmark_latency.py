@@ -27,7 +27,7 @@ from mmdyn.analysis import (build_dense_resnet, build_dense_twin,  # noqa: E402
                             build_las_backbone, build_sar_backbone, keep_freed_memory,
                             prepare_sar_for_timing, prepare_sparse_for_timing,
                             stage_flops, time_models)
-from mmdyn.complexity import dense_part_flops  # noqa: E402
+from mmdyn.analysis.complexity import dense_part_flops  # noqa: E402
 
 
 def parse_args():

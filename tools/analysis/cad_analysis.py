@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import mmdyn  # noqa: E402,F401
-from mmdyn.cad_analysis import (OUTPUT_STRIDE, default_settings,  # noqa: E402
+from mmdyn.analysis.cad import (OUTPUT_STRIDE, default_settings,  # noqa: E402
                                 level_fractions, level_map, plot_miou_vs_macs,
                                 save_level_overlays, sweep_masks)
 from mmdyn.utils import resolve_checkpoint  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from mmdyn.complexity import format_table, sar_complexity  # noqa: E402
+from mmdyn.analysis.complexity import format_table, sar_complexity  # noqa: E402
 
 CLASSIFIER_INPUT = (224, 224)
 NUM_CLASSES = 1000

@@ -1,17 +1,10 @@
-"""Helpers shared by the analysis tools and the demo (benchmarks, twins, FLOPs)."""
-import ctypes
-import ctypes.util
-import statistics
-import time
-from collections import defaultdict
-
+"""Static twins and inference preparation of dynamic backbones for timing."""
 import torch
 from mmcv.cnn import fuse_conv_bn
 from mmdet.models.backbones import ResNet
 from torch import nn
 
 from mmdyn.models.backbones import LASResNet, SARResNet
-from mmdyn.models.backbones.resnet_parts import run_resnet_stem
 from mmdyn.ops import fold_conv_bn
 
 
@@ -60,62 +53,6 @@ def fold_stem_(backbone):
     return backbone
 
 
-def run_stem(backbone, x):
-    return backbone.maxpool(run_resnet_stem(backbone, x))
-
-
-def stage_flops(record, parts):
-    """Per-part (stem, layer1, ...) dense and mean executed FLOPs of one forward
-    (static FLOPs plus the records of the blocks named ``<part>.<k>...``)."""
-    dense, executed = defaultdict(float), defaultdict(float)
-    for part, flops in record.static_flops.items():
-        dense[part] += flops
-        executed[part] += flops
-    for block in record.blocks:
-        stage = block.name.split('.')[0]
-        dense[stage] += block.dense_flops
-        executed[stage] += float(block.executed_flops.mean())
-    return ({p: dense[p] for p in parts}, {p: executed[p] for p in parts})
-
-
-def keep_freed_memory():
-    """Let glibc reuse freed buffers instead of returning them to the OS, so that
-    neither network pays page faults on every forward (PyTorch's CPU tuning guide
-    recommends the same through jemalloc/tcmalloc). Applies to both networks."""
-    libc = ctypes.CDLL(ctypes.util.find_library('c'))
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-    libc.mallopt(m_trim_threshold, 2 ** 31 - 1)
-    libc.mallopt(m_top_pad, 1024 * 1024 * 1024)
-
-
-def _timed_pass(backbone, x):
-    """Seconds of the stem and of every stage in one forward."""
-    times = []
-    start = time.perf_counter()
-    out = run_stem(backbone, x)
-    times.append(time.perf_counter() - start)
-    for name in backbone.res_layers:
-        begin = time.perf_counter()
-        out = getattr(backbone, name)(out)
-        times.append(time.perf_counter() - begin)
-    return times
-
-
-@torch.no_grad()
-def time_models(models: dict, x, warmup: int, repeats: int):
-    """Alternate passes of every model (``{name: backbone}``) so that all see the same
-    machine state; return ``{name: (median per-part seconds, median whole pass)}``."""
-    runs = {name: [] for name in models}
-    for step in range(warmup + repeats):
-        for name, model in models.items():
-            times = _timed_pass(model, x)
-            if step >= warmup:
-                runs[name].append(times)
-    return {name: ([statistics.median(p) for p in zip(*r)],
-                   statistics.median(sum(t) for t in r)) for name, r in runs.items()}
-
-
 def build_sar_backbone(depth: int, setting: str, mask_size=(7, 7, 2), **kwargs):
     return SARResNet(depth=depth, sar_setting=setting, mask_size=tuple(mask_size),
                      init_cfg=None, **kwargs)
@@ -133,3 +70,4 @@ def build_dense_resnet(depth: int, **kwargs) -> ResNet:
     """A plain mmdet ResNet of ``depth`` (random weights: latency depends on shapes
     only), prepared for timing."""
     return prepare_dense_for_timing(ResNet(depth=depth, init_cfg=None, **kwargs))
+

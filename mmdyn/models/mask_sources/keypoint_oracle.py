@@ -20,7 +20,7 @@ import torch
 from mmengine.registry import MODELS
 from torch import Tensor
 
-from .mask_sources import MaskSource, blocks_any, check_odd_size, dilate
+from .basic import MaskSource, blocks_any, check_odd_size, dilate
 
 __all__ = ['KeypointMask', 'OracleMask', 'oracle_keep_map', 'denormalize_to_grey']
 
