@@ -4,7 +4,9 @@ Nothing in this package imports mmcv, mmdet or mmseg: it runs with torch (and nu
 alone, so it can be reused by plain PyTorch code and on machines without mmcv.
 """
 from .flops import BlockRecord, ForwardRecord, conv_macs, patch_extents
+from .gemm import gemm, gemm_acc
 from .gumbel import gumbel_gate
+from .kernel_choice import kernel_choices, pin_kernel
 from .masker import PatchMasker
 from .patches import (PatchGrid, Window, active_patches, gather_windows, pair, patch_pixels,
                       pixel_rows, scatter_add_patches, upsample_patch_mask)
@@ -14,6 +16,6 @@ __all__ = [
     'BlockRecord', 'ForwardRecord', 'conv_macs', 'patch_extents', 'gumbel_gate',
     'PatchMasker', 'PatchGrid', 'Window', 'active_patches', 'gather_windows',
     'scatter_add_patches', 'upsample_patch_mask', 'pixel_rows', 'patch_pixels', 'pair',
-    'FoldedConv',
+    'FoldedConv', 'gemm', 'gemm_acc', 'kernel_choices', 'pin_kernel',
     'fold_conv_bn'
 ]

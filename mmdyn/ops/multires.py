@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .gemm import gemm
+
 DOWNSAMPLE_MODES = ('strided', 'max', 'avg')
 
 
@@ -167,7 +169,7 @@ def conv3x3_rows(rows: Tensor, taps: Tensor, matrix: Tensor, bias: Tensor) -> Te
     (kernel-row, kernel-col, channel order, as :class:`FoldedConv.matrix`)."""
     padded = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
     gathered = F.embedding(taps.view(-1), padded).view(taps.shape[0], -1)
-    return torch.addmm(bias, gathered, matrix)
+    return gemm(gathered, matrix, bias)
 
 
 def adaptive_downsample(x: Tensor, levels: Tensor, keep: Tensor, step: int,

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .gemm import gemm_acc
+
 
 IntOrPair = Union[int, Tuple[int, int]]
 
@@ -157,7 +159,7 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
     if pointwise is None:
         updated.add_(values)
     else:
-        updated.add_(pointwise.bias).addmm_(values, pointwise.matrix)
+        gemm_acc(updated.add_(pointwise.bias), values, pointwise.matrix)
     if relu:
         out = base.relu_() if inplace else F.relu(base)
         updated.relu_()

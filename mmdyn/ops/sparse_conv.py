@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .gemm import gemm
+
 
 @dataclass(frozen=True)
 class FoldedConv:
@@ -49,7 +51,7 @@ class FoldedConv:
         else:
             height = width = 1
             rows = x.permute(0, 2, 3, 1).reshape(batch, -1)
-        out = torch.addmm(self.bias, rows, self.matrix)
+        out = gemm(rows, self.matrix, self.bias)
         return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
     @property

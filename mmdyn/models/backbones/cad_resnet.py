@@ -23,6 +23,7 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
+from mmdyn.ops.gemm import gemm, gemm_acc
 from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
                                 dense_to_rows, fill_cells, rows_to_dense, step_levels)
 from .resnet_parts import (DynamicResNetMixin, plain_block_flops, plain_res_layer,
@@ -214,7 +215,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
         """One bottleneck on cells: ``rows`` are ``source``'s cells, the result
         ``target``'s (equal layouts except at an adaptive step)."""
         conv1, conv2, conv3 = (self._folded(block, i) for i in (1, 2, 3))
-        hidden = torch.addmm(conv1.bias, rows, conv1.matrix).relu_()
+        hidden = gemm(rows, conv1.matrix, conv1.bias).relu_()
         taps = self._taps(source, target, conv2.dilation)
         hidden = conv3x3_rows(hidden, taps, conv2.matrix, conv2.bias).relu_()
         # The shortcut reads the input at the output cells (a strided 1x1 conv samples).
@@ -222,8 +223,9 @@ class CADResNet(DynamicResNetMixin, ResNet):
             0, source.rows_at(target.positions))
         if block.downsample is not None:
             shortcut = self._folded(block, 'downsample')
-            identity = torch.addmm(shortcut.bias, identity, shortcut.matrix)
-        return identity.addmm(hidden, conv3.matrix).add_(conv3.bias).relu_()
+            identity = gemm(identity, shortcut.matrix, shortcut.bias)  # a fresh tensor
+            return gemm_acc(identity.add_(conv3.bias), hidden, conv3.matrix).relu_()
+        return gemm(hidden, conv3.matrix, conv3.bias).add_(identity).relu_()
 
     def _taps(self, source, target, dilation):
         """Tap rows, computed once per (layouts, dilation) and forward (the layouts

@@ -42,6 +42,8 @@ from torch import nn
 from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
                        conv_macs, gather_windows, patch_extents,
                        patch_pixels, pixel_rows, upsample_patch_mask)
+from mmdyn.ops.gemm import gemm, gemm_acc
+
 from .dynamic import DynamicBlockMixin
 from .resnet_parts import (DynamicResNetMixin, build_shortcut, first_block_dilation,
                            plain_block_flops, plain_res_layer, reject_unsupported)
@@ -256,13 +258,13 @@ class RefineBottleneck(_RefineBlock):
         else:
             width = x.shape[1] // self.groups
             inputs = F.embedding(pixels, pixel_rows(x)[:, g * width:(g + 1) * width])
-        hidden = torch.addmm(conv1.bias, inputs, conv1.matrix).relu_()
+        hidden = gemm(inputs, conv1.matrix, conv1.bias).relu_()
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
         hidden = conv2(gather_windows(canvas, index, self.window(grid)), valid=True).relu_()
         hidden = pixel_rows(hidden)
         if keep is not None:
             hidden = hidden.index_select(0, keep)
-        return identity.add_(conv3.bias).addmm_(hidden, conv3.matrix)
+        return gemm_acc(identity.add_(conv3.bias), hidden, conv3.matrix)
 
     def group_pixel_flops(self) -> int:
         g = self.groups

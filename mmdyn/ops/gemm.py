@@ -1,0 +1,117 @@
+"""The products of the sparse executors, each with kernels chosen by measurement.
+
+``gemm(rows, matrix, bias)`` is ``bias + rows @ matrix`` and ``gemm_acc(out, rows,
+matrix)`` is ``out += rows @ matrix`` (in place), on channels-last pixel rows
+``[M, K]`` and a ``[K, N]`` weight matrix (:class:`FoldedConv.matrix`). Two kernels
+compute each: MKL's ``addmm`` and oneDNN's 1x1 ``conv2d`` on the rows viewed as a
+channels-last ``[1, K, M, 1]`` map (no copy). Which is faster depends on the CPU, so
+:mod:`mmdyn.ops.kernel_choice` measures it per shape class where the code runs.
+The weights follow the activations' dtype (CPU autocast hands bf16 rows to fp32
+folded weights).
+"""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .kernel_choice import CHOOSER, KernelOp
+
+#: row-count classes: a choice is measured once per (class, K, N, dtype)
+ROW_CLASSES = (1024, 8192, 32768)
+#: synthetic inputs for timing stay below this many elements (32 MB of fp32)
+TIMING_ELEMENTS = 1 << 23
+
+
+def _conv_weight(matrix: Tensor) -> Tensor:
+    """``[N, K, 1, 1]`` conv weight of a ``[K, N]`` matrix, cached on the tensor (and
+    rebuilt when the matrix is modified in place)."""
+    try:
+        version = matrix._version
+    except RuntimeError:  # inference tensors have no version counter
+        version = None
+    cached = getattr(matrix, '_mmdyn_conv_weight', None)
+    if cached is None or cached[0] != version or version is None:
+        weight = matrix.t().contiguous()
+        cached = (version, weight.view(*weight.shape, 1, 1))
+        matrix._mmdyn_conv_weight = cached
+    return cached[1]
+
+
+def _rows_as_map(rows: Tensor) -> Tensor:
+    """``[M, K]`` contiguous rows as a channels-last ``[1, K, M, 1]`` map (a view)."""
+    return rows.view(1, rows.shape[0], 1, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def _map_as_rows(out: Tensor) -> Tensor:
+    return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])
+
+
+def _conv1x1(rows: Tensor, matrix: Tensor, bias) -> Tensor:
+    return _map_as_rows(F.conv2d(_rows_as_map(rows), _conv_weight(matrix), bias))
+
+
+def _gemm_addmm(rows, matrix, bias):
+    return torch.addmm(bias, rows, matrix)
+
+
+def _gemm_conv1x1(rows, matrix, bias):
+    return _conv1x1(rows, matrix, bias)
+
+
+def _acc_addmm(out, rows, matrix):
+    return out.addmm_(rows, matrix)
+
+
+def _acc_conv1x1(out, rows, matrix):
+    return out.add_(_conv1x1(rows, matrix, None))
+
+
+def row_class(rows: int) -> int:
+    for limit in ROW_CLASSES:
+        if rows <= limit:
+            return limit
+    return ROW_CLASSES[-1]
+
+
+def _timing_inputs(with_out: bool):
+    def make(shape_class):
+        dtype, rows, k, n = shape_class
+        rows = max(64, min(rows, TIMING_ELEMENTS // (k + n)))
+        dtype = getattr(torch, dtype)
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(rows, k, generator=generator).to(dtype)
+        matrix = torch.randn(k, n, generator=generator).to(dtype)
+        if with_out:
+            return torch.zeros(rows, n, dtype=dtype), x, matrix
+        return x, matrix, torch.zeros(n, dtype=dtype)
+    return make
+
+
+GEMM = CHOOSER.register(KernelOp('gemm', {'addmm': _gemm_addmm, 'conv1x1': _gemm_conv1x1},
+                                 _timing_inputs(with_out=False)))
+GEMM_ACC = CHOOSER.register(KernelOp('gemm_acc', {'addmm': _acc_addmm, 'conv1x1': _acc_conv1x1},
+                                     _timing_inputs(with_out=True)))
+
+
+def _shape_class(rows: Tensor, matrix: Tensor) -> tuple:
+    return (str(rows.dtype).replace('torch.', ''), row_class(rows.shape[0]),
+            matrix.shape[0], matrix.shape[1])
+
+
+def _follow(rows: Tensor, tensor):
+    return tensor if tensor is None or tensor.dtype == rows.dtype else tensor.to(rows.dtype)
+
+
+def gemm(rows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
+    """``bias + rows @ matrix`` -> ``[M, N]`` (rows made contiguous if they are not)."""
+    rows = rows.contiguous()
+    matrix, bias = _follow(rows, matrix), _follow(rows, bias)
+    impl = CHOOSER.choose('gemm', _shape_class(rows, matrix))
+    return GEMM.candidates[impl](rows, matrix, bias)
+
+
+def gemm_acc(out: Tensor, rows: Tensor, matrix: Tensor) -> Tensor:
+    """``out += rows @ matrix`` in place; returns ``out``."""
+    rows = _follow(out, rows.contiguous())
+    matrix = _follow(out, matrix)
+    impl = CHOOSER.choose('gemm_acc', _shape_class(rows, matrix))
+    return GEMM_ACC.candidates[impl](out, rows, matrix)

@@ -1,0 +1,231 @@
+"""Kernels chosen by measurement on the machine the code runs on.
+
+Every operation the sparse executors need has more than one implementation computing
+the same result (for example a GEMM as ``torch.addmm`` (MKL) or as a 1x1 channels-last
+``conv2d`` (oneDNN)), and which one is faster differs between CPUs. The first time an
+operation meets a *shape class*, every candidate is timed on synthetic inputs of that
+class and the fastest is kept:
+
+* in memory, for the rest of the process;
+* in a per-machine JSON file (``$MMDYN_KERNEL_CACHE`` or ``~/.cache/mmdyn``), whose name
+  and content carry the machine key (CPU model, ISA, thread count, torch version and the
+  ISA caps set in the environment), so a later process on the same machine reuses the
+  choice deterministically and another machine never reads it.
+
+A missing, corrupt or stale file is measured anew (with one warning); processes that
+start at once serialise their measurements through a file lock, so they neither corrupt
+the file nor time against each other. ``pin_kernel(op, impl)`` or the environment
+variable ``MMDYN_KERNELS="gemm=addmm,gemm_acc=conv1x1"`` fixes a choice.
+"""
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+
+ENV_PINS = 'MMDYN_KERNELS'
+ENV_CACHE_DIR = 'MMDYN_KERNEL_CACHE'
+ISA_CAP_VARIABLES = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
+FORMAT_VERSION = 1
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.lower().startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> dict:
+    """What a measured choice depends on."""
+    return {
+        'cpu': cpu_model(),
+        'isa': torch.backends.cpu.get_cpu_capability(),
+        'threads': torch.get_num_threads(),
+        'torch': torch.__version__,
+        'isa_caps': {name: os.environ.get(name, '') for name in ISA_CAP_VARIABLES},
+        'format': FORMAT_VERSION,
+    }
+
+
+class KernelOp:
+    """One operation and its interchangeable implementations.
+
+    ``candidates``: ``{name: fn(*inputs)}``, all computing the same result;
+    ``make_inputs(shape_class)``: synthetic inputs of a shape class, for timing.
+    """
+
+    def __init__(self, name: str, candidates: Dict[str, Callable],
+                 make_inputs: Callable[[tuple], tuple]):
+        self.name = name
+        self.candidates = candidates
+        self.make_inputs = make_inputs
+
+
+class KernelChooser:
+    """Measured choices of every registered :class:`KernelOp`, per shape class."""
+
+    def __init__(self, cache_dir: Optional[str] = None, repeats: int = 5):
+        self._cache_dir = cache_dir
+        self.repeats = repeats
+        self.ops: Dict[str, KernelOp] = {}
+        self.pins: Dict[str, str] = {}
+        self._choices: Dict[str, str] = {}
+        self._loaded_key = None
+        self._warned = set()
+
+    # -- configuration ----------------------------------------------------------
+    def register(self, op: KernelOp) -> KernelOp:
+        self.ops[op.name] = op
+        return op
+
+    def pin(self, op: str, impl: Optional[str]):
+        """Always use ``impl`` for ``op`` (``None`` removes the pin)."""
+        self._check_impl(op, impl, 'pin_kernel')
+        if impl is None:
+            self.pins.pop(op, None)
+        else:
+            self.pins[op] = impl
+
+    def _check_impl(self, op: str, impl: Optional[str], where: str):
+        if op not in self.ops:
+            raise ValueError(f'{where}: unknown kernel op {op!r}; known: {sorted(self.ops)}')
+        if impl is not None and impl not in self.ops[op].candidates:
+            raise ValueError(f'{where}: {op}={impl!r} is not one of '
+                             f'{sorted(self.ops[op].candidates)}')
+
+    def env_pins(self) -> Dict[str, str]:
+        pins = {}
+        for item in filter(None, os.environ.get(ENV_PINS, '').split(',')):
+            op, sep, impl = item.partition('=')
+            if not sep:
+                raise ValueError(f'{ENV_PINS}: expected "op=impl" items, got {item!r}')
+            self._check_impl(op.strip(), impl.strip(), ENV_PINS)
+            pins[op.strip()] = impl.strip()
+        return pins
+
+    @property
+    def cache_file(self) -> Path:
+        root = Path(self._cache_dir or os.environ.get(ENV_CACHE_DIR)
+                    or Path.home() / '.cache' / 'mmdyn')
+        digest = hashlib.sha1(json.dumps(machine_key(), sort_keys=True).encode()).hexdigest()
+        return root / f'kernels-{digest[:16]}.json'
+
+    # -- choosing ---------------------------------------------------------------
+    def choose(self, op: str, shape_class: tuple) -> str:
+        pinned = self.pins.get(op) or self.env_pins().get(op)
+        if pinned:
+            return pinned
+        key = self._refresh_key()
+        entry = f'{op}:{"x".join(map(str, shape_class))}'
+        choice = self._choices.get(entry)
+        if choice is None:
+            choice = self._measure_and_store(op, shape_class, entry, key)
+        return choice
+
+    def _refresh_key(self) -> dict:
+        """Drop in-memory choices when the thread count (or anything else in the
+        machine key) changed since they were made."""
+        key = machine_key()
+        if key != self._loaded_key:
+            self._choices = {}
+            self._loaded_key = key
+            self._choices.update(self._read_file(key))
+        return key
+
+    def _warn_once(self, message: str):
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _read_file(self, key: dict) -> Dict[str, str]:
+        path = self.cache_file
+        if not path.exists():
+            return {}
+        try:
+            content = json.loads(path.read_text())
+            choices = content['choices']
+            if not isinstance(choices, dict):
+                raise TypeError('choices is not a mapping')
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            self._warn_once(f'mmdyn kernel-choice cache {path} is unreadable ({error}); '
+                            'measuring again')
+            return {}
+        if content.get('machine') != key:
+            self._warn_once(f'mmdyn kernel-choice cache {path} was made for another machine '
+                            'or torch; ignoring it and measuring again')
+            return {}
+        return {entry: impl for entry, impl in choices.items()
+                if self._known(entry, impl)}
+
+    def _known(self, entry: str, impl) -> bool:
+        op = entry.split(':', 1)[0]
+        return op in self.ops and impl in self.ops[op].candidates
+
+    def _measure_and_store(self, op: str, shape_class: tuple, entry: str, key: dict) -> str:
+        path = self.cache_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(str(path) + '.lock', 'a')
+        except OSError as error:  # read-only home: measure, keep the choice in memory
+            self._warn_once(f'mmdyn kernel-choice cache {path} cannot be written ({error})')
+            self._choices[entry] = self.measure(op, shape_class)[0]
+            return self._choices[entry]
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures at a time
+            try:
+                self._choices.update(self._read_file(key))  # another process may have
+                if entry not in self._choices:              # measured it meanwhile
+                    self._choices[entry] = self.measure(op, shape_class)[0]
+                    self._write_file(path, key)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return self._choices[entry]
+
+    def _write_file(self, path: Path, key: dict):
+        content = {'machine': key, 'choices': dict(sorted(self._choices.items()))}
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
+        with os.fdopen(handle, 'w') as stream:
+            json.dump(content, stream, indent=1)
+        os.replace(temporary, path)  # atomic: readers see the old or the new file
+
+    @torch.no_grad()
+    def measure(self, op: str, shape_class: tuple):
+        """``(fastest, {impl: median seconds})``: every candidate on the same synthetic
+        inputs, passes alternating so that all see the same machine state."""
+        kernel = self.ops[op]
+        inputs = kernel.make_inputs(shape_class)
+        times = {name: [] for name in kernel.candidates}
+        for step in range(1 + self.repeats):  # the first pass warms up
+            for name, fn in kernel.candidates.items():
+                start = time.perf_counter()
+                fn(*inputs)
+                if step:
+                    times[name].append(time.perf_counter() - start)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        return min(medians, key=medians.get), medians
+
+
+#: the process-wide chooser the sparse executors use
+CHOOSER = KernelChooser()
+
+
+def pin_kernel(op: str, impl: Optional[str]):
+    """Fix the implementation of ``op`` for this process (``None``: measure again)."""
+    CHOOSER.pin(op, impl)
+
+
+def kernel_choices() -> Dict[str, str]:
+    """The choices made so far in this process (``'op:shape': impl``)."""
+    return dict(CHOOSER._choices)

@@ -1,0 +1,8 @@
+"""Suite-wide settings."""
+import os
+import tempfile
+
+# Kernel choices measured while the suite loads the machine must not become the user's
+# per-machine choices: the suite measures into its own cache (inherited by the tools
+# the end-to-end tests start).
+os.environ.setdefault('MMDYN_KERNEL_CACHE', tempfile.mkdtemp(prefix='mmdyn-kernels-'))

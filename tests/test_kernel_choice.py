@@ -1,0 +1,218 @@
+"""Kernels chosen by measurement: every kernel computes the same product, choices are
+cached per machine, bad / stale / corrupt caches and concurrent processes are safe, and
+every sparse backbone agrees with its dense reference whichever kernel is chosen."""
+import json
+import multiprocessing
+import warnings
+
+import pytest
+import torch
+
+from mmdyn.ops import gemm, gemm_acc
+from mmdyn.ops.gemm import GEMM, GEMM_ACC, row_class
+from mmdyn.ops.kernel_choice import ENV_PINS, KernelChooser, machine_key
+
+IMPLS = sorted(GEMM.candidates)
+
+
+def reference(rows, matrix, bias):
+    return rows.double() @ matrix.double() + bias.double()
+
+
+def assert_product(out, want):
+    assert out.shape == want.shape and out.dtype == torch.float32
+    assert float((out.double() - want).norm() / want.norm()) < 1e-6
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('shape', [(1, 3, 5), (37, 64, 256), (999, 2304, 67)])
+def test_every_gemm_kernel_computes_the_product(impl, shape, monkeypatch):
+    monkeypatch.setenv(ENV_PINS, f'gemm={impl},gemm_acc={impl}')
+    m, k, n = shape
+    rows, matrix, bias = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
+    assert_product(gemm(rows, matrix, bias), reference(rows, matrix, bias))
+    out = torch.randn(m, n)
+    expected = reference(rows, matrix, out)
+    assert gemm_acc(out, rows, matrix) is out
+    assert_product(out, expected)
+    # non-contiguous rows and a matrix modified in place (the cached conv weight follows)
+    matrix.mul_(2)
+    strided = torch.randn(k, m).t()
+    assert_product(gemm(strided, matrix, bias), reference(strided, matrix, bias))
+
+
+def test_weights_follow_the_activation_dtype():
+    rows = torch.randn(40, 32).bfloat16()
+    out = gemm(rows, torch.randn(32, 16), torch.randn(16))
+    assert out.dtype == torch.bfloat16
+    acc = torch.zeros(40, 16, dtype=torch.bfloat16)
+    assert gemm_acc(acc, rows, torch.randn(32, 16)).dtype == torch.bfloat16
+
+
+def fresh_chooser(tmp_path, repeats=1):
+    chooser = KernelChooser(cache_dir=str(tmp_path), repeats=repeats)
+    chooser.register(GEMM)
+    chooser.register(GEMM_ACC)
+    return chooser
+
+
+def count_measurements(chooser, monkeypatch):
+    calls = []
+    original = chooser.measure
+
+    def spy(op, shape_class):
+        calls.append((op, shape_class))
+        return original(op, shape_class)
+    monkeypatch.setattr(chooser, 'measure', spy)
+    return calls
+
+
+def test_choices_are_measured_once_and_reused_from_the_machine_file(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_PINS, raising=False)
+    first = fresh_chooser(tmp_path)
+    calls = count_measurements(first, monkeypatch)
+    shape = ('float32', row_class(3000), 64, 32)
+    choice = first.choose('gemm', shape)
+    assert choice in IMPLS and len(calls) == 1
+    assert first.choose('gemm', shape) == choice and len(calls) == 1
+    content = json.loads(first.cache_file.read_text())
+    assert content['machine'] == machine_key()
+    assert content['choices'] == {'gemm:float32x8192x64x32': choice}
+    # a new process on the same machine reads the file: no measurement
+    second = fresh_chooser(tmp_path)
+    calls = count_measurements(second, monkeypatch)
+    assert second.choose('gemm', shape) == choice and not calls
+
+
+def test_the_file_is_keyed_by_threads(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_PINS, raising=False)
+    chooser = fresh_chooser(tmp_path)
+    threads = torch.get_num_threads()
+    path = chooser.cache_file
+    try:
+        torch.set_num_threads(1)
+        assert chooser.cache_file != path
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize('content', ['{not json', '[]', '{"machine": 1}',
+                                     '{"machine": {}, "choices": {"gemm:x": "addmm"}}'])
+def test_corrupt_or_stale_caches_are_measured_again_with_a_warning(tmp_path, monkeypatch,
+                                                                   content):
+    monkeypatch.delenv(ENV_PINS, raising=False)
+    chooser = fresh_chooser(tmp_path)
+    chooser.cache_file.parent.mkdir(parents=True, exist_ok=True)
+    chooser.cache_file.write_text(content)
+    calls = count_measurements(chooser, monkeypatch)
+    with pytest.warns(RuntimeWarning, match='kernel-choice cache'):
+        choice = chooser.choose('gemm_acc', ('float32', 1024, 16, 16))
+    assert choice in IMPLS and len(calls) == 1
+    assert json.loads(chooser.cache_file.read_text())['machine'] == machine_key()
+
+
+def test_unknown_impls_in_cache_entries_are_dropped(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_PINS, raising=False)
+    chooser = fresh_chooser(tmp_path)
+    chooser.cache_file.parent.mkdir(parents=True, exist_ok=True)
+    chooser.cache_file.write_text(json.dumps({'machine': machine_key(), 'choices': {
+        'gemm:float32x1024x8x8': 'cublas', 'nosuchop:1': 'addmm'}}))
+    calls = count_measurements(chooser, monkeypatch)
+    assert chooser.choose('gemm', ('float32', 1024, 8, 8)) in IMPLS and len(calls) == 1
+
+
+def test_pins_and_their_errors(tmp_path, monkeypatch):
+    chooser = fresh_chooser(tmp_path)
+    calls = count_measurements(chooser, monkeypatch)
+    chooser.pin('gemm', 'conv1x1')
+    assert chooser.choose('gemm', ('float32', 1024, 8, 8)) == 'conv1x1' and not calls
+    chooser.pin('gemm', None)
+    monkeypatch.setenv(ENV_PINS, 'gemm_acc=addmm')
+    assert chooser.choose('gemm_acc', ('float32', 1024, 8, 8)) == 'addmm' and not calls
+    with pytest.raises(ValueError, match="gemm='mkl' is not one of"):
+        chooser.pin('gemm', 'mkl')
+    with pytest.raises(ValueError, match='unknown kernel op'):
+        chooser.pin('conv9', 'addmm')
+    monkeypatch.setenv(ENV_PINS, 'gemm')
+    with pytest.raises(ValueError, match='op=impl'):
+        chooser.choose('gemm', ('float32', 1024, 8, 8))
+
+
+def _choose_in_process(cache_dir, queue):
+    import os
+
+    import torch  # noqa: F811
+
+    from mmdyn.ops.gemm import GEMM
+    from mmdyn.ops.kernel_choice import KernelChooser
+    os.environ.pop('MMDYN_KERNELS', None)
+    torch.set_num_threads(1)
+    chooser = KernelChooser(cache_dir=cache_dir, repeats=1)
+    chooser.register(GEMM)
+    measured = []
+    original = chooser.measure
+    chooser.measure = lambda op, shape: measured.append(op) or original(op, shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no corrupt-file warning may appear
+        choice = chooser.choose('gemm', ('float32', 8192, 256, 256))
+    queue.put((choice, len(measured)))
+
+
+def test_processes_starting_at_once_measure_once_and_agree(tmp_path):
+    context = multiprocessing.get_context('spawn')
+    queue = context.Queue()
+    workers = [context.Process(target=_choose_in_process, args=(str(tmp_path), queue))
+               for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    results = [queue.get(timeout=5) for _ in workers]
+    assert len({choice for choice, _ in results}) == 1
+    assert sum(count for _, count in results) == 1  # the others read its result
+    files = list(tmp_path.glob('kernels-*.json'))
+    assert len(files) == 1 and json.loads(files[0].read_text())['choices']
+
+
+# -- every sparse backbone, with each kernel, against its dense reference ---------------
+
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+
+def _las_outputs():
+    from test_las_resnet import build, run_both
+    model = build(depth=50, granularity=(4, 2, 2, 1))
+    model.set_forced_activation(0.4, seed=2)
+    masked, sparse, _, _ = run_both(model, torch.randn(1, 3, 67, 83))
+    return masked, sparse
+
+
+def _sar_outputs():
+    from test_sar_resnet import build, run_both
+    model = build(50, groups=2)
+    model.set_forced_activation(0.4, seed=2)
+    outputs = run_both(model, torch.randn(1, 3, 67, 83))
+    return outputs['masked'], outputs['sparse']
+
+
+def _cad_outputs():
+    from test_cad_resnet import cad, keep_all, run
+    model = cad(16)
+    x = torch.randn(1, 3, 70, 90)
+    generator = torch.Generator().manual_seed(2)
+    masks = [torch.rand(m.shape, generator=generator) < 0.3 for m in keep_all(model, x, True)]
+    return run(model, x, 'dense', masks)[0], run(model, x, 'sparse', masks)[0]
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('outputs', [_las_outputs, _sar_outputs, _cad_outputs],
+                         ids=['las', 'sar', 'cad'])
+def test_sparse_backbones_agree_with_their_reference_for_each_kernel(impl, outputs,
+                                                                     monkeypatch):
+    monkeypatch.setenv(ENV_PINS, f'gemm={impl},gemm_acc={impl}')
+    reference_outputs, sparse = outputs()
+    for a, b in zip(sparse, reference_outputs):
+        assert a.shape == b.shape
+        assert relative_error(a, b) < 1e-4
