@@ -6,3 +6,7 @@ import tempfile
 # per-machine choices: the suite measures into its own cache (inherited by the tools
 # the end-to-end tests start).
 os.environ.setdefault('MMDYN_KERNEL_CACHE', tempfile.mkdtemp(prefix='mmdyn-kernels-'))
+# The suite compares sparse and masked records at partial rates, so it runs the sparse
+# executor whatever the measured crossover; tests/test_kernel_choice.py exercises the
+# dense route ('always') and the measured policy explicitly.
+os.environ.setdefault('MMDYN_DENSE_FALLBACK', 'never')

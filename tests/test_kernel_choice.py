@@ -216,3 +216,62 @@ def test_sparse_backbones_agree_with_their_reference_for_each_kernel(impl, outpu
     for a, b in zip(sparse, reference_outputs):
         assert a.shape == b.shape
         assert relative_error(a, b) < 1e-4
+
+
+# -- never slower than dense: the dense route above the measured crossover --------------
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_dense_route_gives_the_masked_output_and_counts_dense_flops(depth, monkeypatch):
+    from test_las_resnet import build, run_both
+    monkeypatch.setenv('MMDYN_DENSE_FALLBACK', 'always')
+    model = build(depth=depth, granularity=(4, 4, 2, 1))
+    x = torch.randn(2, 3, 75, 101)
+    for rate in (0.0, 0.35, 1.0):
+        model.set_forced_activation(rate, seed=1)
+        masked, sparse, masked_record, sparse_record = run_both(model, x)
+        for a, b in zip(sparse, masked):
+            assert relative_error(a, b) < 1e-4
+        blocks = model.dynamic_blocks()
+        assert all(block.ran_densely == (rate > 0) for block in blocks)
+        for m_block, s_block, block in zip(masked_record.blocks, sparse_record.blocks, blocks):
+            torch.testing.assert_close(s_block.activation_rate, m_block.activation_rate)
+            if rate == 0:
+                torch.testing.assert_close(s_block.executed_flops, m_block.executed_flops)
+            else:  # the whole residual branch ran: the full mask's count
+                full = m_block.executed_flops if rate == 1 else None
+                assert (s_block.executed_flops >= m_block.executed_flops).all()
+                if full is not None:
+                    torch.testing.assert_close(s_block.executed_flops, full)
+
+
+def test_measured_crossover_decides_the_route_and_is_stored(tmp_path, monkeypatch):
+    from mmdyn.ops.kernel_choice import CHOOSER
+    from test_las_resnet import build
+    monkeypatch.setenv('MMDYN_DENSE_FALLBACK', 'measured')
+    monkeypatch.setattr(CHOOSER, '_cache_dir', str(tmp_path))
+    model = build(depth=18, granularity=(4, 4, 2, 1))
+    model.set_execution_mode('sparse')
+    x = torch.randn(1, 3, 96, 128)
+    for rate in (0.25, 0.75):
+        model.set_forced_activation(rate, seed=4)
+        with torch.no_grad():
+            model(x)
+        stored = json.loads(CHOOSER.cache_file.read_text())['choices']
+        crossovers = {entry: value for entry, value in stored.items()
+                      if entry.startswith('crossover:')}
+        assert crossovers and all(0.0 <= v <= 1.0 for v in crossovers.values())
+        for block in model.dynamic_blocks():
+            rate_used = float(block.record.mask.mean())
+            entry = f'crossover:{block.route_class(1, block.record.grid)}'
+            assert block.ran_densely == (rate_used > crossovers[entry])
+
+
+def test_dense_fallback_policy_is_validated(monkeypatch):
+    from test_las_resnet import build
+    monkeypatch.setenv('MMDYN_DENSE_FALLBACK', 'sometimes')
+    model = build(depth=18)
+    model.set_execution_mode('sparse')
+    model.set_forced_activation(0.5)
+    with pytest.raises(ValueError, match="MMDYN_DENSE_FALLBACK='sometimes' is not one of"):
+        with torch.no_grad():
+            model(torch.randn(1, 3, 64, 64))

@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -84,6 +85,8 @@ class KernelChooser:
         self._choices: Dict[str, str] = {}
         self._loaded_key = None
         self._warned = set()
+        self._thread_lock = threading.RLock()  # one measurement at a time per process
+        self._lock_depth = 0
 
     # -- configuration ----------------------------------------------------------
     def register(self, op: KernelOp) -> KernelOp:
@@ -127,14 +130,20 @@ class KernelChooser:
         pinned = self.pins.get(op) or self.env_pins().get(op)
         if pinned:
             return pinned
-        key = self._refresh_key()
         entry = f'{op}:{"x".join(map(str, shape_class))}'
-        choice = self._choices.get(entry)
-        if choice is None:
-            choice = self._measure_and_store(op, shape_class, entry, key)
-        return choice
+        return self.measured(entry, lambda: self.measure(op, shape_class)[0])
 
-    def _refresh_key(self) -> dict:
+    def measured(self, entry: str, measure: Callable[[], object]):
+        """The value stored for ``entry`` on this machine, or ``measure()`` (run once,
+        under the file lock) and stored. Entries of registered ops hold an impl name,
+        ``crossover:...`` entries a rate in [0, 1]."""
+        self._refresh_key()
+        value = self._choices.get(entry)
+        if value is None:
+            value = self._measure_and_store(entry, measure)
+        return value
+
+    def _refresh_key(self):
         """Drop in-memory choices when the thread count (or anything else in the
         machine key) changed since they were made."""
         key = machine_key()
@@ -142,7 +151,6 @@ class KernelChooser:
             self._choices = {}
             self._loaded_key = key
             self._choices.update(self._read_file(key))
-        return key
 
     def _warn_once(self, message: str):
         if message not in self._warned:
@@ -169,28 +177,34 @@ class KernelChooser:
         return {entry: impl for entry, impl in choices.items()
                 if self._known(entry, impl)}
 
-    def _known(self, entry: str, impl) -> bool:
+    def _known(self, entry: str, value) -> bool:
         op = entry.split(':', 1)[0]
-        return op in self.ops and impl in self.ops[op].candidates
+        if op == 'crossover':
+            return isinstance(value, (int, float)) and 0.0 <= value <= 1.0
+        return op in self.ops and value in self.ops[op].candidates
 
-    def _measure_and_store(self, op: str, shape_class: tuple, entry: str, key: dict) -> str:
-        path = self.cache_file
+    def _measure_and_store(self, entry: str, measure: Callable[[], object]):
+        path, key = self.cache_file, self._loaded_key
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = open(str(path) + '.lock', 'a')
         except OSError as error:  # read-only home: measure, keep the choice in memory
             self._warn_once(f'mmdyn kernel-choice cache {path} cannot be written ({error})')
-            self._choices[entry] = self.measure(op, shape_class)[0]
+            self._choices[entry] = measure()
             return self._choices[entry]
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures at a time
+        with lock, self._thread_lock:
+            if self._lock_depth == 0:  # a measurement may need others (a crossover
+                fcntl.flock(lock, fcntl.LOCK_EX)  # times GEMMs): lock the file once
+            self._lock_depth += 1
             try:
                 self._choices.update(self._read_file(key))  # another process may have
                 if entry not in self._choices:              # measured it meanwhile
-                    self._choices[entry] = self.measure(op, shape_class)[0]
+                    self._choices[entry] = measure()
                     self._write_file(path, key)
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
         return self._choices[entry]
 
     def _write_file(self, path: Path, key: dict):

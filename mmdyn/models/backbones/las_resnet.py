@@ -29,7 +29,8 @@ from torch import nn
 from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
                        conv_macs, gather_windows, patch_extents, scatter_add_patches,
                        upsample_patch_mask)
-from .dynamic import DynamicBlockMixin, check_granularity
+from .dense_fallback import measure_crossover, runs_densely, size_class
+from .dynamic import DynamicBlockMixin, check_granularity, draw_forced_mask
 from .resnet_parts import DynamicResNetMixin, build_shortcut, first_block_dilation
 
 
@@ -49,6 +50,7 @@ class _LASBlockMixin(DynamicBlockMixin):
             raise ValueError(f'{name}: LASResNet does not support with_cp=True')
         self.init_dynamic(granularity, name)
         self.masker = PatchMasker(self.conv1.in_channels, mask_init_bias)
+        self.ran_densely = False  # the last forward took the dense route
 
     def decide(self, x, grid: PatchGrid):
         forced = self.forced_mask(x.shape[0], grid, x.device)
@@ -81,6 +83,37 @@ class _LASBlockMixin(DynamicBlockMixin):
     def masked_output(self, identity, residual, mask, grid):
         return self.relu(identity + residual * upsample_patch_mask(mask, grid))
 
+    def takes_dense_route(self, x, mask, grid, run_sparse, run_dense) -> bool:
+        """Above its measured crossover rate the block computes its residual densely
+        and applies the mask: the same output, never slower than the dense block
+        (:mod:`.dense_fallback`). ``run_sparse(mask)`` / ``run_dense(mask)`` run the
+        two routes on this forward's tensors, for the measurement."""
+        def measure():
+            def sparse_at(rate):
+                return run_sparse(draw_forced_mask(x.shape[0], grid, rate, 0, x.device)
+                                  .to(x.dtype))
+            return measure_crossover(sparse_at, lambda: run_dense(torch.ones_like(mask)))
+        self.ran_densely = runs_densely(float(mask.mean()), self.route_class(x.shape[0], grid),
+                                        measure)
+        return self.ran_densely
+
+    def route_class(self, batch: int, grid) -> str:
+        """Blocks of one class share a measured crossover: same convs, patch size,
+        shortcut, batch and map size class."""
+        convs = [c for c in (self.conv1, self.conv2, getattr(self, 'conv3', None)) if c]
+        shapes = '-'.join(f'{c.in_channels}.{c.out_channels}.{c.stride[0]}.{c.dilation[0]}'
+                          for c in convs)
+        return (f'{type(self).__name__}:{shapes}-S{self.granularity}'
+                f'-ds{int(self.downsample is not None)}-b{batch}'
+                f'-a{size_class(grid.height, grid.width)}')
+
+    def executed_area(self, mask_area, grid):
+        """Output pixels the residual branch computed: the mask's, or all of them on
+        the dense route."""
+        if self.ran_densely:
+            return torch.full_like(mask_area, grid.height * grid.width)
+        return mask_area
+
     def sparse_output(self, x, identity, patches, index, grid, pointwise=None):
         """relu(identity + scatter(patches)). The identity is updated in place when it
         is a fresh tensor (the downsample output) or when the owning backbone says the
@@ -112,6 +145,7 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
     def forward(self, x):
         grid = PatchGrid(_out_size(x.shape[2], self.conv2.stride[0]),
                          _out_size(x.shape[3], self.conv2.stride[0]), self.granularity)
+        self.ran_densely = False
         if self.use_sparse_path():
             out, mask = self._forward_sparse(x, grid)
         else:
@@ -136,14 +170,28 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         mask = self.forced_mask(x.shape[0], grid, x.device)
         if mask is None:
             mask = (F.adaptive_avg_pool2d(fused[:, -1:], grid.shape) >= 0).to(x.dtype)
-        index = active_patches(mask)
         identity = self.downsample_dense(x, True)
+        if self.takes_dense_route(
+                x, mask, grid,
+                lambda m: self._residual_sparse(x, out1, identity.clone(), active_patches(m), grid),
+                lambda m: self._residual_dense(out1, identity, m, grid)):
+            return self._residual_dense(out1, identity, mask, grid), mask
+        return self._residual_sparse(x, out1, identity, active_patches(mask), grid), mask
+
+    def _residual_sparse(self, x, out1, identity, index, grid):
+        """relu(identity + scatter(conv3(conv2(windows)))) on the active patches."""
         if index.numel() == 0:
-            return self.sparse_output(x, identity, None, index, grid), mask
+            return self.sparse_output(x, identity, None, index, grid)
         windows = gather_windows(out1, index, self.conv2_window).relu_()
         hidden = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True).relu_()
         conv3 = self.folded('conv3', self.conv3, self.norm3)  # fused into the scatter-add
-        return self.sparse_output(x, identity, hidden, index, grid, pointwise=conv3), mask
+        return self.sparse_output(x, identity, hidden, index, grid, pointwise=conv3)
+
+    def _residual_dense(self, out1, identity, mask, grid):
+        """relu(identity + M * conv3(conv2(out1))), conv2/conv3 dense, BatchNorm folded."""
+        hidden = self.folded('conv2', self.conv2, self.norm2)(F.relu(out1)).relu_()
+        residual = self.folded('conv3', self.conv3, self.norm3)(hidden)
+        return self.masked_output(identity, residual, mask, grid)
 
     def fused_conv1_gate(self):
         """Weight and bias of conv1 (BatchNorm folded) with the gate's logit
@@ -168,7 +216,7 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         self.store_record(grid, mask, computed,
                           dense_flops=conv1_flops + out_pixels * per_pixel
                           + self.downsample_flops(out_pixels),
-                          executed_flops=always + computed * per_pixel)
+                          executed_flops=always + self.executed_area(computed, grid) * per_pixel)
 
 
 class LASBasicBlock(_LASBlockMixin, BasicBlock):
@@ -189,6 +237,7 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         grid = PatchGrid(_out_size(x.shape[2], self.conv1.stride[0]),
                          _out_size(x.shape[3], self.conv1.stride[0]), self.granularity)
         mask = self.decide(x, grid)
+        self.ran_densely = False
         if self.use_sparse_path():
             out = self._forward_sparse(x, grid, mask)
         else:
@@ -205,9 +254,21 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         if index.numel() == 0:
             return self.sparse_output(x, identity, None, index, grid)
         out1 = self.folded('conv1', self.conv1, self.norm1)(x)
+        if self.takes_dense_route(
+                x, mask, grid,
+                lambda m: self._residual_sparse(x, out1, identity.clone(), active_patches(m), grid),
+                lambda m: self._residual_dense(out1, identity, m, grid)):
+            return self._residual_dense(out1, identity, mask, grid)
+        return self._residual_sparse(x, out1, identity, index, grid)
+
+    def _residual_sparse(self, x, out1, identity, index, grid):
         windows = gather_windows(out1, index, self.conv2_window).relu_()
         patches = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True)
         return self.sparse_output(x, identity, patches, index, grid)
+
+    def _residual_dense(self, out1, identity, mask, grid):
+        residual = self.folded('conv2', self.conv2, self.norm2)(F.relu(out1))
+        return self.masked_output(identity, residual, mask, grid)
 
     def _record(self, x, grid, mask):
         out_pixels = grid.height * grid.width
@@ -220,7 +281,7 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         self.store_record(grid, mask, computed,
                           dense_flops=conv1_flops + out_pixels * conv2_per_pixel + downsample,
                           executed_flops=gate + conv1_flops + downsample
-                          + computed * conv2_per_pixel)
+                          + self.executed_area(computed, grid) * conv2_per_pixel)
 
 
 def expand_granularity(granularity, stage_blocks: Sequence[int]):
