@@ -8,16 +8,15 @@ import pytest
 from mmdyn.datasets.digits_fixture import build_digits_fixture
 from e2e_helpers import ROOT, run
 
-BASE = ROOT / 'configs/itd_resnet/itd-r50-rof-stride_1xb64-3e_digits-32px.py'
+BASE = ROOT / 'configs/itd_resnet/itd-r18-rof-stride_1xb64-3e_digits-32px.py'
 
 
 def tiny_digits_config(path, data_root):
-    """The shipped ROF digits config shrunk to ResNet-18, 64 images per split, 3
+    """The shipped ROF digits config (ResNet-18) on 64 images per split, 3
     iterations."""
     path.write_text(f'''
 _base_ = ['{BASE}']
 data_root = '{data_root}'
-model = dict(backbone=dict(depth=18), head=dict(in_channels=512))
 train_dataloader = dict(batch_size=16, num_workers=0,
                         dataset=dict(data_root=data_root, indices=64))
 val_dataloader = dict(batch_size=32, num_workers=0, dataset=dict(data_root=data_root, indices=64))

@@ -1,10 +1,10 @@
-# Random option fine-tuning (ROF, Sec. 3.4) of the digits ITD-ResNet-50 for dynamic
+# Random option fine-tuning (ROF, Sec. 3.4) of the digits ITD-ResNet-18 for dynamic
 # dilation: every training batch runs with a random permutation of dict(dilation=(1, 2, 3)) at
 # positions A-D (RandomOptionHook, seeded by (seed, iteration): a resumed run draws the
 # same permutations); validation and testing use the default permutation. Start from the
 # trained classifier:
 #   python tools/train.py THIS_CONFIG --cfg-options load_from=work_dirs/<digits run>/epoch_8.pth
-_base_ = './itd-r50_1xb64-8e_digits-32px.py'
+_base_ = './itd-r18_1xb64-8e_digits-32px.py'
 custom_hooks = [dict(type='RandomOptionHook', space=dict(dilation=(1, 2, 3)), seed=0)]
 optim_wrapper = dict(optimizer=dict(lr=0.01))
 param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, T_max=3,

@@ -1,11 +1,11 @@
-# Random option fine-tuning (ROF, Sec. 3.4) of the digits ITD-ResNet-50 for dynamic
-# size: every training batch runs with a random permutation of dict(kernel_size=(1, 3, 5)) at
+# Random option fine-tuning (ROF, Sec. 3.4) of the digits ITD-ResNet-18 for dynamic
+# stride: every training batch runs with a random permutation of dict(stride=(1, 2, 3)) at
 # positions A-D (RandomOptionHook, seeded by (seed, iteration): a resumed run draws the
 # same permutations); validation and testing use the default permutation. Start from the
 # trained classifier:
 #   python tools/train.py THIS_CONFIG --cfg-options load_from=work_dirs/<digits run>/epoch_8.pth
-_base_ = './itd-r50_1xb64-8e_digits-32px.py'
-custom_hooks = [dict(type='RandomOptionHook', space=dict(kernel_size=(1, 3, 5)), seed=0)]
+_base_ = './itd-r18_1xb64-8e_digits-32px.py'
+custom_hooks = [dict(type='RandomOptionHook', space=dict(stride=(1, 2, 3)), seed=0)]
 optim_wrapper = dict(optimizer=dict(lr=0.01))
 param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, T_max=3,
                         convert_to_iter_based=True)]
