@@ -1,5 +1,5 @@
 """ITD-ResNet end to end on the real digits data: tools/train.py with random option
-fine-tuning, tools/test.py (Accuracy + SparsityMetric), and the oracle tool with resume."""
+fine-tuning and validation (Accuracy + SparsityMetric), and the oracle tool with resume."""
 import json
 import sys
 
@@ -8,7 +8,7 @@ import pytest
 from mmdyn.datasets.digits_fixture import build_digits_fixture
 from e2e_helpers import ROOT, run
 
-BASE = ROOT / 'configs/itd_resnet/itd-r18-rof-stride_1xb64-3e_digits-32px.py'
+BASE = ROOT / 'configs/itd_resnet/itd-r18-rof-stride_1xb64-1e_digits-32px.py'
 
 
 def tiny_digits_config(path, data_root):
@@ -35,11 +35,10 @@ def test_digits_train_test_and_oracle(tmp_path):
     config = tiny_digits_config(tmp_path / 'itd_digits.py', data_root)
     work = tmp_path / 'work'
     log = run('tools/train.py', config, '--work-dir', work)
-    assert 'accuracy/top1' in log and 'sparsity/flops_ratio' in log
+    # validation with the default permutation: mmpretrain's Accuracy beside SparsityMetric
+    assert 'accuracy/top1' in log and 'sparsity/flops_ratio: 1.0000' in log
     checkpoint = work / 'iter_3.pth'
     assert checkpoint.exists()
-    log = run('tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'test')
-    assert 'accuracy/top1' in log and 'sparsity/flops_ratio: 1.0000' in log
 
     sys.path.insert(0, str(ROOT / 'tools/analysis'))
     import itd_oracle
