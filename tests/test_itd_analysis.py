@@ -106,7 +106,8 @@ def test_digits_fixture_split_and_layout(tmp_path):
     splits = split_indices(labels)
     assert sum(len(v) for v in splits.values()) == len(labels) == 1797
     assert not set(splits['train']) & set(splits['test'])
-    assert all(np.array_equal(a, b) for a, b in zip(splits.values(), split_indices(labels).values()))
+    again = split_indices(labels)
+    assert all(np.array_equal(splits[k], again[k]) for k in splits)
     info = build_digits_fixture(str(tmp_path), size=16)
     assert info['counts'] == {split: len(v) for split, v in splits.items()}
     assert check_digits_root(str(tmp_path))['size'] == 16

@@ -1,7 +1,8 @@
 # ITD-ResNet-50 classifier (mmpretrain ImageClassifier: GAP + linear head) trained from
 # scratch on scikit-learn's real handwritten digits (1,797 images, 10 classes, 8x8
-# upsampled to 32x32; fixed stratified train/val/test split of 1079/359/359; mean / std from meta/info.json). Build the
-# data with:  python -m mmdyn.datasets.digits_fixture --out data/digits-32 --size 32
+# upsampled to 32x32; fixed stratified train/val/test split of 1079/359/359; mean / std
+# from meta/info.json). Build the data with:
+#   python -m mmdyn.datasets.digits_fixture --out data/digits-32 --size 32
 # The network trains with the default permutation (a plain ResNet-50); the oracle tool
 # (tools/analysis/itd_oracle.py) then varies stride / dilation / kernel size at positions
 # A-D at inference. Standard ImageNet stem: 32x32 -> 8x8 at layer1, 1x1 at layer4.

@@ -100,7 +100,8 @@ def check_digits_root(root: str, splits=SPLITS) -> dict:
         for required in (os.path.join(root, split), os.path.join(root, 'meta', f'{split}.txt')):
             if not os.path.exists(required):
                 raise FileNotFoundError(f'digits root {root!r} lacks {required!r} (split '
-                                        f'{split!r}); rebuild it with mmdyn.datasets.digits_fixture')
+                                        f'{split!r}); rebuild it with '
+                                        'mmdyn.datasets.digits_fixture')
     with open(info_path) as f:
         return json.load(f)
 

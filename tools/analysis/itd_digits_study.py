@@ -88,7 +88,8 @@ def main():
             oracle(rof_config, tuned, work / f'oracle_{attribute}_rof', ['--space', space],
                    args.max_batches, args.batch_size)
     if 'efficiency' in args.steps:
-        oracle(base_config, base, work / 'efficiency', EFFICIENCY, args.max_batches, args.batch_size)
+        oracle(base_config, base, work / 'efficiency', EFFICIENCY, args.max_batches,
+               args.batch_size)
     needed = [work / f'oracle_{a}{s}' / 'summary.json' for a in SPACES for s in ('', '_rof')]
     if not all(p.exists() for p in needed + [work / 'efficiency' / 'efficiency.json']):
         return
