@@ -12,6 +12,8 @@ __version__ = '0.1.0'
 
 if find_spec('mmengine') is not None:
     from .utils import patch_mmengine_checkpoint_loading
+    from .utils.torchvision_placeholder import install as _let_mmpretrain_import
 
     patch_mmengine_checkpoint_loading()
+    _let_mmpretrain_import()  # mmpretrain imports torchvision, which the stack lacks
     from . import engine, evaluation, models  # noqa: F401,E402  (registers modules)

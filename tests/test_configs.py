@@ -108,9 +108,54 @@ def check_cad_config(model, cfg, hooks, stem):
             assert list(extractor.featmap_strides) == strides[:4]
 
 
+def check_itd_config(model, cfg, hooks, stem):
+    """ITD-ResNet: no gate, so no sparsity loss; the name gives the depth (``rx`` for
+    ResNeXt) and, for ROF configs, the attribute RandomOptionHook draws; detectors
+    resample every level to the nominal stride under any permutation (anchors and RoI
+    extractors stay valid), segmentors and classifiers keep the actual sizes."""
+    backbone = model.backbone
+    assert model.sparsity_loss is None
+    arch = 'rx' if type(backbone).__name__ == 'ITDResNeXt' else 'r'
+    assert f'itd-{arch}{backbone.depth}' in stem
+    assert backbone.dynamic_positions == ('A', 'B', 'C', 'D')
+    rof = [h for h in cfg.custom_hooks if h['type'] == 'RandomOptionHook']
+    if '-rof-' in stem:
+        attribute = stem.split('-rof-')[1].split('_')[0]
+        assert len(rof) == 1 and hooks == {'RandomOptionHook'}
+        assert list(rof[0]['space']) == [{'size': 'kernel_size'}.get(attribute, attribute)]
+    else:
+        assert not hooks
+    if hasattr(model, 'head'):  # mmpretrain ImageClassifier
+        assert backbone.output_size == 'actual'
+        assert model.head.num_classes == (10 if '_digits-' in stem else 1000)
+        if '_digits-' in stem:
+            model.eval()
+            backbone.set_permutation(stride=('1/2', 3, 1, 2))
+            with torch.no_grad():
+                assert model(torch.zeros(2, 3, 32, 32), mode='tensor').shape == (2, 10)
+        return
+    if hasattr(model, 'decode_head'):
+        assert '-d8' in stem and backbone.output_size == 'actual'
+        assert [o.stride for o in backbone.default_permutation] == [1, 2, 1, 1]
+        return
+    assert backbone.output_size == 'nominal'
+    head = model.rpn_head if hasattr(model, 'rpn_head') else model.bbox_head
+    model.eval()
+    for strides in ((2, 3, 1, 4), ('1/2', 1, 3, 2)):
+        backbone.set_permutation(stride=strides)
+        with torch.no_grad():
+            levels = model.extract_feat(torch.zeros(1, 3, 128, 128))
+        assert [128 // level.shape[-1] for level in levels] == \
+            [s[0] for s in head.prior_generator.strides]
+    if hasattr(model, 'roi_head'):
+        assert list(model.roi_head.bbox_roi_extractor.featmap_strides) == [4, 8, 16, 32]
+
+
 #: one check per backbone type: what a config's name promises about its model
 BACKBONE_CHECKS = {
     'LASResNet': check_las_config,
     'SARResNet': check_sar_config,
     'CADResNet': check_cad_config,
+    'ITDResNet': check_itd_config,
+    'ITDResNeXt': check_itd_config,
 }

@@ -14,8 +14,31 @@ def test_every_mmdyn_module_resolves_in_both_scopes(scope):
         assert type(backbone).__name__ == 'LASResNet'
         loss = registry.MODELS.build(dict(type='FlopsRatioLoss', target=0.3))
         assert loss.final_target == 0.3
-        for name in ('DynFasterRCNN', 'DynRetinaNet', 'DynMaskRCNN', 'DynEncoderDecoder'):
+        for name in ('DynFasterRCNN', 'DynRetinaNet', 'DynMaskRCNN', 'DynEncoderDecoder',
+                     'DynImageClassifier', 'ITDResNet', 'ITDResNeXt'):
             assert registry.MODELS.get(name) is not None, name
         for name in ('TemperatureHook', 'SparsityTargetHook'):
             assert registry.HOOKS.build(dict(type=name)) is not None
+        assert registry.METRICS.build(dict(type='SparsityMetric')) is not None
+
+
+def test_mmpretrain_scope_builds_mmdyn_backbones_in_its_classifier():
+    """ImageClassifier (GAP + linear head) with mmdyn backbones under
+    default_scope='mmpretrain'; hooks and SparsityMetric resolve there too."""
+    import torch
+    from mmpretrain import registry
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        for backbone, channels in ((dict(type='ITDResNet', depth=18), 512),
+                                   (dict(type='LASResNet', depth=18), 512)):
+            model = registry.MODELS.build(dict(
+                type='DynImageClassifier', sparsity_loss=None,
+                backbone=dict(**backbone, out_indices=(3, ), init_cfg=None),
+                neck=dict(type='GlobalAveragePooling'),
+                head=dict(type='LinearClsHead', num_classes=10, in_channels=channels)))
+            assert type(model.backbone).__name__ == backbone['type']
+            model.eval()
+            with torch.no_grad():
+                assert model(torch.zeros(2, 3, 32, 32), mode='tensor').shape == (2, 10)
+        assert registry.HOOKS.build(dict(type='RandomOptionHook',
+                                         space=dict(stride=(1, 2)))) is not None
         assert registry.METRICS.build(dict(type='SparsityMetric')) is not None

@@ -11,6 +11,8 @@ _EXPORTS = {
     'VOC_CLASSES': 'voc_fixture', 'build_voc_fixture': 'voc_fixture',
     'CITYSCAPES_CLASSES': 'cityscapes_fixture',
     'build_cityscapes_fixture': 'cityscapes_fixture',
+    'DIGIT_CLASSES': 'digits_fixture', 'build_digits_fixture': 'digits_fixture',
+    'check_digits_root': 'digits_fixture',
 }
 __all__ = list(_EXPORTS)
 

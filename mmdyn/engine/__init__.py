@@ -1,3 +1,4 @@
+from .option_hooks import RandomOptionHook
 from .schedule_hooks import SparsityTargetHook, TemperatureHook
 
-__all__ = ['TemperatureHook', 'SparsityTargetHook']
+__all__ = ['TemperatureHook', 'SparsityTargetHook', 'RandomOptionHook']

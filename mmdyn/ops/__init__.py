@@ -3,6 +3,8 @@
 Nothing in this package imports mmcv, mmdet or mmseg: it runs with torch (and numpy)
 alone, so it can be reused by plain PyTorch code and on machines without mmcv.
 """
+from .attribute_conv import (ConvOption, DynamicAttributeConv2d, as_option,
+                             attribute_conv2d, resize_kernel, transposed_weight)
 from .flops import BlockRecord, ForwardRecord, conv_macs, patch_extents
 from .gemm import gemm, gemm_acc
 from .gumbel import gumbel_gate
@@ -13,6 +15,8 @@ from .patches import (PatchGrid, Window, active_patches, gather_windows, pair, p
 from .sparse_conv import FoldedConv, fold_conv_bn
 
 __all__ = [
+    'ConvOption', 'DynamicAttributeConv2d', 'as_option', 'attribute_conv2d', 'resize_kernel',
+    'transposed_weight',
     'BlockRecord', 'ForwardRecord', 'conv_macs', 'patch_extents', 'gumbel_gate',
     'PatchMasker', 'PatchGrid', 'Window', 'active_patches', 'gather_windows',
     'scatter_add_patches', 'upsample_patch_mask', 'pixel_rows', 'patch_pixels', 'pair',
