@@ -2,6 +2,8 @@ from .dynamic import DynamicBackboneMixin, DynamicBlockMixin, SparsitySummary
 from .cad_resnet import CADResNet
 from .las_resnet import LASBasicBlock, LASBottleneck, LASResNet
 from .sar_resnet import SARResNet, parse_sar_setting
+from .sfsi_resnet import SFSIBottleneck, SFSIResNet
 
 __all__ = ['DynamicBackboneMixin', 'DynamicBlockMixin', 'SparsitySummary',
-           'CADResNet', 'LASBasicBlock', 'LASBottleneck', 'LASResNet', 'SARResNet', 'parse_sar_setting']
+           'CADResNet', 'LASBasicBlock', 'LASBottleneck', 'LASResNet', 'SARResNet', 'parse_sar_setting',
+           'SFSIBottleneck', 'SFSIResNet']
