@@ -41,6 +41,7 @@ from mmdet.models.backbones.resnet import ResNet
 from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 from mmengine.registry import MODELS
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, pixel_rows
 from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
@@ -128,7 +129,8 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         stride = self.conv2_stride
         out_hw = ((x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1)
         sparse = self.use_sparse_path()
-        mask1, mask2 = self.sample(x, out_hw)
+        with record_function('sfsi.mask_heads'):
+            mask1, mask2 = self.sample(x, out_hw)
         if sparse:
             out = self._forward_sparse(x, out_hw, mask1, mask2)
         else:
@@ -148,35 +150,43 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         return self.relu(out + identity)
 
     def _forward_sparse(self, x, out_hw, mask1, mask2):
+        """Only the sampled pixels are computed (the record_function labels name the
+        parts for :func:`mmdyn.analysis.sfsi.profile_sparse_parts`)."""
         x = x.contiguous(memory_format=torch.channels_last)
         batch, _, height, width = x.shape
-        # conv1 (1x1) on the sampled pixels: a row gather and one GEMM.
-        pixels1 = sampled_pixels(mask1.hard)
-        conv1 = self.folded('conv1', self.conv1, self.norm1)
-        rows = F.embedding(pixels1, pixel_rows(x))
-        hidden1 = torch.addmm(conv1.bias, rows, conv1.matrix).relu_()
-        if self.sampling == 'relu':
-            hidden1.mul_(pixel_rows(mask1.value).index_select(0, pixels1))
-        out1 = interpolate_rows(hidden1, pixels1, mask1.hard, self.conv1_sigma.detach(),
-                                self.kernel_size)                                # Eq. 3
-        # conv2 (3x3, strided / dilated / grouped / deformable) on its sampled pixels.
-        pixels2 = sampled_pixels(mask2.hard)
-        table = with_zero_row(pixel_rows(out1))
-        conv = self.conv2
-        taps = conv_tap_rows(pixels2, out_hw, (height, width), conv.stride[0],
-                             conv.dilation[0], conv.padding[0], zero_row=batch * height * width)
-        hidden2 = (self._deformable_rows(table, taps, pixels2, out_hw, (height, width))
-                   if self.deformable else
-                   conv_rows(table, taps, self._matrix('conv2'), self.folded(
-                       'conv2', self.conv2, self.norm2).bias)).relu_()
-        if self.sampling == 'relu':
-            hidden2.mul_(pixel_rows(mask2.value).index_select(0, pixels2))
-        # conv3 before the interpolation (exact: both linear), bias after it.
-        conv3 = self.folded('conv3', self.conv3, self.norm3)
-        out = interpolate_rows(hidden2 @ conv3.matrix, pixels2, mask2.hard,
-                               self.conv2_sigma.detach(), self.kernel_size)      # Eq. 3
-        out.add_(conv3.bias.view(1, -1, 1, 1)).add_(self._identity_sparse(x))
-        return out.relu_()
+        with record_function('sfsi.conv1'):
+            # conv1 (1x1) on the sampled pixels: a row gather and one GEMM.
+            pixels1 = sampled_pixels(mask1.hard)
+            conv1 = self.folded('conv1', self.conv1, self.norm1)
+            rows = F.embedding(pixels1, pixel_rows(x))
+            hidden1 = torch.addmm(conv1.bias, rows, conv1.matrix).relu_()
+            if self.sampling == 'relu':
+                hidden1.mul_(pixel_rows(mask1.value).index_select(0, pixels1))
+        with record_function('sfsi.interp1'):
+            out1 = interpolate_rows(hidden1, pixels1, mask1.hard, self.conv1_sigma.detach(),
+                                    self.kernel_size)                            # Eq. 3
+            table = with_zero_row(pixel_rows(out1))
+        with record_function('sfsi.conv2'):
+            # conv2 (3x3, strided / dilated / grouped / deformable) on its sampled pixels.
+            pixels2 = sampled_pixels(mask2.hard)
+            conv = self.conv2
+            taps = conv_tap_rows(pixels2, out_hw, (height, width), conv.stride[0],
+                                 conv.dilation[0], conv.padding[0],
+                                 zero_row=batch * height * width)
+            hidden2 = (self._deformable_rows(table, taps, pixels2, out_hw, (height, width))
+                       if self.deformable else
+                       conv_rows(table, taps, self._matrix('conv2'), self.folded(
+                           'conv2', self.conv2, self.norm2).bias)).relu_()
+            if self.sampling == 'relu':
+                hidden2.mul_(pixel_rows(mask2.value).index_select(0, pixels2))
+        with record_function('sfsi.conv3_interp2'):
+            # conv3 before the interpolation (exact: both linear), bias after it.
+            conv3 = self.folded('conv3', self.conv3, self.norm3)
+            out = interpolate_rows(hidden2 @ conv3.matrix, pixels2, mask2.hard,
+                                   self.conv2_sigma.detach(), self.kernel_size)  # Eq. 3
+        with record_function('sfsi.shortcut_residual'):
+            out.add_(conv3.bias.view(1, -1, 1, 1)).add_(self._identity_sparse(x))
+            return out.relu_()
 
     def _matrix(self, name):
         """conv2's BN-folded weights as grouped tap matrices (cached)."""
@@ -306,6 +316,18 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
         generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         for block in self.dynamic_blocks():
             block.generator = generator
+
+    def sparsity_summary(self):
+        """Per-conv sampling rates: ``<block>.conv1`` and ``<block>.conv2`` (the mean
+        activation rate is then the mean over every sampled conv)."""
+        summary = super().sparsity_summary()
+        rates = {}
+        for forward in self._forward_records:
+            for block in forward.blocks:
+                rates.setdefault(f'{block.name}.conv1', []).append(block.conv1_rate)
+                rates.setdefault(f'{block.name}.conv2', []).append(block.activation_rate)
+        summary.block_rates = {name: torch.stack(r).mean(0) for name, r in rates.items()}
+        return summary
 
     def set_sampling(self, variant: str):
         check_sampling_variant(variant)
