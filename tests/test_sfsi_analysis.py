@@ -117,3 +117,16 @@ def test_stability_and_pruning_tools(tmp_path, monkeypatch):
     assert row['ratio'] == 0.6 and row['metric'] == 'mIoU'
     assert row['backbone_nonzero_params_m'] < 0.45 * row['backbone_params_m']
     assert row['backbone_gflops'] > 0
+
+
+@pytest.mark.slow
+def test_benchmark_latency_arch_sfsi_writes_json_with_a_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    out = tmp_path / 'bench.json'
+    run('tools/analysis/benchmark_latency.py', '--arch', 'sfsi', '--depth', '50', '--input',
+        '64', '96', '--rates', '0.4', '--warmup', '0', '--repeats', '1', '--threads', '1',
+        '--profile', '--out', out)
+    (row,) = json.loads(out.read_text())['runs']
+    assert set(row['stages']) == {'stem', 'layer1', 'layer2', 'layer3', 'layer4'}
+    assert 0 < row['total']['flops_ratio'] < 1 and row['total']['sparse_latency_s'] > 0
+    assert set(PROFILE_PARTS) <= set(row['profile']['parts_ms'])

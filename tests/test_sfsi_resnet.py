@@ -75,6 +75,7 @@ CASES = {
     'resnext': dict(groups=4, base_width=4),
     'v1c-dilated': MMSEG_V1C,
     'avg-down': dict(avg_down=True),
+    'dense-conv3': dict(sparse_conv3='dense', avg_down=True),
     'dcn': DCN,
     'dcn-no-grid-prior': dict(grid_prior_interval=None, **DCN),
 }
@@ -169,10 +170,11 @@ class MacCounter(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize('conv3', ['sampled', 'dense'])
 @pytest.mark.parametrize('case', [dict(), dict(groups=4, base_width=4, **MMSEG_V1C)],
                          ids=['resnet', 'resnext-v1c'])
-def test_executed_flops_match_an_operator_level_count(case):
-    model = build(**case)
+def test_executed_flops_match_an_operator_level_count(case, conv3):
+    model = build(sparse_conv3=conv3, **case)
     model.set_execution_mode('sparse')
     model.set_sampling_seed(0)
     x = torch.randn(2, 3, 61, 77)
@@ -249,6 +251,7 @@ def test_initial_masks_are_almost_full_and_frozen_stages_keep_heads_trainable():
     (dict(depth=18), 'depth'),
     (dict(dcn=dict(type='DCN'), stage_with_dcn=(False, True, True, True)), 'DCNv2'),
     (dict(style='caffe'), 'pytorch'),
+    (dict(sparse_conv3='fused'), 'sparse_conv3'),
 ])
 def test_bad_settings_fail_at_build_time(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -24,7 +24,7 @@ from .twins import prepare_dense_for_timing
 
 #: the record_function labels of the sparse bottleneck (SFSIBottleneck)
 PROFILE_PARTS = ('sfsi.mask_heads', 'sfsi.conv1', 'sfsi.interp1', 'sfsi.conv2',
-                 'sfsi.conv3_interp2', 'sfsi.shortcut_residual')
+                 'sfsi.conv3_interp2')
 TASK_METRICS = ('bbox_mAP', 'mIoU', 'accuracy/top1')
 
 

@@ -178,22 +178,36 @@ def blur_macs(pixels: int, channels: int, size: int) -> int:
 
 
 def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width: Tensor,
-                     size: int, eps: float = 1e-5) -> Tensor:
+                     size: int, eps: float = 1e-5, base: Optional[Tensor] = None) -> Tensor:
     """Eq. 3 from the sampled rows only: ``rows`` ``[n, C]`` are the (already gated)
     features of the pixels ``index`` (flat ids into ``[B * H * W]``) of the binary
     ``support`` ``[B, 1, H, W]``. Scatter, blur separably, normalise, and put the
-    sampled rows back. Returns a dense channels-last ``[B, C, H, W]`` map."""
+    sampled rows back. Returns a dense channels-last ``[B, C, H, W]`` map, plus
+    ``base`` (a dense channels-last map, e.g. the residual) when given: the addition
+    is fused into the normalisation."""
     batch, _, height, width = support.shape
     channels = rows.shape[1]
     canvas = rows.new_zeros(batch * height * width, channels)
     canvas.index_copy_(0, index, rows)
     canvas = canvas.view(batch, height, width, channels).permute(0, 3, 1, 2)
     kernel = gaussian_kernel_1d(inverse_width.detach(), size)
-    out = separable_blur(canvas, kernel)
-    out = out.contiguous(memory_format=torch.channels_last)
-    out.div_(separable_blur(support, kernel).add_(eps))
-    out.permute(0, 2, 3, 1).reshape(-1, channels).index_copy_(0, index, rows)
+    numerator = separable_blur(canvas, kernel)
+    denominator = separable_blur(support, kernel).add_(eps)
+    if base is None:
+        out = numerator.contiguous(memory_format=torch.channels_last).div_(denominator)
+    else:
+        out = torch.addcdiv(base, numerator, denominator)
+        out = out.contiguous(memory_format=torch.channels_last)
+        rows = rows + pixel_rows_view(base).index_select(0, index)
+    pixel_rows_view(out).index_copy_(0, index, rows)
     return out
+
+
+def pixel_rows_view(x: Tensor) -> Tensor:
+    """The ``[B * H * W, C]`` view of a channels-last map (no copy)."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError('pixel_rows_view needs a channels-last map')
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
 # -- row gathers ------------------------------------------------------------------------

@@ -44,6 +44,8 @@ def parse_args():
                         help='default: 101 for LAS and SFSI, 50 for SAR')
     parser.add_argument('--grid-prior', default='11',
                         help='SFSI: grid-prior step, or "none"')
+    parser.add_argument('--sparse-conv3', choices=('sampled', 'dense'), default='sampled',
+                        help='SFSI: conv3 on the sampled pixels or on every pixel')
     parser.add_argument('--profile', action='store_true',
                         help='SFSI: torch.profiler breakdown of the sparse forward per rate')
     parser.add_argument('--granularity', type=int, nargs='+', default=[8, 4, 7, 1],
@@ -80,13 +82,14 @@ def build_models(args):
             f'LAS-ResNet-{args.depth} S={"-".join(map(str, args.granularity))}', \
             f'las-r{args.depth}-s{granularity}'
     if args.arch == 'sfsi':
-        sfsi = build_sfsi_backbone(args.depth, grid_prior_interval=args.grid_prior)
+        sfsi = build_sfsi_backbone(args.depth, grid_prior_interval=args.grid_prior,
+                                   sparse_conv3=args.sparse_conv3)
         dense = build_sfsi_dense_twin(sfsi)
         sparse = prepare_sparse_for_timing(sfsi)
         prior = 'off' if args.grid_prior is None else f'k={args.grid_prior}'
         return dict(dense=dense, sparse=sparse), [sparse], None, \
-            f'SFSI-ResNet-{args.depth} (grid prior {prior}) vs ResNet-{args.depth}', \
-            f'sfsi-r{args.depth}-grid{args.grid_prior}'
+            f'SFSI-ResNet-{args.depth} (grid prior {prior}, conv3 {args.sparse_conv3}) vs ' \
+            f'ResNet-{args.depth}', f'sfsi-r{args.depth}-grid{args.grid_prior}-{args.sparse_conv3}'
     sar = build_sar_backbone(args.depth, args.setting, args.mask_size,
                              min_input_size=min(args.input))
     masked = prepare_sar_for_timing(copy.deepcopy(sar), 'masked')

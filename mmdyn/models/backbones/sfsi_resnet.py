@@ -21,12 +21,14 @@ The block is  y = relu(x_identity + BN3(conv3(F2'))).  ``masked`` execution comp
 every conv densely and multiplies (training, the reference). ``sparse`` execution
 computes conv1 (one pixel-row gather + GEMM) and conv2 (tap-row gather + GEMM, or
 bilinear deformable taps with DCN) only at the sampled pixels, interpolates conv1's
-result with a separable blur, and moves conv3 before the second interpolation: conv3
-acts on channels and Eq. 3 on space, both linearly, so
+result with a separable blur, and (``sparse_conv3='sampled'``) moves conv3 before the
+second interpolation: conv3 acts on channels and Eq. 3 on space, both linearly, so
 
     W3 F2' = M2 * (W3 F2) + (1 - M2) * (G * (M2 * W3 F2)) / (G * M2 + eps)
 
-exactly, and conv3 too runs on the sampled pixels only (its bias is added after).
+exactly, and conv3 too runs on the sampled pixels only (its bias rides on the
+residual). ``sparse_conv3='dense'`` keeps the reference order (interpolate conv2's
+output, one GEMM for conv3 over every pixel, accumulated onto the residual).
 
 Sparse loss of a block (the reference's): 0.25 * mean(p_1) + 0.75 * mean(p_2).
 Module tree and parameter names are mmdet's ``ResNet`` / ``ResNeXt`` (plus
@@ -43,15 +45,25 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, pixel_rows
+from mmdyn.ops import (BlockRecord, FoldedConv, ForwardRecord, PatchGrid, conv_macs,
+                       pixel_rows)
 from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
                                       blur_macs, check_grid_prior, check_kernel_size,
                                       check_sampling_variant, conv_matrix, conv_rows,
                                       conv_tap_rows, grouped_matmul, interpolate_dense,
-                                      interpolate_rows, sample_mask, sampled_pixels,
-                                      with_zero_row)
+                                      interpolate_rows, pixel_rows_view, sample_mask,
+                                      sampled_pixels, with_zero_row)
 from .dynamic import DynamicBlockMixin, draw_forced_mask
 from .resnet_parts import DynamicResNetMixin, build_shortcut, first_block_dilation
+
+
+SPARSE_CONV3 = ('sampled', 'dense')
+
+
+def check_sparse_conv3(value: str) -> str:
+    if value not in SPARSE_CONV3:
+        raise ValueError(f'sparse_conv3={value!r} is not one of {SPARSE_CONV3}')
+    return value
 
 
 @dataclass
@@ -77,7 +89,7 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
     def __init__(self, *args, block_name: str = '', sampling: str = 'stochastic',
                  grid_prior_interval: Optional[int] = 11, interpolation_kernel: int = 7,
                  init_sigma: float = 3.0, mask_init_bias: float = 3.0,
-                 test_temperature: float = 0.01, **kwargs):
+                 test_temperature: float = 0.01, sparse_conv3: str = 'sampled', **kwargs):
         super().__init__(*args, **kwargs)
         if self.style != 'pytorch':
             raise ValueError(f"{block_name}: SFSIResNet needs style='pytorch' (stride on "
@@ -92,6 +104,7 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         if not test_temperature > 0:
             raise ValueError(f'test_temperature must be > 0, got {test_temperature}')
         self.test_temperature = float(test_temperature)
+        self.sparse_conv3 = check_sparse_conv3(sparse_conv3)
         self.conv1_mask = PixelMaskHead(self.inplanes, 1, mask_init_bias)
         self.conv2_mask = PixelMaskHead(self.inplanes, self.conv2_stride, mask_init_bias)
         self.conv1_sigma = nn.Parameter(torch.tensor(float(init_sigma)))
@@ -180,13 +193,22 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
             if self.sampling == 'relu':
                 hidden2.mul_(pixel_rows(mask2.value).index_select(0, pixels2))
         with record_function('sfsi.conv3_interp2'):
-            # conv3 before the interpolation (exact: both linear), bias after it.
             conv3 = self.folded('conv3', self.conv3, self.norm3)
-            out = interpolate_rows(hidden2 @ conv3.matrix, pixels2, mask2.hard,
-                                   self.conv2_sigma.detach(), self.kernel_size)  # Eq. 3
-        with record_function('sfsi.shortcut_residual'):
-            out.add_(conv3.bias.view(1, -1, 1, 1)).add_(self._identity_sparse(x))
-            return out.relu_()
+            residual = self._residual_sparse(x, conv3.bias)       # identity + conv3's bias
+            if self.sparse_conv3 == 'sampled':
+                # conv3 before the interpolation (exact: both linear), on sampled pixels.
+                out = interpolate_rows(hidden2 @ conv3.matrix, pixels2, mask2.hard,
+                                       self.conv2_sigma.detach(), self.kernel_size,
+                                       base=residual)                            # Eq. 3
+            else:
+                # the reference order: interpolate conv2's output, conv3 on every pixel
+                # (one GEMM accumulating onto the residual).
+                out2 = interpolate_rows(hidden2, pixels2, mask2.hard,
+                                        self.conv2_sigma.detach(), self.kernel_size)
+                rows = torch.addmm(pixel_rows_view(residual), pixel_rows_view(out2),
+                                   conv3.matrix)
+                out = rows.view(batch, *out_hw, -1).permute(0, 3, 1, 2)
+        return out.relu_()
 
     def _matrix(self, name):
         """conv2's BN-folded weights as grouped tap matrices (cached)."""
@@ -216,13 +238,21 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         folded = self.folded('conv2', conv, self.norm2)
         return grouped_matmul(samples, self._matrix('conv2'), folded.bias)
 
-    def _identity_sparse(self, x):
+    def _residual_sparse(self, x, conv3_bias):
+        """identity + conv3's folded bias, channels-last: the bias rides on the
+        shortcut conv's bias, or is added to the block input (in place when the
+        backbone never reads that input again)."""
         if self.downsample is None:
-            return x
+            if self.owns_input and not torch.is_grad_enabled():
+                return x.add_(conv3_bias.view(1, -1, 1, 1))
+            return x + conv3_bias.view(1, -1, 1, 1)
         *pools, conv, bn = self.downsample
         for pool in pools:
             x = pool(x)
-        return self.folded('downsample', conv, bn)(x)
+        shortcut = self.folded('downsample', conv, bn)
+        biased = self.cached('downsample+bias', (shortcut.weight, conv3_bias), lambda: FoldedConv(
+            shortcut.weight, shortcut.bias + conv3_bias, shortcut.stride))
+        return biased(x).contiguous(memory_format=torch.channels_last)
 
     # -- records ---------------------------------------------------------------------
 
@@ -241,13 +271,17 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         conv3_per = conv_macs(width, c_out, 1)
         shortcut = 0 if self.downsample is None else out_pixels * conv_macs(c_in, c_out, 1)
         heads = self.conv1_mask.macs(in_pixels) + self.conv2_mask.macs(out_pixels)
-        interpolation = blur_macs(in_pixels, width + 1, self.kernel_size) \
-            + blur_macs(out_pixels, c_out + 1, self.kernel_size)
         sampled1 = mask1.hard.sum(dim=(1, 2, 3))
         sampled2 = mask2.hard.sum(dim=(1, 2, 3))
         dense = in_pixels * conv1_per + out_pixels * (conv2_per + conv3_per) + shortcut
-        executed = heads + interpolation + shortcut + sampled1 * conv1_per \
-            + sampled2 * (conv2_per + conv3_per)
+        executed = heads + shortcut + blur_macs(in_pixels, width + 1, self.kernel_size) \
+            + sampled1 * conv1_per + sampled2 * conv2_per
+        if self.sparse_conv3 == 'sampled':  # conv3 on sampled pixels, 4x wider blur
+            executed = executed + sampled2 * conv3_per \
+                + blur_macs(out_pixels, c_out + 1, self.kernel_size)
+        else:
+            executed = executed + out_pixels * conv3_per \
+                + blur_macs(out_pixels, width + 1, self.kernel_size)
         self.record = SFSIBlockRecord(
             name=self.block_name, mask=mask2.hard, activation_rate=sampled2 / out_pixels,
             dense_flops=float(dense), executed_flops=executed,
@@ -269,6 +303,10 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
         temperature / test_temperature: Gumbel temperature in training (hooks change
             it) and at inference.
         sampling_seed: seed of the inference-time sampling noise (None: torch's RNG).
+        sparse_conv3: how the sparse path runs conv3: ``'sampled'`` (on the sampled
+            pixels, then the interpolation of its 4x wider output) or ``'dense'`` (the
+            reference order: interpolate conv2's output, conv3 on every pixel). Both
+            equal the masked network; they differ in cost (see docs/sfsi_resnet.md).
         execution_mode: ``'auto'`` (masked in training, sparse in eval), ``'masked'``
             or ``'sparse'`` (inference only).
         contract_dilation: mmseg ``ResNetV1c`` semantics.
@@ -284,6 +322,7 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
                  interpolation_kernel: int = 7, init_sigma: float = 3.0,
                  mask_init_bias: float = 3.0, temperature: float = 1.0,
                  test_temperature: float = 0.01, sampling_seed: Optional[int] = None,
+                 sparse_conv3: str = 'sampled',
                  execution_mode: str = 'auto', contract_dilation: bool = False,
                  multi_grid=None, num_stages: int = 4, dcn=None, **kwargs):
         if depth not in self.arch_settings:
@@ -306,7 +345,7 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
             grid_prior_interval=check_grid_prior(grid_prior_interval),
             interpolation_kernel=check_kernel_size(interpolation_kernel),
             init_sigma=init_sigma, mask_init_bias=mask_init_bias,
-            test_temperature=test_temperature)
+            test_temperature=test_temperature, sparse_conv3=check_sparse_conv3(sparse_conv3))
         super().__init__(depth, num_stages=num_stages, dcn=dcn, **kwargs)
         self.finish_dynamic_init(execution_mode, temperature)
         self.set_sampling_seed(sampling_seed)
@@ -333,6 +372,11 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
         check_sampling_variant(variant)
         for block in self.dynamic_blocks():
             block.sampling = variant
+
+    def set_sparse_conv3(self, value: str):
+        check_sparse_conv3(value)
+        for block in self.dynamic_blocks():
+            block.sparse_conv3 = value
 
     def set_grid_prior(self, interval: Optional[int]):
         interval = check_grid_prior(interval)
