@@ -261,3 +261,16 @@ def test_bad_settings_fail_at_build_time(kwargs, match):
 def test_negative_loss_weight_is_rejected():
     with pytest.raises(ValueError, match='loss_weight'):
         SFSISparseLoss(loss_weight=-0.1)
+
+
+def test_resnext101_32x4d_checkpoint_names_and_shapes():
+    """SFSI-ResNeXt-101 32x4d through groups / base_width: the names and shapes of an
+    mmdet ResNeXt state dict, plus 6 new parameters per block (built on the meta
+    device: no memory, no init)."""
+    with torch.device('meta'):
+        dense = ResNeXt(depth=101, groups=32, base_width=4, init_cfg=None).state_dict()
+        model = SFSIResNet(depth=101, groups=32, base_width=4, init_cfg=None)
+    ours = model.state_dict()
+    assert all(ours[k].shape == v.shape for k, v in dense.items())
+    assert len(set(ours) - set(dense)) == 6 * 33
+    assert model.layer3[5].conv2.groups == 32 and model.layer3[5].conv2.in_channels == 512
