@@ -164,12 +164,29 @@ def interpolate_dense(features: Tensor, support: Tensor, inverse_width: Tensor,
 
 
 def separable_blur(x: Tensor, kernel_1d: Tensor) -> Tensor:
-    """Depthwise ``G * x`` as a vertical then a horizontal 1-D pass (zero padding)."""
+    """Depthwise ``G * x`` as a vertical then a horizontal 1-D pass (zero padding).
+    One-channel maps (the normaliser ``G * M``) take shifted multiply-adds: torch's
+    generic conv would run them through its slow im2col path."""
     size, channels = kernel_1d.shape[0], x.shape[1]
+    if channels == 1:
+        return _shifted_blur(_shifted_blur(x, kernel_1d, 2), kernel_1d, 3)
     vertical = kernel_1d.view(1, 1, size, 1).expand(channels, 1, size, 1)
     horizontal = kernel_1d.view(1, 1, 1, size).expand(channels, 1, 1, size)
     x = F.conv2d(x, vertical, padding=(size // 2, 0), groups=channels)
     return F.conv2d(x, horizontal, padding=(0, size // 2), groups=channels)
+
+
+def _shifted_blur(x: Tensor, kernel_1d: Tensor, dim: int) -> Tensor:
+    """1-D zero-padded correlation along ``dim`` as ``size`` shifted multiply-adds."""
+    half, length = kernel_1d.shape[0] // 2, x.shape[dim]
+    out = x * kernel_1d[half]
+    for offset in range(1, min(half, length - 1) + 1):
+        # out[i] += k[half + o] * x[i + o] and out[i] += k[half - o] * x[i - o]
+        out.narrow(dim, 0, length - offset).add_(
+            x.narrow(dim, offset, length - offset) * kernel_1d[half + offset])
+        out.narrow(dim, offset, length - offset).add_(
+            x.narrow(dim, 0, length - offset) * kernel_1d[half - offset])
+    return out
 
 
 def blur_macs(pixels: int, channels: int, size: int) -> int:
@@ -187,8 +204,12 @@ def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width
     is fused into the normalisation."""
     batch, _, height, width = support.shape
     channels = rows.shape[1]
-    canvas = rows.new_zeros(batch * height * width, channels)
-    canvas.index_copy_(0, index, rows)
+    # The zero-filled map of the sampled rows in one gather pass: every pixel reads its
+    # row, or the appended zero row.
+    lookup = torch.full((batch * height * width,), rows.shape[0], dtype=torch.long,
+                        device=rows.device)
+    lookup[index] = torch.arange(rows.shape[0], device=rows.device)
+    canvas = F.embedding(lookup, with_zero_row(rows))
     canvas = canvas.view(batch, height, width, channels).permute(0, 3, 1, 2)
     kernel = gaussian_kernel_1d(inverse_width.detach(), size)
     numerator = separable_blur(canvas, kernel)
