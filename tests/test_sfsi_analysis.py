@@ -8,7 +8,7 @@ import torch
 
 from e2e_helpers import ROOT, run, tiny_cityscapes_config
 from mmdyn.analysis.sfsi import (PROFILE_PARTS, build_sfsi_dense_twin, profile_sparse_parts,
-                                 prune_backbone_, prunable_weights)
+                                 prunable_weights, prune_backbone_, pruning_study)
 from mmdyn.models.backbones import SFSIResNet
 from mmdyn.visualization import plot_block_rates, save_block_overlays
 
@@ -83,7 +83,8 @@ def test_profile_sums_its_parts_and_records_feed_the_plots(tmp_path):
 
 @pytest.mark.slow
 def test_stability_and_pruning_tools(tmp_path, monkeypatch):
-    """Both tools on a narrow SFSI DeepLabv3 (random init) and the Cityscapes fixture:
+    """The stability tool and the pruning study (in-process: the tool is its thin CLI)
+    on a narrow SFSI DeepLabv3 (random init) and the Cityscapes fixture:
     two sampling seeds give different masks (GFLOPs) and a mean / std; pruning zeroes
     the requested share of the backbone and the model still evaluates."""
     from mmdyn.datasets import build_cityscapes_fixture
@@ -110,10 +111,7 @@ def test_stability_and_pruning_tools(tmp_path, monkeypatch):
     gflops = result['summary'][0]['gflops']
     assert gflops['mean'] == pytest.approx((runs[0]['gflops'] + runs[1]['gflops']) / 2)
     assert gflops['std'] == pytest.approx(abs(runs[0]['gflops'] - runs[1]['gflops']) / 2)
-    out = tmp_path / 'pruning'
-    run('tools/analysis/sfsi_pruning.py', '--model', 'sfsi', config, 'none',
-        '--ratios', '0.6', '--out-dir', out)
-    (row,) = json.loads((out / 'pruning.json').read_text())['rows']
+    (row,) = pruning_study([('sfsi', str(config), None)], [0.6], tmp_path / 'pruning')
     assert row['ratio'] == 0.6 and row['metric'] == 'mIoU'
     assert row['backbone_nonzero_params_m'] < 0.45 * row['backbone_params_m']
     assert row['backbone_gflops'] > 0
