@@ -65,6 +65,47 @@ default_hooks = dict(checkpoint=dict(interval=4), logger=dict(interval=1))
     return path
 
 
+# -- tiny segmentation configs on the offline Cityscapes fixture ------------------------
+
+def tiny_cityscapes_config(path, base, data_root, backbone_args='', iters=2):
+    """A twin of the mmseg Cityscapes config ``base`` (a path): ResNet-50 depth, BN,
+    small heads, 128 x 256 crops of the fixture, ``iters`` iterations, then IoUMetric +
+    SparsityMetric on the val split."""
+    path.write_text(f'''
+_base_ = ['{base}']
+data_root = '{data_root}'
+crop_size = (128, 256)
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    pretrained=None, data_preprocessor=dict(size=crop_size),
+    backbone=dict(depth=50, norm_cfg=norm_cfg, init_cfg=None, {backbone_args}),
+    decode_head=dict(channels=32, norm_cfg=norm_cfg),
+    auxiliary_head=dict(channels=16, norm_cfg=norm_cfg))
+train_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=(256, 128), ratio_range=(1.0, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')]
+test_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='Resize', scale=(256, 128), keep_ratio=True),
+    dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters={iters}, val_interval={iters})
+param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end={iters},
+                        by_epoch=False)]
+default_hooks = dict(checkpoint=dict(interval={iters}), logger=dict(interval=1))
+randomness = dict(seed=0)
+''')
+    return path
+
+
+
 # -- tiny detection configs on the offline COCO fixture ---------------------------------
 
 COCO_DATA = '''

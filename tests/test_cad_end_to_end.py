@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from e2e_helpers import ROOT, logged, run, tiny_detection_config
+from e2e_helpers import ROOT, logged, run, tiny_cityscapes_config, tiny_detection_config
 from mmdyn.datasets import build_cityscapes_fixture, build_coco_fixture
 
 CAD = ROOT / 'configs' / 'cad_resnet'
@@ -23,44 +23,6 @@ SEGMENTATION = {
     'edge': 'pspnet_cad-r101-d8-edge035-os16to8_4xb2-80k_cityscapes-512x1024.py',
 }
 ITERS = 2
-
-
-def tiny_cityscapes_config(path, base, data_root, backbone_args='', iters=ITERS):
-    """A twin of the CAD Cityscapes config ``base``: CAD-ResNet-50, BN, small heads,
-    128 x 256 crops of the fixture, ``iters`` iterations, then IoUMetric +
-    SparsityMetric on the val split."""
-    path.write_text(f'''
-_base_ = ['{CAD / base}']
-data_root = '{data_root}'
-crop_size = (128, 256)
-norm_cfg = dict(type='BN', requires_grad=True)
-model = dict(
-    pretrained=None, data_preprocessor=dict(size=crop_size),
-    backbone=dict(depth=50, norm_cfg=norm_cfg, init_cfg=None, {backbone_args}),
-    decode_head=dict(channels=32, norm_cfg=norm_cfg),
-    auxiliary_head=dict(channels=16, norm_cfg=norm_cfg))
-train_pipeline = [
-    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=(256, 128), ratio_range=(1.0, 1.5), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')]
-test_pipeline = [
-    dict(type='LoadImageFromFile'), dict(type='Resize', scale=(256, 128), keep_ratio=True),
-    dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
-train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
-train_cfg = dict(max_iters={iters}, val_interval={iters})
-param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end={iters},
-                        by_epoch=False)]
-default_hooks = dict(checkpoint=dict(interval={iters}), logger=dict(interval=1))
-randomness = dict(seed=0)
-''')
-    return path
 
 
 @pytest.fixture(scope='module')
@@ -107,7 +69,7 @@ def test_cad_learned_mask_segmentation(cityscapes, tmp_path):
     KeepRatioLoss and the Gumbel temperature, then validates mIoU + SparsityMetric; the
     checkpoint evaluates the same in sparse ('auto' in eval) and dense execution."""
     config = tiny_cityscapes_config(tmp_path / 'deeplabv3_cad_learned_tiny.py',
-                                    SEGMENTATION['learned'], cityscapes['root'])
+                                    CAD / SEGMENTATION['learned'], cityscapes['root'])
     work_dir = tmp_path / 'work'
     out = run('tools/train.py', config, '--work-dir', work_dir)
     assert 'loss_sparsity' in out and 'keep_ratio' in out
@@ -140,7 +102,7 @@ def test_cad_edge_mask_segmentation(cityscapes, tmp_path):
     # 1 px (with 11 px nearly every block of a 128 x 256 street scene keeps full
     # resolution); the threshold stays 0.35.
     config = tiny_cityscapes_config(tmp_path / 'pspnet_cad_edge_tiny.py',
-                                    SEGMENTATION['edge'], cityscapes['root'],
+                                    CAD / SEGMENTATION['edge'], cityscapes['root'],
                                     'mask_source=dict(dilation=1)')
     work_dir = tmp_path / 'work'
     out = run('tools/train.py', config, '--work-dir', work_dir)

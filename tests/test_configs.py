@@ -149,6 +149,29 @@ def check_itd_config(model, cfg, hooks, stem):
             [s[0] for s in head.prior_generator.strides]
     if hasattr(model, 'roi_head'):
         assert list(model.roi_head.bbox_roi_extractor.featmap_strides) == [4, 8, 16, 32]
+def check_sfsi_config(model, cfg, hooks, stem):
+    """SFSI-ResNet: the name gives depth, DCN, the loss weight (w002 = 0.02) and a missing
+    grid prior; only the temperature is scheduled (fixed loss weight, no target); the
+    segmentation configs are dilated to output stride 8."""
+    backbone = model.backbone
+    assert f'_sfsi-r{backbone.depth}-' in stem
+    assert type(model.sparsity_loss).__name__ == 'SFSISparseLoss'
+    weight = model.sparsity_loss.loss_weight
+    assert f"-w{f'{weight:g}'.replace('.', '')}" in stem  # 0.02 -> w002, 0.1 -> w01
+    assert hooks == {'TemperatureHook'}
+    blocks = backbone.dynamic_blocks()
+    intervals = {block.grid_prior_interval for block in blocks}
+    assert intervals == ({None} if '-nogrid' in stem else {11})
+    deformable = [block.deformable for block in blocks]
+    if '-dcn-' in stem:
+        assert not any(deformable[:3]) and all(deformable[3:])
+    else:
+        assert not any(deformable)
+    assert {block.sampling for block in blocks} == {'stochastic'}
+    if '-d8-' in stem:
+        assert tuple(backbone.strides) == (1, 2, 1, 1)
+        assert tuple(backbone.dilations) == (1, 1, 2, 4) and backbone.deep_stem
+        assert backbone.contract_dilation
 
 
 #: one check per backbone type: what a config's name promises about its model
@@ -158,4 +181,5 @@ BACKBONE_CHECKS = {
     'CADResNet': check_cad_config,
     'ITDResNet': check_itd_config,
     'ITDResNeXt': check_itd_config,
+    'SFSIResNet': check_sfsi_config,
 }

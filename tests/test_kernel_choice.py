@@ -21,11 +21,13 @@ def reference(rows, matrix, bias):
 
 def assert_product(out, want):
     assert out.shape == want.shape and out.dtype == torch.float32
+    if not want.numel():
+        return
     assert float((out.double() - want).norm() / want.norm()) < 1e-6
 
 
 @pytest.mark.parametrize('impl', IMPLS)
-@pytest.mark.parametrize('shape', [(1, 3, 5), (37, 64, 256), (999, 2304, 67)])
+@pytest.mark.parametrize('shape', [(1, 3, 5), (37, 64, 256), (999, 2304, 67), (0, 16, 8)])
 def test_every_gemm_kernel_computes_the_product(impl, shape, monkeypatch):
     monkeypatch.setenv(ENV_PINS, f'gemm={impl},gemm_acc={impl}')
     m, k, n = shape

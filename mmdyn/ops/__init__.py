@@ -12,6 +12,9 @@ from .kernel_choice import kernel_choices, pin_kernel
 from .masker import PatchMasker
 from .patches import (PatchGrid, Window, active_patches, gather_windows, pair, patch_pixels,
                       pixel_rows, scatter_add_patches, upsample_patch_mask)
+from .pixel_sampling import (PixelMaskHead, apply_grid_prior, conv_rows, conv_tap_rows,
+                             interpolate_dense, interpolate_rows, sample_mask,
+                             sampled_pixels)
 from .sparse_conv import FoldedConv, fold_conv_bn
 
 __all__ = [
@@ -21,5 +24,6 @@ __all__ = [
     'PatchMasker', 'PatchGrid', 'Window', 'active_patches', 'gather_windows',
     'scatter_add_patches', 'upsample_patch_mask', 'pixel_rows', 'patch_pixels', 'pair',
     'FoldedConv', 'gemm', 'gemm_acc', 'kernel_choices', 'pin_kernel',
-    'fold_conv_bn'
+    'fold_conv_bn', 'PixelMaskHead', 'apply_grid_prior', 'conv_rows', 'conv_tap_rows',
+    'interpolate_dense', 'interpolate_rows', 'sample_mask', 'sampled_pixels'
 ]

@@ -9,6 +9,8 @@ channels-last ``[1, K, M, 1]`` map (no copy). Which is faster depends on the CPU
 The weights follow the activations' dtype (CPU autocast hands bf16 rows to fp32
 folded weights).
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -46,11 +48,13 @@ def _map_as_rows(out: Tensor) -> Tensor:
 
 
 def _conv1x1(rows: Tensor, matrix: Tensor, bias) -> Tensor:
+    if rows.shape[0] == 0:  # oneDNN refuses empty maps
+        return rows.new_zeros(0, matrix.shape[1])
     return _map_as_rows(F.conv2d(_rows_as_map(rows), _conv_weight(matrix), bias))
 
 
 def _gemm_addmm(rows, matrix, bias):
-    return torch.addmm(bias, rows, matrix)
+    return torch.mm(rows, matrix) if bias is None else torch.addmm(bias, rows, matrix)
 
 
 def _gemm_conv1x1(rows, matrix, bias):
@@ -101,8 +105,9 @@ def _follow(rows: Tensor, tensor):
     return tensor if tensor is None or tensor.dtype == rows.dtype else tensor.to(rows.dtype)
 
 
-def gemm(rows: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
-    """``bias + rows @ matrix`` -> ``[M, N]`` (rows made contiguous if they are not)."""
+def gemm(rows: Tensor, matrix: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``bias + rows @ matrix`` -> ``[M, N]`` (``bias`` may be None; rows are made
+    contiguous if they are not)."""
     rows = rows.contiguous()
     matrix, bias = _follow(rows, matrix), _follow(rows, bias)
     impl = CHOOSER.choose('gemm', _shape_class(rows, matrix))

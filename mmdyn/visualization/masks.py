@@ -1,11 +1,12 @@
 """Overlays of the patches each dynamic block selected, on the input image."""
+import dataclasses
 import math
 import os
 
 import cv2
 import numpy as np
 
-from mmdyn.ops import patch_extents
+from mmdyn.ops import PatchGrid, patch_extents
 
 SELECTED_TINT = np.array([255, 64, 32], dtype=np.float32)  # RGB
 
@@ -48,15 +49,27 @@ def _tiles(record, sample: int):
         yield f'{record.name}{suffix}', f'{record.name}{suffix} {size} r={rate:.2f}', group
 
 
+def _mask_views(record):
+    """The masks a block record holds: its own, and for SFSI-ResNet (records with a
+    ``conv1_mask``) conv1's and conv2's pixel masks as ``<block>.conv1`` / ``.conv2``."""
+    conv1 = getattr(record, 'conv1_mask', None)
+    if conv1 is None:
+        return [record]
+    grid = PatchGrid(conv1.shape[2], conv1.shape[3], 1)
+    return [dataclasses.replace(record, name=f'{record.name}.conv1', mask=conv1, grid=grid),
+            dataclasses.replace(record, name=f'{record.name}.conv2')]
+
+
 def save_block_overlays(image_rgb: np.ndarray, records, sample: int, input_hw,
                         out_dir: str, columns: int = 6) -> list:
     """Write one PNG per block and channel group (``<block>.png``, or
-    ``<block>.g<k>.png`` for SAR's G groups) and a mosaic (``all_blocks.png``) of the
-    patches every block computed for ``sample``; return the written paths."""
+    ``<block>.g<k>.png`` for SAR's G groups, ``<block>.conv1.png`` / ``.conv2.png`` for
+    SFSI's two sampled convs) and a mosaic (``all_blocks.png``) of the patches every
+    block computed for ``sample``; return the written paths."""
     os.makedirs(out_dir, exist_ok=True)
     image_hw = image_rgb.shape[:2]
     tiles, paths = [], []
-    for record in records.blocks:
+    for record in (view for block in records.blocks for view in _mask_views(block)):
         for name, label, group in _tiles(record, sample):
             selected = block_mask_on_input(record, sample, input_hw, image_hw, group)
             tile = overlay(image_rgb, selected, label)
@@ -102,3 +115,35 @@ def plot_sparsity_histograms(stats, path: str, bins: int = 20) -> dict:
 
     return dict(images=len(stats), activation_rate=summary(rates),
                 executed_gflops=summary(gflops), dense_gflops=dense)
+
+
+def plot_block_rates(stats, path: str) -> dict:
+    """Mean rate of every dynamic block over the images of ``stats`` (their
+    ``block_rates``), one bar per block (SFSI appendix Fig. 2 style); names ending in
+    ``.conv1`` / ``.conv2`` (SFSI's two sampled convs) become paired bars. Returns
+    ``{name: mean rate}``."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = list(stats[0]['block_rates'])
+    means = {n: float(np.mean([s['block_rates'][n] for s in stats])) for n in names}
+    series = {}
+    for name in names:
+        block, _, conv = name.rpartition('.')
+        key, block = (conv, block) if conv in ('conv1', 'conv2') and block else ('rate', name)
+        series.setdefault(key, {})[block] = means[name]
+    blocks = list(dict.fromkeys(b for values in series.values() for b in values))
+    width = 0.8 / len(series)
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.28 * len(blocks)), 3.2))
+    for k, (label, values) in enumerate(series.items()):
+        axis.bar(np.arange(len(blocks)) + (k - (len(series) - 1) / 2) * width,
+                 [values.get(b, np.nan) for b in blocks], width, label=label)
+    axis.set_xticks(np.arange(len(blocks)))
+    axis.set_xticklabels(blocks, rotation=90, fontsize=6)
+    axis.set_ylabel('mean sampling rate')
+    axis.set_ylim(0, 1)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return means

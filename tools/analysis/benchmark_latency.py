@@ -1,6 +1,9 @@
 """Latency of a dynamic backbone's sparse path against the dense ResNet.
 
-LAS-ResNet is compared with its dense twin (same weights); SAR-ResNet, whose
+LAS-ResNet and SFSI-ResNet are compared with their dense twins (same weights);
+SFSI's masks are pixel masks forced to the rate in every block (grid prior on top
+unless ``--grid-prior none``), with ``--profile`` a torch.profiler breakdown of its
+sparse forward per part. SAR-ResNet, whose
 architecture differs, with the plain ResNet of the same depth and with its own
 ``masked`` execution. Every network has BatchNorm folded and runs channels-last; the
 dynamic ones get masks forced to the given activation rates. Everything runs in one
@@ -12,6 +15,8 @@ and saves JSON.
     python tools/analysis/benchmark_latency.py --depth 101 --granularity 8 4 7 1
     python tools/analysis/benchmark_latency.py --arch sar --depth 50 --setting G2s2a2b1 \
         --threads 2 1
+    python tools/analysis/benchmark_latency.py --arch sfsi --depth 101 --rates 0.2 0.4 0.6 \
+        --profile
 """
 import argparse
 import copy
@@ -28,13 +33,21 @@ from mmdyn.analysis import (build_dense_resnet, build_dense_twin,  # noqa: E402
                             prepare_sar_for_timing, prepare_sparse_for_timing,
                             stage_flops, time_models)
 from mmdyn.analysis.complexity import dense_part_flops  # noqa: E402
+from mmdyn.analysis.sfsi import (build_sfsi_backbone, build_sfsi_dense_twin,  # noqa: E402
+                                 profile_sparse_parts)
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--arch', choices=('las', 'sar'), default='las')
+    parser.add_argument('--arch', choices=('las', 'sar', 'sfsi'), default='las')
     parser.add_argument('--depth', type=int, default=None,
-                        help='default: 101 for LAS, 50 for SAR')
+                        help='default: 101 for LAS and SFSI, 50 for SAR')
+    parser.add_argument('--grid-prior', default='11',
+                        help='SFSI: grid-prior step, or "none"')
+    parser.add_argument('--sparse-conv3', choices=('sampled', 'dense'), default='sampled',
+                        help='SFSI: conv3 on the sampled pixels or on every pixel')
+    parser.add_argument('--profile', action='store_true',
+                        help='SFSI: torch.profiler breakdown of the sparse forward per rate')
     parser.add_argument('--granularity', type=int, nargs='+', default=[8, 4, 7, 1],
                         help='LAS: patch size S per stage')
     parser.add_argument('--setting', default='G2s2a2b1', help='SAR: G<g>s<s>a<alpha>b<beta>')
@@ -51,7 +64,8 @@ def parse_args():
     parser.add_argument('--out', default=None, help='JSON path (default under work_dirs/)')
     args = parser.parse_args()
     if args.depth is None:
-        args.depth = 101 if args.arch == 'las' else 50
+        args.depth = 50 if args.arch == 'sar' else 101
+    args.grid_prior = None if args.grid_prior == 'none' else int(args.grid_prior)
     return args
 
 
@@ -67,6 +81,15 @@ def build_models(args):
         return models, [sparse], None, \
             f'LAS-ResNet-{args.depth} S={"-".join(map(str, args.granularity))}', \
             f'las-r{args.depth}-s{granularity}'
+    if args.arch == 'sfsi':
+        sfsi = build_sfsi_backbone(args.depth, grid_prior_interval=args.grid_prior,
+                                   sparse_conv3=args.sparse_conv3)
+        dense = build_sfsi_dense_twin(sfsi)
+        sparse = prepare_sparse_for_timing(sfsi)
+        prior = 'off' if args.grid_prior is None else f'k={args.grid_prior}'
+        return dict(dense=dense, sparse=sparse), [sparse], None, \
+            f'SFSI-ResNet-{args.depth} (grid prior {prior}, conv3 {args.sparse_conv3}) vs ' \
+            f'ResNet-{args.depth}', f'sfsi-r{args.depth}-grid{args.grid_prior}-{args.sparse_conv3}'
     sar = build_sar_backbone(args.depth, args.setting, args.mask_size,
                              min_input_size=min(args.input))
     masked = prepare_sar_for_timing(copy.deepcopy(sar), 'masked')
@@ -107,6 +130,10 @@ def measure(args, models, dynamic, dense_flops, x, parts, threads):
         total['latency_over_flops'] = total['sparse_latency_ratio'] / total['flops_ratio']
         print_rows(rate, threads, stages, total)
         runs.append(dict(threads=threads, rate=rate, stages=stages, total=total))
+        if getattr(args, 'profile', False) and args.arch == 'sfsi':
+            runs[-1]['profile'] = profile_sparse_parts(models['sparse'], x)
+            print('  sparse forward, ms per part:', ', '.join(
+                f'{k}={v:.1f}' for k, v in runs[-1]['profile']['parts_ms'].items()))
     return runs
 
 

@@ -1,0 +1,432 @@
+"""SFSI-ResNet: stochastic feature sampling and interpolation.
+
+Xie et al., "Spatially Adaptive Inference with Stochastic Feature Sampling and
+Interpolation", ECCV 2020 (and its appendix). In every bottleneck, two mask heads
+(3x3 conv from the block input to one logit, stride matched to the conv they serve)
+decide which output pixels of conv1 and of conv2 are computed:
+
+    p_i = sigmoid(l_i),  M_i = [sigmoid((l_i + g1 - g2) / tau) >= 0.5]      (Sec. 3.2)
+
+(Gumbel sampling, kept stochastic at inference with a low tau; or the deterministic
+Gumbel-softmax / ReLU-gating variants of Table 1), with the grid prior (Sec. 3.3)
+
+    M_i[..., ::k, ::k] = 1,
+
+and the unsampled pixels are filled after each conv (after BN + ReLU) by normalised
+Gaussian interpolation with a learnable width per layer (Eq. 3)
+
+    F' = M * F + (1 - M) * (G * (M * F)) / (G * M + eps).
+
+The block is  y = relu(x_identity + BN3(conv3(F2'))).  ``masked`` execution computes
+every conv densely and multiplies (training, the reference). ``sparse`` execution
+computes conv1 (one pixel-row gather + GEMM) and conv2 (tap-row gather + GEMM, or
+bilinear deformable taps with DCN) only at the sampled pixels, interpolates conv1's
+result with a separable blur, and (``sparse_conv3='sampled'``) moves conv3 before the
+second interpolation: conv3 acts on channels and Eq. 3 on space, both linearly, so
+
+    W3 F2' = M2 * (W3 F2) + (1 - M2) * (G * (M2 * W3 F2)) / (G * M2 + eps)
+
+exactly, and conv3 too runs on the sampled pixels only (its bias rides on the
+residual). ``sparse_conv3='dense'`` keeps the reference order (interpolate conv2's
+output, one GEMM for conv3 over every pixel, accumulated onto the residual).
+
+Sparse loss of a block (the reference's): 0.25 * mean(p_1) + 0.75 * mean(p_2).
+Module tree and parameter names are mmdet's ``ResNet`` / ``ResNeXt`` (plus
+``conv{1,2}_mask`` and ``conv{1,2}_sigma`` per block), so dense checkpoints load.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from mmdet.models.backbones.resnet import ResNet
+from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+from torch.profiler import record_function
+
+from mmdyn.ops import (BlockRecord, FoldedConv, ForwardRecord, PatchGrid, conv_macs,
+                       pixel_rows)
+from mmdyn.ops.gemm import gemm
+from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
+                                      blur_macs, check_grid_prior, check_kernel_size,
+                                      check_sampling_variant, conv_matrix, conv_rows,
+                                      conv_tap_rows, grouped_matmul, interpolate_dense,
+                                      interpolate_rows, pixel_rows_view, sample_mask,
+                                      sampled_pixels, with_zero_row)
+
+from .dynamic import DynamicBlockMixin, draw_forced_mask
+from .resnet_parts import DynamicResNetMixin, build_shortcut, first_block_dilation
+
+
+SPARSE_CONV3 = ('sampled', 'dense')
+
+
+def check_sparse_conv3(value: str) -> str:
+    if value not in SPARSE_CONV3:
+        raise ValueError(f'sparse_conv3={value!r} is not one of {SPARSE_CONV3}')
+    return value
+
+
+@dataclass
+class SFSIBlockRecord(BlockRecord):
+    """:class:`BlockRecord` of an SFSI bottleneck. ``mask`` / ``activation_rate`` are
+    conv2's (the block's output grid); ``conv1_mask`` / ``conv1_rate`` conv1's;
+    ``soft_masks`` the two soft masks the sparse loss averages."""
+    conv1_mask: Optional[Tensor] = None
+    conv1_rate: Optional[Tensor] = None
+    soft_masks: tuple = ()
+
+
+@dataclass
+class SampledMask:
+    hard: Tensor    # {0, 1} support, straight-through in training
+    value: Tensor   # what the computed features are multiplied by
+    soft: Tensor    # what the sparse loss averages
+
+
+class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
+    """mmdet (ResNeXt) Bottleneck with SFSI sampling of conv1 and conv2."""
+
+    def __init__(self, *args, block_name: str = '', sampling: str = 'stochastic',
+                 grid_prior_interval: Optional[int] = 11, interpolation_kernel: int = 7,
+                 init_sigma: float = 3.0, mask_init_bias: float = 3.0,
+                 test_temperature: float = 0.01, sparse_conv3: str = 'sampled', **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.style != 'pytorch':
+            raise ValueError(f"{block_name}: SFSIResNet needs style='pytorch' (stride on "
+                             f"the 3x3 conv), got style={self.style!r}")
+        if self.with_plugins or self.with_cp:
+            raise ValueError(f'{block_name}: SFSIResNet does not support plugins or '
+                             'with_cp=True')
+        self.init_dynamic(1, block_name)
+        self.sampling = check_sampling_variant(sampling)
+        self.grid_prior_interval = check_grid_prior(grid_prior_interval)
+        self.kernel_size = check_kernel_size(interpolation_kernel)
+        if not test_temperature > 0:
+            raise ValueError(f'test_temperature must be > 0, got {test_temperature}')
+        self.test_temperature = float(test_temperature)
+        self.sparse_conv3 = check_sparse_conv3(sparse_conv3)
+        self.conv1_mask = PixelMaskHead(self.inplanes, 1, mask_init_bias)
+        self.conv2_mask = PixelMaskHead(self.inplanes, self.conv2_stride, mask_init_bias)
+        self.conv1_sigma = nn.Parameter(torch.tensor(float(init_sigma)))
+        self.conv2_sigma = nn.Parameter(torch.tensor(float(init_sigma)))
+        self.generator = None  # shared by the backbone: seeded stochastic inference
+        self.deformable = hasattr(self.conv2, 'conv_offset')
+
+    # -- sampling --------------------------------------------------------------------
+
+    def sample(self, x: Tensor, out_hw):
+        """The two sampling masks, conv1's on the input grid, conv2's on the output."""
+        batch, _, height, width = x.shape
+        grids = (PatchGrid(height, width, 1), PatchGrid(*out_hw, 1))
+        if self.forced_rate is not None:  # benchmarks and tests: exact random rates
+            masks = []
+            for k, grid in enumerate(grids):
+                mask = draw_forced_mask(batch, grid, self.forced_rate,
+                                        self.forced_seed * 2 + k, x.device)
+                mask = apply_grid_prior(mask, self.grid_prior_interval)
+                masks.append(SampledMask(mask, mask, mask))
+            return masks
+        tau = self.temperature if self.training else self.test_temperature
+        masks = []
+        for head in (self.conv1_mask, self.conv2_mask):
+            hard, value, soft = sample_mask(head(x), self.sampling, tau, self.training,
+                                            self.generator)
+            masks.append(SampledMask(apply_grid_prior(hard, self.grid_prior_interval),
+                                     apply_grid_prior(value, self.grid_prior_interval),
+                                     soft))
+        return masks
+
+    # -- execution -------------------------------------------------------------------
+
+    def forward(self, x):
+        stride = self.conv2_stride
+        out_hw = ((x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1)
+        sparse = self.use_sparse_path()
+        with record_function('sfsi.mask_heads'):
+            mask1, mask2 = self.sample(x, out_hw)
+        if sparse:
+            out = self._forward_sparse(x, out_hw, mask1, mask2)
+        else:
+            out = self._forward_masked(x, mask1, mask2)
+        self._record(x, out_hw, mask1, mask2)
+        return out
+
+    def _forward_masked(self, x, mask1, mask2):
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = interpolate_dense(out, mask1.hard, self.conv1_sigma, self.kernel_size,
+                                mask1.value)                                     # Eq. 3
+        out = self.relu(self.norm2(self.conv2(out)))
+        out = interpolate_dense(out, mask2.hard, self.conv2_sigma, self.kernel_size,
+                                mask2.value)                                     # Eq. 3
+        out = self.norm3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+    def _forward_sparse(self, x, out_hw, mask1, mask2):
+        """Only the sampled pixels are computed (the record_function labels name the
+        parts for :func:`mmdyn.analysis.sfsi.profile_sparse_parts`)."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        batch, _, height, width = x.shape
+        with record_function('sfsi.conv1'):
+            # conv1 (1x1) on the sampled pixels: a row gather and one GEMM.
+            pixels1 = sampled_pixels(mask1.hard)
+            conv1 = self.folded('conv1', self.conv1, self.norm1)
+            rows = F.embedding(pixels1, pixel_rows(x))
+            hidden1 = gemm(rows, conv1.matrix, conv1.bias).relu_()
+            if self.sampling == 'relu':
+                hidden1.mul_(pixel_rows(mask1.value).index_select(0, pixels1))
+        with record_function('sfsi.interp1'):
+            out1 = interpolate_rows(hidden1, pixels1, mask1.hard, self.conv1_sigma.detach(),
+                                    self.kernel_size)                            # Eq. 3
+            table = with_zero_row(pixel_rows(out1))
+        with record_function('sfsi.conv2'):
+            # conv2 (3x3, strided / dilated / grouped / deformable) on its sampled pixels.
+            pixels2 = sampled_pixels(mask2.hard)
+            conv = self.conv2
+            taps = conv_tap_rows(pixels2, out_hw, (height, width), conv.stride[0],
+                                 conv.dilation[0], conv.padding[0],
+                                 zero_row=batch * height * width)
+            hidden2 = (self._deformable_rows(table, taps, pixels2, out_hw, (height, width))
+                       if self.deformable else
+                       conv_rows(table, taps, self._matrix('conv2'), self.folded(
+                           'conv2', self.conv2, self.norm2).bias)).relu_()
+            if self.sampling == 'relu':
+                hidden2.mul_(pixel_rows(mask2.value).index_select(0, pixels2))
+        with record_function('sfsi.conv3_interp2'):
+            conv3 = self.folded('conv3', self.conv3, self.norm3)
+            residual = self._residual_sparse(x, conv3.bias)       # identity + conv3's bias
+            if self.sparse_conv3 == 'sampled':
+                # conv3 before the interpolation (exact: both linear), on sampled pixels.
+                out = interpolate_rows(gemm(hidden2, conv3.matrix, None), pixels2, mask2.hard,
+                                       self.conv2_sigma.detach(), self.kernel_size,
+                                       base=residual)                            # Eq. 3
+            else:
+                # the reference order: interpolate conv2's output, conv3 on every pixel
+                # (one GEMM accumulating onto the residual).
+                out2 = interpolate_rows(hidden2, pixels2, mask2.hard,
+                                        self.conv2_sigma.detach(), self.kernel_size)
+                rows = gemm(pixel_rows_view(out2), conv3.matrix, None).add_(
+                    pixel_rows_view(residual))
+                out = rows.view(batch, *out_hw, -1).permute(0, 3, 1, 2)
+        return out.relu_()
+
+    def _matrix(self, name):
+        """conv2's BN-folded weights as grouped tap matrices (cached)."""
+        folded = self.folded(name, self.conv2, self.norm2)
+        return self.cached(f'{name}-matrix', (folded.weight,),
+                           lambda: conv_matrix(folded.weight, self.conv2.groups))
+
+    def _deformable_rows(self, table, taps, pixels, out_hw, in_hw):
+        """mmcv's modulated deformable conv (DCNv2) at the sampled pixels only: the
+        offset conv on their tap rows, then 9 bilinear taps per pixel, modulated."""
+        conv = self.conv2
+        offset_conv = conv.conv_offset
+        offset_matrix = self.cached('offset-matrix', (offset_conv.weight,),
+                                    lambda: conv_matrix(offset_conv.weight.detach()))
+        raw = conv_rows(table, taps, offset_matrix, offset_conv.bias.detach())
+        dy_dx = torch.cat(raw.chunk(3, dim=1)[:2], dim=1)             # [n, 18]: (dy, dx)
+        modulation = raw[:, 18:].sigmoid()                             # [n, 9]
+        out_h, out_w = out_hw
+        batch = pixels // (out_h * out_w)
+        y, x = (pixels // out_w) % out_h, pixels % out_w
+        k = torch.arange(3, device=pixels.device) * conv.dilation[0] - conv.padding[0]
+        ys = (y * conv.stride[0])[:, None, None] + k[None, :, None]
+        xs = (x * conv.stride[0])[:, None, None] + k[None, None, :]
+        ys = ys.expand(-1, 3, 3).reshape(-1, 9) + dy_dx[:, 0::2]
+        xs = xs.expand(-1, 3, 3).reshape(-1, 9) + dy_dx[:, 1::2]
+        samples = bilinear_tap_rows(table, ys, xs, batch, *in_hw) * modulation[..., None]
+        folded = self.folded('conv2', conv, self.norm2)
+        return grouped_matmul(samples, self._matrix('conv2'), folded.bias)
+
+    def _residual_sparse(self, x, conv3_bias):
+        """identity + conv3's folded bias, channels-last: the bias rides on the
+        shortcut conv's bias, or is added to the block input (in place when the
+        backbone never reads that input again)."""
+        if self.downsample is None:
+            if self.owns_input and not torch.is_grad_enabled():
+                return x.add_(conv3_bias.view(1, -1, 1, 1))
+            return x + conv3_bias.view(1, -1, 1, 1)
+        *pools, conv, bn = self.downsample
+        for pool in pools:
+            x = pool(x)
+        shortcut = self.folded('downsample', conv, bn)
+        biased = self.cached('downsample+bias', (shortcut.weight, conv3_bias), lambda: FoldedConv(
+            shortcut.weight, shortcut.bias + conv3_bias, shortcut.stride))
+        return biased(x).contiguous(memory_format=torch.channels_last)
+
+    # -- records ---------------------------------------------------------------------
+
+    def _record(self, x, out_hw, mask1, mask2):
+        """Dense and executed FLOPs (MACs) per sample, counted from the masks used:
+        mask heads, conv1/conv2/conv3 at the sampled pixels, the two separable
+        interpolations (numerator and normaliser), the shortcut."""
+        in_pixels = x.shape[2] * x.shape[3]
+        out_pixels = out_hw[0] * out_hw[1]
+        c_in, width = self.conv1.in_channels, self.conv1.out_channels
+        c_out = self.conv3.out_channels
+        conv1_per = conv_macs(c_in, width, 1)
+        conv2_per = conv_macs(width, width, 3, self.conv2.groups)
+        if self.deformable:
+            conv2_per += conv_macs(width, self.conv2.conv_offset.out_channels, 3)
+        conv3_per = conv_macs(width, c_out, 1)
+        shortcut = 0 if self.downsample is None else out_pixels * conv_macs(c_in, c_out, 1)
+        heads = self.conv1_mask.macs(in_pixels) + self.conv2_mask.macs(out_pixels)
+        sampled1 = mask1.hard.sum(dim=(1, 2, 3))
+        sampled2 = mask2.hard.sum(dim=(1, 2, 3))
+        dense = in_pixels * conv1_per + out_pixels * (conv2_per + conv3_per) + shortcut
+        executed = heads + shortcut + blur_macs(in_pixels, width + 1, self.kernel_size) \
+            + sampled1 * conv1_per + sampled2 * conv2_per
+        if self.sparse_conv3 == 'sampled':  # conv3 on sampled pixels, 4x wider blur
+            executed = executed + sampled2 * conv3_per \
+                + blur_macs(out_pixels, c_out + 1, self.kernel_size)
+        else:
+            executed = executed + out_pixels * conv3_per \
+                + blur_macs(out_pixels, width + 1, self.kernel_size)
+        self.record = SFSIBlockRecord(
+            name=self.block_name, mask=mask2.hard, activation_rate=sampled2 / out_pixels,
+            dense_flops=float(dense), executed_flops=executed,
+            grid=PatchGrid(*out_hw, 1), conv1_mask=mask1.hard,
+            conv1_rate=sampled1 / in_pixels, soft_masks=(mask1.soft, mask2.soft))
+
+
+@MODELS.register_module()
+class SFSIResNet(DynamicResNetMixin, ResNet):
+    """SFSI-ResNet (depth 50/101/152; ResNeXt through ``groups`` / ``base_width``).
+
+    Args (beyond mmdet's ``ResNet``; ``dcn`` / ``stage_with_dcn`` as there, DCNv2):
+        sampling: ``'stochastic'`` (Gumbel, noise kept at test), ``'deterministic'``
+            (Gumbel-softmax, thresholded at test) or ``'relu'`` (ReLU gating).
+        grid_prior_interval: every k-th pixel is always sampled; None disables it.
+        interpolation_kernel: size of the Gaussian interpolation kernel (odd).
+        init_sigma: initial inverse width of every interpolation kernel (learnable).
+        mask_init_bias: initial mask-head bias (3: masks start almost fully on).
+        temperature / test_temperature: Gumbel temperature in training (hooks change
+            it) and at inference.
+        sampling_seed: seed of the inference-time sampling noise (None: torch's RNG).
+        sparse_conv3: how the sparse path runs conv3: ``'sampled'`` (on the sampled
+            pixels, then the interpolation of its 4x wider output) or ``'dense'`` (the
+            reference order: interpolate conv2's output, conv3 on every pixel). Both
+            equal the masked network; they differ in cost (see docs/sfsi_resnet.md).
+        execution_mode: ``'auto'`` (masked in training, sparse in eval), ``'masked'``
+            or ``'sparse'`` (inference only).
+        contract_dilation: mmseg ``ResNetV1c`` semantics.
+    """
+    arch_settings = {
+        50: (SFSIBottleneck, (3, 4, 6, 3)),
+        101: (SFSIBottleneck, (3, 4, 23, 3)),
+        152: (SFSIBottleneck, (3, 8, 36, 3)),
+    }
+
+    def __init__(self, depth: int, groups: int = 1, base_width: int = 4,
+                 sampling: str = 'stochastic', grid_prior_interval: Optional[int] = 11,
+                 interpolation_kernel: int = 7, init_sigma: float = 3.0,
+                 mask_init_bias: float = 3.0, temperature: float = 1.0,
+                 test_temperature: float = 0.01, sampling_seed: Optional[int] = None,
+                 sparse_conv3: str = 'sampled',
+                 execution_mode: str = 'auto', contract_dilation: bool = False,
+                 multi_grid=None, num_stages: int = 4, dcn=None, **kwargs):
+        if depth not in self.arch_settings:
+            raise ValueError(f'depth={depth!r} is not supported by SFSIResNet; choose one '
+                             f'of {sorted(self.arch_settings)}')
+        if multi_grid is not None:
+            raise ValueError('multi_grid is not supported by SFSIResNet')
+        if not isinstance(num_stages, int) or not 1 <= num_stages <= 4:
+            raise ValueError(f'num_stages must be an int in [1, 4], got {num_stages!r}')
+        if dcn is not None:
+            if dcn.get('type') != 'DCNv2' or dcn.get('deform_groups', 1) != 1:
+                raise ValueError(f"dcn={dcn!r}: SFSIResNet supports dict(type='DCNv2', "
+                                 "deform_groups=1) (mmcv's modulated deformable conv)")
+            if dcn.get('fallback_on_stride'):
+                raise ValueError('dcn fallback_on_stride is not supported by SFSIResNet')
+        self.groups, self.base_width = groups, base_width
+        self.contract_dilation = contract_dilation
+        self.block_options = dict(
+            sampling=check_sampling_variant(sampling),
+            grid_prior_interval=check_grid_prior(grid_prior_interval),
+            interpolation_kernel=check_kernel_size(interpolation_kernel),
+            init_sigma=init_sigma, mask_init_bias=mask_init_bias,
+            test_temperature=test_temperature, sparse_conv3=check_sparse_conv3(sparse_conv3))
+        super().__init__(depth, num_stages=num_stages, dcn=dcn, **kwargs)
+        self.finish_dynamic_init(execution_mode, temperature)
+        self.set_sampling_seed(sampling_seed)
+
+    def set_sampling_seed(self, seed: Optional[int]):
+        """Reproducible stochastic inference: one generator, drawn block by block."""
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        for block in self.dynamic_blocks():
+            block.generator = generator
+
+    def sparsity_summary(self):
+        """Per-conv sampling rates: ``<block>.conv1`` and ``<block>.conv2`` (the mean
+        activation rate is then the mean over every sampled conv)."""
+        summary = super().sparsity_summary()
+        rates = {}
+        for forward in self._forward_records:
+            for block in forward.blocks:
+                rates.setdefault(f'{block.name}.conv1', []).append(block.conv1_rate)
+                rates.setdefault(f'{block.name}.conv2', []).append(block.activation_rate)
+        summary.block_rates = {name: torch.stack(r).mean(0) for name, r in rates.items()}
+        return summary
+
+    def set_sampling(self, variant: str):
+        check_sampling_variant(variant)
+        for block in self.dynamic_blocks():
+            block.sampling = variant
+
+    def set_sparse_conv3(self, value: str):
+        check_sparse_conv3(value)
+        for block in self.dynamic_blocks():
+            block.sparse_conv3 = value
+
+    def set_grid_prior(self, interval: Optional[int]):
+        interval = check_grid_prior(interval)
+        for block in self.dynamic_blocks():
+            block.grid_prior_interval = interval
+
+    def _freeze_stages(self):
+        """Frozen stages keep their dense weights frozen; the mask heads and kernel
+        widths are new and train (the blocks follow the backbone's mode)."""
+        super()._freeze_stages()
+        for stage in range(1, self.frozen_stages + 1):
+            for block in getattr(self, f'layer{stage}'):
+                block.training = self.training
+                for part in (block.conv1_mask, block.conv2_mask):
+                    part.train(self.training)
+                    part.requires_grad_(True)
+                block.conv1_sigma.requires_grad_(True)
+                block.conv2_sigma.requires_grad_(True)
+
+    def make_res_layer(self, block, inplanes, planes, num_blocks, stride=1, dilation=1,
+                       avg_down=False, conv_cfg=None, norm_cfg=dict(type='BN'), **kwargs):
+        """mmdet's ResLayer (ResNeXt widths) with mmseg's contract_dilation."""
+        stage = len(self.res_layers)
+        out_channels = planes * block.expansion
+        downsample = build_shortcut(inplanes, out_channels, stride, avg_down, conv_cfg,
+                                    norm_cfg)
+        first_dilation = first_block_dilation(dilation, self.contract_dilation)
+        blocks = []
+        for k in range(num_blocks):
+            first = k == 0
+            blocks.append(block(
+                inplanes=inplanes if first else out_channels, planes=planes,
+                stride=stride if first else 1,
+                dilation=first_dilation if first else dilation,
+                downsample=downsample if first else None, conv_cfg=conv_cfg,
+                norm_cfg=norm_cfg, groups=self.groups, base_width=self.base_width,
+                base_channels=self.base_channels, block_name=f'layer{stage + 1}.{k}',
+                **self.block_options, **kwargs))
+        return nn.Sequential(*blocks)
+
+    def forward(self, x):
+        x, stem_flops = self.stem_forward(x)
+        outs, records = [], []
+        for i, layer_name in enumerate(self.res_layers):
+            for block in getattr(self, layer_name):
+                x = block(x)
+                records.append(block.record)
+            if i in self.out_indices:
+                outs.append(x.contiguous())  # plain NCHW, as the dense ResNet returns
+        self.store_forward_record(ForwardRecord({'stem': stem_flops}, records))
+        return tuple(outs)
