@@ -11,6 +11,10 @@ _EXPORTS = {
     'VOC_CLASSES': 'voc_fixture', 'build_voc_fixture': 'voc_fixture',
     'CITYSCAPES_CLASSES': 'cityscapes_fixture',
     'build_cityscapes_fixture': 'cityscapes_fixture',
+    'build_hpatches_fixture': 'hpatches_fixture',
+    'EXCLUDED_SEQUENCES': 'hpatches', 'HPatchesSequence': 'hpatches',
+    'read_sequence': 'hpatches', 'list_sequences': 'hpatches', 'load_image': 'hpatches',
+    'read_homography': 'hpatches',
 }
 __all__ = list(_EXPORTS)
 
