@@ -36,8 +36,12 @@ def random_vgg_state(seed=0, with_conv5=True):
     return state
 
 
-def reference_forward(state, x, dilations, pools, final_relu=True, avg_pool3=False):
-    """VGG16 conv1_1 ... conv4_3 as a chain of F.conv2d / F.max_pool2d calls."""
+NAMES = [c[0] for c in VGG16_CONVS]
+
+
+def reference_forward(params, x, dilations, pools, final_relu=True, avg_pool3=False):
+    """VGG16 conv1_1 ... conv4_3 as a chain of F.conv2d / F.max_pool2d calls;
+    ``params``: {conv name: (weight, bias)}."""
     blocks = [2, 2, 3, 3]
     k = 0
     for block, count in enumerate(blocks):
@@ -47,7 +51,7 @@ def reference_forward(state, x, dilations, pools, final_relu=True, avg_pool3=Fal
             elif avg_pool3 and block == 3:
                 x = F.avg_pool2d(x, 2, 1)
         for _ in range(count):
-            w, b = state[f'features.{TV_INDEX[k]}.weight'], state[f'features.{TV_INDEX[k]}.bias']
+            w, b = params[NAMES[k]]
             d = dilations[block]
             x = F.conv2d(x, w, b, padding=d, dilation=d)
             k += 1
@@ -56,8 +60,13 @@ def reference_forward(state, x, dilations, pools, final_relu=True, avg_pool3=Fal
     return x
 
 
+def own_params(net):
+    return {n: (getattr(net, n).weight, getattr(net, n).bias) for n in NAMES}
+
+
 LAYOUTS = {8: ((1, 1, 1, 1), (True, True, True)), 4: ((1, 1, 1, 2), (True, True, False)),
            2: ((1, 1, 2, 4), (True, False, False)), 1: ((1, 2, 4, 8), (False, False, False))}
+NARROW = 8   # base_channels: VGG16's layout at 1/8 width keeps the layout tests fast
 
 
 @pytest.fixture(scope='module')
@@ -70,41 +79,52 @@ def tv_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize('output_stride', [8, 4, 2, 1])
 def test_each_output_stride_is_the_vgg_chain_with_pools_removed_and_dilations_doubled(
-        tv_checkpoint, output_stride):
-    state, path = tv_checkpoint
-    net = D2NetVGG(output_stride=output_stride, checkpoint=path).eval()
+        output_stride):
+    torch.manual_seed(output_stride)
+    net = D2NetVGG(output_stride=output_stride, base_channels=NARROW).eval()
     x = torch.randn(1, 3, 32, 40)
     dilations, pools = LAYOUTS[output_stride]
     with torch.no_grad():
         out, = net(x)
-        ref = reference_forward(state, x, dilations, pools)
-    assert out.shape == (1, 512, 32 // output_stride, 40 // output_stride)
+        ref = reference_forward(own_params(net), x, dilations, pools)
+    assert out.shape == (1, 8 * NARROW, 32 // output_stride, 40 // output_stride)
     assert torch.allclose(out, ref, atol=1e-5 * ref.abs().max())
+    full = D2NetVGG(output_stride=output_stride)
     kept = {8: 3, 4: 2, 2: 1, 1: 0}[output_stride]
     blocks = [1, 1, 2, 2, 3, 3, 3, 4, 4, 4]
     expected = sum(c_in * c_out * 9 * (32 // 2 ** min(b - 1, kept)) * (40 // 2 ** min(b - 1, kept))
                    for (_, c_in, c_out), b in zip(VGG16_CONVS, blocks))
-    assert net.macs(32, 40) == expected
+    assert full.macs(32, 40) == expected
 
 
 def test_macs_match_mmengine_flop_analyzer():
     from mmengine.analysis import FlopAnalyzer
     for output_stride in (8, 1):
-        net = D2NetVGG(output_stride=output_stride).eval()
+        net = D2NetVGG(output_stride=output_stride, base_channels=NARROW).eval()
         counted = FlopAnalyzer(net, torch.zeros(1, 3, 24, 40)).unsupported_ops_warnings(False)
         assert net.macs(24, 40) == counted.total()
 
 
-def test_d2net_test_model_pool3_and_no_final_relu(tv_checkpoint):
-    state, path = tv_checkpoint
-    net = D2NetVGG(output_stride=4, d2net_pool3=True, final_relu=False, checkpoint=path).eval()
+def test_d2net_test_model_pool3_and_no_final_relu():
+    net = D2NetVGG(output_stride=4, d2net_pool3=True, final_relu=False,
+                   base_channels=NARROW).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         out, = net(x)
-        ref = reference_forward(state, x, (1, 1, 1, 2), (True, True, False), final_relu=False,
-                                avg_pool3=True)
-    assert out.shape == (1, 512, 7, 7) and bool((out < 0).any())
+        ref = reference_forward(own_params(net), x, (1, 1, 1, 2), (True, True, False),
+                                final_relu=False, avg_pool3=True)
+    assert out.shape == (1, 8 * NARROW, 7, 7) and bool((out < 0).any())
     assert torch.allclose(out, ref, atol=1e-5 * ref.abs().max())
+
+
+def test_torchvision_state_dict_conversion_drops_conv5_and_the_classifier(tv_checkpoint):
+    state, path = tv_checkpoint
+    net = D2NetVGG(output_stride=1, checkpoint=path)
+    assert net.weights_source == 'torchvision' and net.mean_bgr == BGR_MEANS['torchvision']
+    for name, index in zip(NAMES, TV_INDEX):
+        assert torch.equal(getattr(net, name).weight, state[f'features.{index}.weight'])
+        assert torch.equal(getattr(net, name).bias, state[f'features.{index}.bias'])
+    assert net.conv4_1.dilation == (8, 8)
 
 
 def test_d2net_file_conversion(tmp_path, tv_checkpoint):
@@ -254,14 +274,15 @@ def test_refinement_and_bilinear_sampling_against_dense_references():
 
 def test_d2net_detector_single_and_multiscale_on_a_real_image():
     image = cv2.resize(skdata.astronaut(), (64, 48))
-    extractor = D2NetFeatures(backbone=dict(type='D2NetVGG', output_stride=4), detector='d2net')
+    narrow = dict(type='D2NetVGG', output_stride=4, base_channels=NARROW)
+    extractor = D2NetFeatures(backbone=narrow, detector='d2net')
     out = extractor(image)
     n = len(out['keypoints'])
-    assert n > 0 and out['descriptors'].shape == (n, 512) and out['scores'].shape == (n,)
+    assert n > 0 and out['descriptors'].shape == (n, 8 * NARROW) and out['scores'].shape == (n,)
     assert np.allclose(np.linalg.norm(out['descriptors'], axis=1), 1, atol=1e-4)
     assert (out['keypoints'] >= 0).all() and (out['keypoints'][:, 0] < 64).all()
     assert out['macs'] == extractor.backbone.macs(48, 64)
-    multi = D2NetFeatures(backbone=dict(type='D2NetVGG', output_stride=4), detector='d2net',
+    multi = D2NetFeatures(backbone=narrow, detector='d2net',
                           scales=(0.5, 1, 2))(image)
     assert multi['keypoints'].shape[1] == 3
     assert set(np.unique(multi['keypoints'][:, 2]).round(3)) <= {2.0, 1.0, 0.5}
@@ -276,24 +297,26 @@ def test_sift_mode_samples_the_dense_map_at_the_strongest_distinct_keypoints():
     found = cv2.SIFT_create().detect(grey, None)
     assert max(k.response for k in found) == pytest.approx(
         max(k.response for k in found if round(k.pt[0]) == yx[0, 1] and round(k.pt[1]) == yx[0, 0]))
-    extractor = D2NetFeatures(backbone=dict(type='D2NetVGG', output_stride=8), detector='sift',
-                              num_keypoints=40, normalize=False)
+    narrow = dict(type='D2NetVGG', output_stride=8, base_channels=NARROW)
+    extractor = D2NetFeatures(backbone=narrow, detector='sift', num_keypoints=40, normalize=False)
     out = extractor(image)
     with torch.no_grad():
         dense, = extractor.backbone(caffe_preprocess(image, extractor.backbone.mean_bgr))
     cells = np.rint(yx * np.array([(10 - 1) / 79, (12 - 1) / 95])).astype(int)
     assert np.allclose(out['descriptors'], dense[0][:, cells[:, 0], cells[:, 1]].t().numpy())
     assert np.allclose(out['keypoints'], yx[:, ::-1])
-    bilinear = D2NetFeatures(backbone=dict(type='D2NetVGG', output_stride=8), detector='sift',
-                             num_keypoints=40, sampling='bilinear')(image)
-    assert bilinear['descriptors'].shape == (40, 512)
+    bilinear = D2NetFeatures(backbone=narrow, detector='sift', num_keypoints=40,
+                             sampling='bilinear')(image)
+    assert bilinear['descriptors'].shape == (40, 8 * NARROW)
+    assert np.allclose(np.linalg.norm(bilinear['descriptors'], axis=1), 1, atol=1e-4)
     sift = SiftFeatures(num_keypoints=40)(image)
     assert np.allclose(sift['keypoints'], yx[:, ::-1]) and sift['descriptors'].shape == (40, 128)
 
 
 def test_an_image_without_keypoints_gives_empty_features_not_a_crash():
     flat = np.full((64, 64, 3), 128, np.uint8)
-    for extractor in (D2NetFeatures(backbone=dict(type='D2NetVGG', output_stride=8)),
+    for extractor in (D2NetFeatures(backbone=dict(type='D2NetVGG', output_stride=8,
+                                                  base_channels=NARROW)),
                       SiftFeatures()):
         out = extractor(flat)
         assert out['keypoints'].shape[0] == 0 and out['descriptors'].shape[0] == 0
