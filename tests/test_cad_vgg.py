@@ -164,3 +164,21 @@ def test_bad_cad_settings_are_clear_errors():
         cad(torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match='list of 2 masks'):
         cad.set_masks([torch.ones(1, 4, 4)])
+
+
+def test_cell_conv_with_the_onednn_product_equals_conv3x3_rows_and_f_conv2d():
+    import torch.nn.functional as F
+    from mmdyn.ops import fold_conv_bn
+    from mmdyn.ops.cell_conv import conv3x3_cells, matrix_to_1x1
+    from mmdyn.ops.multires import conv3x3_rows, rows_to_dense
+    g = torch.Generator().manual_seed(5)
+    conv = torch.nn.Conv2d(6, 10, 3, padding=2, dilation=2)
+    x = torch.randn(2, 6, 9, 11, generator=g)
+    layout = CellLayout.full(2, 9, 11)
+    folded = fold_conv_bn(conv, None)
+    taps = layout.tap_rows(layout.positions, 2)
+    rows = dense_to_rows(x, layout)
+    cells = conv3x3_cells(rows, taps, matrix_to_1x1(folded.matrix), folded.bias, chunk_rows=7)
+    assert torch.allclose(cells, conv3x3_rows(rows, taps, folded.matrix, folded.bias), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(rows_to_dense(cells, layout), conv(x), atol=1e-5)

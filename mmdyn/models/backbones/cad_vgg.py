@@ -15,7 +15,8 @@ is (Guarantee 2).
 ``dense`` execution is the reference: the dilated network on the full grid, every
 conv output replaced by its cells' values. ``sparse`` execution computes only the
 active cells as rows (one gather of the nine taps and one matrix product per conv,
-:func:`~mmdyn.ops.multires.conv3x3_rows`), the adaptive pools on rows
+:func:`~mmdyn.ops.cell_conv.conv3x3_cells`, CAD-ResNet's ``conv3x3_rows`` with the
+product run by oneDNN), the adaptive pools on rows
 (:func:`~mmdyn.ops.cell_pool.max_pool_rows`). Multiply-adds are counted per conv from
 the cells it computes.
 """
@@ -25,9 +26,10 @@ from mmengine.registry import MODELS
 from torch import Tensor
 
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
+from mmdyn.ops.cell_conv import conv3x3_cells, matrix_to_1x1
 from mmdyn.ops.cell_pool import max_pool_rows
 from mmdyn.ops.multires import (CellLayout, adaptive_downsample, block_grid, check_keep_mask,
-                                conv3x3_rows, dense_to_rows, fill_cells, rows_to_dense,
+                                dense_to_rows, fill_cells, rows_to_dense,
                                 step_levels)
 from .d2net_vgg import BLOCKS, D2NetVGG, check_output_stride
 from .dynamic import DynamicBackboneMixin
@@ -193,24 +195,22 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
         return CellFeatures(x, layout) if sparse else x
 
     def _conv_rows(self, conv, rows: Tensor, layout: CellLayout) -> Tensor:
-        folded = self._folded(conv)
+        folded, kernel_1x1 = self._folded(conv)
         key = (id(layout), folded.dilation)
         if key not in self._taps_cache:
             self._taps_cache = {k: v for k, v in self._taps_cache.items() if k[0] == id(layout)}
             self._taps_cache[key] = layout.tap_rows(layout.positions, folded.dilation)
-        taps = self._taps_cache[key]
-        out = rows.new_empty(taps.shape[0], folded.out_channels)
-        for start in range(0, taps.shape[0], self.chunk_rows):
-            stop = start + self.chunk_rows
-            out[start:stop] = conv3x3_rows(rows, taps[start:stop], folded.matrix, folded.bias)
-        return out
+        return conv3x3_cells(rows, self._taps_cache[key], kernel_1x1, folded.bias,
+                             self.chunk_rows)
 
     def _folded(self, conv):
-        """The conv as a ``[9 C_in, C_out]`` matrix (cached per weights version)."""
+        """The conv as a :class:`FoldedConv` and its ``[C_out, 9 C_in, 1, 1]`` kernel in
+        (kernel-row, kernel-col, channel) order (cached per weights version)."""
         key = (id(conv.weight), conv.weight._version, id(conv.bias), conv.bias._version)
         cache = conv.__dict__.setdefault('_cad_fold_cache', (None, None))
         if cache[0] != key:
-            conv.__dict__['_cad_fold_cache'] = (key, fold_conv_bn(conv, None))
+            folded = fold_conv_bn(conv, None)
+            conv.__dict__['_cad_fold_cache'] = (key, (folded, matrix_to_1x1(folded.matrix)))
         return conv.__dict__['_cad_fold_cache'][1]
 
     @staticmethod

@@ -158,9 +158,8 @@ class D2NetFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, image_rgb: np.ndarray) -> dict:
         sized = fit_image(image_rgb, self.max_edge, self.max_sum_edges, 8, self.size_mode)
-        x = torch.from_numpy(np.ascontiguousarray(
-            sized.image[:, :, ::-1].astype(np.float32)
-            - np.asarray(self.backbone.mean_bgr, np.float32)).transpose(2, 0, 1))[None]
+        from mmdyn.models.backbones.d2net_vgg import caffe_preprocess  # (import cycle)
+        x = caffe_preprocess(sized.image, self.backbone.mean_bgr)
         dim = self.backbone.conv4_3.out_channels
         if self.detector == 'sift':
             return self._sift_mode(sized, x, dim)
