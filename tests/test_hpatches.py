@@ -131,3 +131,16 @@ def test_bad_sequences_are_clear_errors(tmp_path, fixture_root):
         read_sequence(str(small))
     with pytest.raises(FileNotFoundError, match='does not exist'):
         list_sequences(str(tmp_path / 'nowhere'))
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_keypoint_modules_resolve_in_both_scopes(scope):
+    import importlib
+    from mmengine.registry import DefaultScope
+    registry = importlib.import_module(f'{scope}.registry')
+    with DefaultScope.overwrite_default_scope(scope):
+        for name in ('D2NetVGG', 'CADVGG', 'SiftKeypointMask', 'D2NetFeatures', 'SiftFeatures',
+                     'HPatchesFeatureModel'):
+            assert registry.MODELS.get(name) is not None, name
+        assert registry.METRICS.get('HPatchesMMAMetric') is not None
+        assert registry.DATASETS.get('HPatchesDataset') is not None
