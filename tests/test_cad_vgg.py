@@ -182,3 +182,11 @@ def test_cell_conv_with_the_onednn_product_equals_conv3x3_rows_and_f_conv2d():
     assert torch.allclose(cells, conv3x3_rows(rows, taps, folded.matrix, folded.bias), atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(rows_to_dense(cells, layout), conv(x), atol=1e-5)
+
+
+def test_separable_dilation_equals_the_square_max_pool():
+    from mmdyn.models.mask_sources.basic import dilate
+    from mmdyn.models.mask_sources.sift_keypoints import separable_dilate
+    pixels = torch.rand(2, 23, 31, generator=torch.Generator().manual_seed(1)) > 0.97
+    for size in (1, 3, 9, 25):
+        assert torch.equal(separable_dilate(pixels, size), dilate(pixels, size))

@@ -132,7 +132,8 @@ def plot_mma_vs_macs(results: dict, path: str, threshold: int = 3) -> str:
         value = m[f'mma@{threshold}']
         if m['gmacs'] == 0:
             ax.axhline(value, color='grey', linestyle='--', linewidth=1)
-            ax.annotate(name, (0, value), textcoords='offset points', xytext=(4, 3), fontsize=8)
+            ax.text(0.01, value, f' {name} (no network)', transform=ax.get_yaxis_transform(),
+                    va='bottom', fontsize=8, color='grey')
             continue
         colour = 'tab:red' if name.startswith('cad') else 'tab:blue'
         ax.scatter([m['gmacs']], [value], color=colour, zorder=3)

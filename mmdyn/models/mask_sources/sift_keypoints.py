@@ -12,9 +12,11 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch import Tensor
 
+from .basic import blocks_any
 from .keypoint_oracle import KeypointMask
 
 #: output-stride-1 dilation triplets (pool1, pool2, pool3) whose HPatches results
@@ -82,7 +84,27 @@ class SiftKeypointMask(KeypointMask):
             saliency[b, yx[:, 0], yx[:, 1]] = True
         return saliency.to(inputs.device)
 
+    @torch.no_grad()
     def forward(self, inputs, features, grids):
         if self.output_stride is None:
             raise ValueError('SiftKeypointMask.output_stride is unset (CADVGG sets it)')
-        return super().forward(inputs, features, grids)
+        if len(self.dilations) < len(grids):
+            raise ValueError(f'SiftKeypointMask has {len(self.dilations)} dilation(s) '
+                             f'{self.dilations} but the backbone has {len(grids)} adaptive '
+                             'downsampling steps: give one dilation per step')
+        saliency = self.saliency(inputs)
+        stride = self.output_stride
+        return [blocks_any(separable_dilate(saliency, self.dilations[step])[:, ::stride, ::stride],
+                           grid, 2 ** (step + 1))
+                for step, grid in enumerate(grids)]
+
+
+def separable_dilate(pixels: Tensor, size: int) -> Tensor:
+    """Square dilation of a ``[B, h, w]`` bool map as a row max then a column max
+    (the same result as one ``size x size`` max-pool at 2 / size of its cost, which
+    matters at full resolution with dilations of 51)."""
+    if size == 1:
+        return pixels
+    x = pixels.float().unsqueeze(1)
+    x = F.max_pool2d(x, (size, 1), 1, (size // 2, 0))
+    return F.max_pool2d(x, (1, size), 1, (0, size // 2))[:, 0] > 0.5
