@@ -29,7 +29,7 @@ from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_con
 from mmdyn.ops.cell_conv import conv3x3_cells, matrix_to_1x1
 from mmdyn.ops.cell_pool import max_pool_rows
 from mmdyn.ops.multires import (CellLayout, adaptive_downsample, block_grid, check_keep_mask,
-                                dense_to_rows, fill_cells, rows_to_dense,
+                                fill_cells, rows_to_dense,
                                 step_levels)
 from .d2net_vgg import BLOCKS, D2NetVGG, check_output_stride
 from .dynamic import DynamicBackboneMixin
@@ -163,13 +163,14 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
                     x = self.pool(x, block - 1)
                 elif layout is None:  # the first adaptive pool: from the dense map
                     masks = self.keep_masks(inputs, x)
-                    levels = torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.long,
-                                         device=x.device)
-                    x, levels = adaptive_downsample(x, levels, masks[0], 1, 'max')
-                    layout = CellLayout.from_levels(levels)
-                    if sparse:
-                        x = dense_to_rows(x.contiguous(memory_format=torch.channels_last),
-                                          layout)
+                    full = CellLayout.full(x.shape[0], *x.shape[2:], device=x.device)
+                    if sparse:  # every pixel a row (a free view of a channels-last map)
+                        pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+                        layout = CellLayout.from_levels(step_levels(full.levels, masks[0], 1))
+                        x = max_pool_rows(pixels, full, layout, 1)
+                    else:
+                        x, levels = adaptive_downsample(x, full.levels, masks[0], 1, 'max')
+                        layout = CellLayout.from_levels(levels)
                 else:
                     levels = step_levels(layout.levels, masks[step - 1], step)
                     new_layout = CellLayout.from_levels(levels)
@@ -185,8 +186,9 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
                     x = self.activate(name, conv(x))
                     static[name] = float(x.shape[2] * x.shape[3] * self._macs(conv))
                     continue
-                if sparse:
-                    x = self.activate(name, self._conv_rows(conv, x, layout))
+                if sparse:  # the conv output is fresh: activate in place
+                    x = self._conv_rows(conv, x, layout)
+                    x = x if self.is_last(name) and not self.final_relu else x.relu_()
                 else:
                     x = fill_cells(self.activate(name, conv(x)), layout)
                 records.append(self._record(name, conv, layout, masks, block))
