@@ -13,6 +13,10 @@ _EXPORTS = {
     'build_cityscapes_fixture': 'cityscapes_fixture',
     'DIGIT_CLASSES': 'digits_fixture', 'build_digits_fixture': 'digits_fixture',
     'check_digits_root': 'digits_fixture',
+    'build_hpatches_fixture': 'hpatches_fixture',
+    'EXCLUDED_SEQUENCES': 'hpatches', 'HPatchesSequence': 'hpatches',
+    'read_sequence': 'hpatches', 'list_sequences': 'hpatches', 'load_image': 'hpatches',
+    'read_homography': 'hpatches',
 }
 __all__ = list(_EXPORTS)
 

@@ -1,0 +1,37 @@
+"""Adaptive max-pooling of a multi-resolution map held as rows (CAD for VGG-type
+networks, Hesse et al., CVPR-W 2023, Eq. 2 with max pooling).
+
+Step ``s`` merges the 2^s x 2^s blocks that the new level map puts at level ``s``: each
+such block consists of four level-(s-1) cells, its value is their channel-wise maximum
+(exactly a 2x2 max-pool of the coarser map). Every other cell keeps its row. Works on
+the rows of :class:`~mmdyn.ops.multires.CellLayout` (``[n_cells, C]``), so the cost is
+linear in the number of cells, not in the image area.
+"""
+import torch
+from torch import Tensor
+
+from .multires import CellLayout
+
+
+def max_pool_rows(rows: Tensor, source: CellLayout, target: CellLayout, step: int) -> Tensor:
+    """``target``'s rows from ``source``'s ``rows`` after adaptive max-pool step
+    ``step`` (``target.levels`` = :func:`~mmdyn.ops.multires.step_levels` of
+    ``source.levels``). Children of a merged block that lie outside the map are
+    skipped (as a ceil-mode max-pool does)."""
+    positions = target.positions
+    out = rows.index_select(0, source.rows_at(positions))
+    merged = target.levels[positions[:, 0], positions[:, 1], positions[:, 2]] == step
+    index = merged.nonzero()[:, 0]
+    if index.numel() == 0:
+        return out
+    corner = positions.index_select(0, index)
+    _, height, width = target.shape
+    half = 2 ** (step - 1)
+    best = out.index_select(0, index)
+    for dy, dx in ((0, half), (half, 0), (half, half)):
+        child = corner + corner.new_tensor([0, dy, dx])
+        inside = (child[:, 1] < height) & (child[:, 2] < width)
+        child = torch.where(inside[:, None], child, corner)
+        best = torch.maximum(best, rows.index_select(0, source.rows_at(child)))
+    out.index_copy_(0, index, best)
+    return out
