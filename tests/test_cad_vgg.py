@@ -166,10 +166,8 @@ def test_bad_cad_settings_are_clear_errors():
         cad.set_masks([torch.ones(1, 4, 4)])
 
 
-def test_cell_conv_with_the_onednn_product_equals_conv3x3_rows_and_f_conv2d():
-    import torch.nn.functional as F
+def test_chunked_cell_conv_equals_the_unchunked_one_and_f_conv2d():
     from mmdyn.ops import fold_conv_bn
-    from mmdyn.ops.cell_conv import conv3x3_cells, matrix_to_1x1
     from mmdyn.ops.multires import conv3x3_rows, rows_to_dense
     g = torch.Generator().manual_seed(5)
     conv = torch.nn.Conv2d(6, 10, 3, padding=2, dilation=2)
@@ -178,7 +176,7 @@ def test_cell_conv_with_the_onednn_product_equals_conv3x3_rows_and_f_conv2d():
     folded = fold_conv_bn(conv, None)
     taps = layout.tap_rows(layout.positions, 2)
     rows = dense_to_rows(x, layout)
-    cells = conv3x3_cells(rows, taps, matrix_to_1x1(folded.matrix), folded.bias, chunk_rows=7)
+    cells = conv3x3_rows(rows, taps, folded.matrix, folded.bias, chunk_rows=7)
     assert torch.allclose(cells, conv3x3_rows(rows, taps, folded.matrix, folded.bias), atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(rows_to_dense(cells, layout), conv(x), atol=1e-5)

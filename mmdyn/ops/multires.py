@@ -163,13 +163,26 @@ def fill_cells(x: Tensor, layout: CellLayout) -> Tensor:
     return rows_to_dense(dense_to_rows(x, layout), layout)
 
 
-def conv3x3_rows(rows: Tensor, taps: Tensor, matrix: Tensor, bias: Tensor) -> Tensor:
+def conv3x3_rows(rows: Tensor, taps: Tensor, matrix: Tensor, bias: Tensor,
+                 chunk_rows: int = 16384) -> Tensor:
     """A 3x3 conv on cells: gather the 9 taps of every output cell (``taps`` from
     :meth:`CellLayout.tap_rows`) and multiply by the ``[9 * C_in, C_out]`` matrix
-    (kernel-row, kernel-col, channel order, as :class:`FoldedConv.matrix`)."""
+    (kernel-row, kernel-col, channel order, as :class:`FoldedConv.matrix`), with the
+    measured GEMM kernel (:func:`~mmdyn.ops.gemm.gemm`). ``chunk_rows`` output cells
+    per gather-and-multiply bound the gathered buffer, which all chunks reuse (fresh
+    large buffers cost page faults)."""
     padded = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
-    gathered = F.embedding(taps.view(-1), padded).view(taps.shape[0], -1)
-    return gemm(gathered, matrix, bias)
+    if taps.shape[0] <= chunk_rows:
+        gathered = F.embedding(taps.view(-1), padded).view(taps.shape[0], -1)
+        return gemm(gathered, matrix, bias)
+    out = rows.new_empty(taps.shape[0], matrix.shape[1])
+    buffer = rows.new_empty(chunk_rows * taps.shape[1], rows.shape[1])
+    for start in range(0, taps.shape[0], chunk_rows):
+        chunk = taps[start:start + chunk_rows]
+        gathered = buffer[:chunk.numel()]
+        torch.index_select(padded, 0, chunk.reshape(-1), out=gathered)
+        out[start:start + chunk.shape[0]] = gemm(gathered.view(chunk.shape[0], -1), matrix, bias)
+    return out
 
 
 def adaptive_downsample(x: Tensor, levels: Tensor, keep: Tensor, step: int,

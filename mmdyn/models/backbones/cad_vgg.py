@@ -15,8 +15,8 @@ is (Guarantee 2).
 ``dense`` execution is the reference: the dilated network on the full grid, every
 conv output replaced by its cells' values. ``sparse`` execution computes only the
 active cells as rows (one gather of the nine taps and one matrix product per conv,
-:func:`~mmdyn.ops.cell_conv.conv3x3_cells`, CAD-ResNet's ``conv3x3_rows`` with the
-product run by oneDNN), the adaptive pools on rows
+:func:`~mmdyn.ops.multires.conv3x3_rows`, as in CAD-ResNet, chunked, with the GEMM
+kernel measured on the running CPU), the adaptive pools on rows
 (:func:`~mmdyn.ops.cell_pool.max_pool_rows`). Multiply-adds are counted per conv from
 the cells it computes.
 """
@@ -26,10 +26,9 @@ from mmengine.registry import MODELS
 from torch import Tensor
 
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
-from mmdyn.ops.cell_conv import conv3x3_cells, matrix_to_1x1
 from mmdyn.ops.cell_pool import max_pool_rows
 from mmdyn.ops.multires import (CellLayout, adaptive_downsample, block_grid, check_keep_mask,
-                                fill_cells, rows_to_dense,
+                                conv3x3_rows, fill_cells, rows_to_dense,
                                 step_levels)
 from .d2net_vgg import BLOCKS, D2NetVGG, check_output_stride
 from .dynamic import DynamicBackboneMixin
@@ -197,22 +196,21 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
         return CellFeatures(x, layout) if sparse else x
 
     def _conv_rows(self, conv, rows: Tensor, layout: CellLayout) -> Tensor:
-        folded, kernel_1x1 = self._folded(conv)
+        folded = self._folded(conv)
         key = (id(layout), folded.dilation)
         if key not in self._taps_cache:
             self._taps_cache = {k: v for k, v in self._taps_cache.items() if k[0] == id(layout)}
             self._taps_cache[key] = layout.tap_rows(layout.positions, folded.dilation)
-        return conv3x3_cells(rows, self._taps_cache[key], kernel_1x1, folded.bias,
-                             self.chunk_rows)
+        return conv3x3_rows(rows, self._taps_cache[key], folded.matrix, folded.bias,
+                            self.chunk_rows)
 
     def _folded(self, conv):
-        """The conv as a :class:`FoldedConv` and its ``[C_out, 9 C_in, 1, 1]`` kernel in
-        (kernel-row, kernel-col, channel) order (cached per weights version)."""
+        """The conv as a :class:`FoldedConv` (cached per weights version)."""
         key = (id(conv.weight), conv.weight._version, id(conv.bias), conv.bias._version)
         cache = conv.__dict__.setdefault('_cad_fold_cache', (None, None))
         if cache[0] != key:
             folded = fold_conv_bn(conv, None)
-            conv.__dict__['_cad_fold_cache'] = (key, (folded, matrix_to_1x1(folded.matrix)))
+            conv.__dict__['_cad_fold_cache'] = (key, folded)
         return conv.__dict__['_cad_fold_cache'][1]
 
     @staticmethod
