@@ -1,3 +1,5 @@
+from .deployment_hooks import FuseConvBNHook
+from .random_state_hook import RandomStateHook
 from .schedule_hooks import SparsityTargetHook, TemperatureHook
 
-__all__ = ['TemperatureHook', 'SparsityTargetHook']
+__all__ = ['FuseConvBNHook', 'RandomStateHook', 'TemperatureHook', 'SparsityTargetHook']

@@ -155,9 +155,9 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
         values = values.index_select(0, keep)
     updated = F.embedding(pixels, pixel_rows(base))  # a row gather, faster than index_select
     if pointwise is None:
-        updated.add_(values)
+        updated.add_(values)  # in-place add promotes across float dtypes
     else:
-        updated.add_(pointwise.bias).addmm_(values, pointwise.matrix)
+        pointwise.accumulate_(updated, values)
     if relu:
         out = base.relu_() if inplace else F.relu(base)
         updated.relu_()
