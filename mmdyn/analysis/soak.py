@@ -17,7 +17,7 @@ def resident_mib() -> float:
         return int(statm.read().split()[1]) * _PAGE / 2 ** 20
 
 
-def vary_masks_(backbone, generator: random.Random, batch: int, step: int):
+def vary_masks_(backbone, generator: random.Random, step: int):
     """New masks for the next forward: a random forced activation rate (or the
     backbone's own maskers every fourth forward) for LAS/SAR, random keep masks on
     the mask source's grids for CAD (by a seeded ``RandomMask``)."""
@@ -47,7 +47,7 @@ def soak(backbones: dict, iterations: int, min_size: int, max_size: int, batch: 
     for step in range(1, iterations + 1):
         backbone = backbones[names[step % len(names)]]
         height, width = (generator.randint(min_size, max_size) for _ in range(2))
-        vary_masks_(backbone, generator, batch, step)
+        vary_masks_(backbone, generator, step)
         x = torch.randn(batch, 3, height, width)
         outputs = backbone(x)
         assert all(torch.isfinite(o).all() for o in outputs), (height, width)
