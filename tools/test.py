@@ -1,6 +1,6 @@
 """Evaluate a checkpoint of an mmdet or mmseg model (mmdyn configs and stock ones).
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl] [--fuse-conv-bn]
     bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [args...]
 """
 import argparse
@@ -18,6 +18,9 @@ def parse_args():
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file (a local path)')
     parser.add_argument('--out', help='dump predictions to this pickle file')
+    parser.add_argument('--fuse-conv-bn', action='store_true',
+                        help='fold BatchNorm into the preceding convs before testing '
+                        '(mmcv fuse_conv_bn; slightly faster, same outputs)')
     add_common_args(parser)
     return parser.parse_args()
 
@@ -31,6 +34,8 @@ def main():
         evaluators = cfg.test_evaluator
         evaluators = list(evaluators) if isinstance(evaluators, list) else [evaluators]
         cfg.test_evaluator = evaluators + [dict(type='DumpResults', out_file_path=args.out)]
+    if args.fuse_conv_bn:
+        cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='FuseConvBNHook')]
     runner = build_runner(cfg, args.config, args.work_dir, args.launcher)
     runner.test()
     finish_distributed()

@@ -34,6 +34,10 @@ def main():
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(h.get('type') == 'RandomStateHook' for h in hooks):
+        # exact resume: the torch random state travels with the checkpoints
+        cfg.custom_hooks = hooks + [dict(type='RandomStateHook')]
     runner = build_runner(cfg, args.config, args.work_dir, args.launcher)
     runner.train()
     finish_distributed()

@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gemm import gemm_acc
-
 
 IntOrPair = Union[int, Tuple[int, int]]
 
@@ -157,9 +155,9 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
         values = values.index_select(0, keep)
     updated = F.embedding(pixels, pixel_rows(base))  # a row gather, faster than index_select
     if pointwise is None:
-        updated.add_(values)
+        updated.add_(values)  # in-place add promotes across float dtypes
     else:
-        gemm_acc(updated.add_(pointwise.bias), values, pointwise.matrix)
+        pointwise.accumulate_(updated, values)
     if relu:
         out = base.relu_() if inplace else F.relu(base)
         updated.relu_()

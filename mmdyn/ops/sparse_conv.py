@@ -2,6 +2,9 @@
 
 At inference a conv followed by BatchNorm is one affine conv:
     w' = w * gamma / sqrt(var + eps),   b' = (b - mean) * gamma / sqrt(var + eps) + beta.
+
+The products run in the dtype of the activations they meet (bf16 under CPU autocast,
+whose casts do not reach in-place ops such as ``addmm_``): :meth:`FoldedConv.cast`.
 """
 from dataclasses import dataclass, field
 from typing import Optional
@@ -10,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gemm import gemm
+from .gemm import gemm, gemm_acc
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,9 @@ class FoldedConv:
     stride: int = 1
     dilation: int = 1
     padding: int = 0
+    groups: int = 1
     matrix: Tensor = field(init=False, repr=False)
+    _casts: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self):
         # [kh * kw * C_in, C_out]: the conv as a product with channels-last pixel rows.
@@ -36,13 +41,16 @@ class FoldedConv:
         On channels-last stacks a 1x1 conv, or a window that is exactly one receptive
         field (S = 1), is a single matrix product, much faster than a batched conv.
         """
+        if x.dtype != self.weight.dtype:
+            return self.cast(x.dtype)(x, valid)
         kernel = self.weight.shape[-1]
-        if valid and x.is_contiguous(memory_format=torch.channels_last) and (
+        if valid and self.groups == 1 and x.is_contiguous(memory_format=torch.channels_last) and (
                 (kernel == 1 and self.stride == 1)
                 or (self.dilation == 1 and x.shape[-2:] == (kernel, kernel))):
             return self._as_matmul(x, kernel)
         return F.conv2d(x, self.weight, self.bias, stride=self.stride,
-                        padding=0 if valid else self.padding, dilation=self.dilation)
+                        padding=0 if valid else self.padding, dilation=self.dilation,
+                        groups=self.groups)
 
     def _as_matmul(self, x: Tensor, kernel: int) -> Tensor:
         batch, _, height, width = x.shape
@@ -54,21 +62,48 @@ class FoldedConv:
         out = gemm(rows, self.matrix, self.bias)
         return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
+    def cast(self, dtype) -> 'FoldedConv':
+        """This conv with its weights in ``dtype`` (cached; ``self`` when they already
+        are): folded fp32 weights meeting bf16 activations under autocast."""
+        if dtype == self.weight.dtype:
+            return self
+        if dtype not in self._casts:
+            self._casts[dtype] = FoldedConv(self.weight.to(dtype), self.bias.to(dtype),
+                                            self.stride, self.dilation, self.padding,
+                                            self.groups)
+        return self._casts[dtype]
+
+    def rows(self, rows: Tensor) -> Tensor:
+        """A 1x1 conv on pixel rows ``[N, C_in]`` -> ``[N, C_out]``, in their dtype."""
+        folded = self.cast(rows.dtype)
+        return gemm(rows, folded.matrix, folded.bias)
+
+    def accumulate_(self, out: Tensor, rows: Tensor) -> Tensor:
+        """``out += conv(rows)`` in place for a 1x1 conv on pixel rows, in ``out``'s
+        dtype (in-place ops are not autocast)."""
+        folded = self.cast(out.dtype)
+        return gemm_acc(out.add_(folded.bias), rows, folded.matrix)
+
     @property
     def out_channels(self) -> int:
         return self.weight.shape[0]
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.modules.batchnorm._BatchNorm]) -> FoldedConv:
-    """Fold ``bn`` (eval statistics) into ``conv``; ``bn=None`` keeps the conv as is."""
-    weight = conv.weight.detach()
-    bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])
+    """Fold ``bn`` (eval statistics) into ``conv``; ``bn=None`` keeps the conv as is.
+    The fold is computed in float32 and returned in the conv's dtype (bf16 weights
+    lose nothing more than their own rounding)."""
+    dtype = conv.weight.dtype
+    weight = conv.weight.detach().float()
+    bias = conv.bias.detach().float() if conv.bias is not None \
+        else weight.new_zeros(weight.shape[0])
     if bn is not None:
-        scale = bn.weight.detach() * (bn.running_var + bn.eps).rsqrt()
-        bias = (bias - bn.running_mean) * scale + bn.bias.detach()
+        scale = bn.weight.detach().float() * (bn.running_var.float() + bn.eps).rsqrt()
+        bias = (bias - bn.running_mean.float()) * scale + bn.bias.detach().float()
         weight = weight * scale.view(-1, 1, 1, 1)
-    return FoldedConv(weight.contiguous(), bias.contiguous(), _single(conv.stride),
-                      _single(conv.dilation), _single(conv.padding))
+    weight, bias = weight.to(dtype).contiguous(), bias.to(dtype).contiguous()
+    return FoldedConv(weight, bias, _single(conv.stride),
+                      _single(conv.dilation), _single(conv.padding), conv.groups)
 
 
 def _single(value) -> int:

@@ -20,14 +20,13 @@ import torch
 import torch.nn.functional as F
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmengine.registry import MODELS
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
-from mmdyn.ops.gemm import gemm, gemm_acc
+from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs
 from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
                                 dense_to_rows, fill_cells, rows_to_dense, step_levels)
+from .dynamic import check_number, fold_cache_of, folded_cached
 from .resnet_parts import (DynamicResNetMixin, plain_block_flops, plain_res_layer,
-                           reject_unsupported)
+                           reject_unsupported, run_static_layer)
 
 OS8_STRIDES, OS8_DILATIONS = (1, 2, 1, 1), (1, 1, 2, 4)
 #: base output stride -> the stages whose downsampling step is adaptive
@@ -98,9 +97,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
         self.execution_mode = mode
 
     def set_temperature(self, tau: float):
-        if not tau > 0:
-            raise ValueError(f'temperature must be > 0, got {tau}')
-        self.temperature = float(tau)
+        self.temperature = float(check_number(tau, 'temperature', low=0, low_inclusive=False))
         if hasattr(self, 'mask_source') and hasattr(self.mask_source, 'temperature'):
             self.mask_source.temperature = self.temperature
 
@@ -121,6 +118,9 @@ class CADResNet(DynamicResNetMixin, ResNet):
                        avg_down=False, **kwargs):
         return plain_res_layer(block, inplanes, planes, num_blocks, stride, dilation,
                                avg_down, self.contract_dilation, **kwargs)
+
+    def folds_static_parts(self) -> bool:
+        return self.sparse()
 
     def sparse(self) -> bool:
         if self.execution_mode == 'sparse' and self.training:
@@ -147,11 +147,11 @@ class CADResNet(DynamicResNetMixin, ResNet):
 
     def forward(self, x):
         inputs = x
+        sparse = self.sparse()
         x, stem_flops = self.stem_forward(x)
         static, outs, records = {'stem': stem_flops}, [], []
         levels = layout = last_mask = None
         self._tap_cache = {}  # tap rows per (layouts, dilation), for this forward only
-        sparse = self.sparse()
         for i, layer_name in enumerate(self.res_layers):
             layer = getattr(self, layer_name)
             if i < min(self.adaptive_stages):
@@ -160,7 +160,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
                     block_flops, size = plain_block_flops(block, size)
                     flops += block_flops
                 static[layer_name] = flops
-                x = layer(x)
+                x = run_static_layer(layer, x, sparse)
             else:
                 if i == min(self.adaptive_stages):
                     masks = self.keep_masks(inputs, x)
@@ -215,7 +215,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
         """One bottleneck on cells: ``rows`` are ``source``'s cells, the result
         ``target``'s (equal layouts except at an adaptive step)."""
         conv1, conv2, conv3 = (self._folded(block, i) for i in (1, 2, 3))
-        hidden = gemm(rows, conv1.matrix, conv1.bias).relu_()
+        hidden = conv1.rows(rows).relu_()
         taps = self._taps(source, target, conv2.dilation)
         hidden = conv3x3_rows(hidden, taps, conv2.matrix, conv2.bias).relu_()
         # The shortcut reads the input at the output cells (a strided 1x1 conv samples).
@@ -223,9 +223,9 @@ class CADResNet(DynamicResNetMixin, ResNet):
             0, source.rows_at(target.positions))
         if block.downsample is not None:
             shortcut = self._folded(block, 'downsample')
-            identity = gemm(identity, shortcut.matrix, shortcut.bias)  # a fresh tensor
-            return gemm_acc(identity.add_(conv3.bias), hidden, conv3.matrix).relu_()
-        return gemm(hidden, conv3.matrix, conv3.bias).add_(identity).relu_()
+            identity = shortcut.rows(identity)  # a fresh tensor
+            return conv3.accumulate_(identity, hidden).relu_()
+        return conv3.rows(hidden).add_(identity).relu_()
 
     def _taps(self, source, target, dilation):
         """Tap rows, computed once per (layouts, dilation) and forward (the layouts
@@ -241,15 +241,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
             conv, norm = block.downsample[-2], block.downsample[-1]
         else:
             conv, norm = getattr(block, f'conv{which}'), getattr(block, f'norm{which}')
-        sources = [conv.weight, conv.bias] + ([norm.weight, norm.bias, norm.running_mean,
-                                               norm.running_var]
-                                              if isinstance(norm, _BatchNorm) else [])
-        key = tuple((id(t), t._version) for t in sources if t is not None)
-        cache = block.__dict__.setdefault('_cad_fold_cache', {})
-        if cache.get(which, (None,))[0] != key:
-            folded = fold_conv_bn(conv, norm if isinstance(norm, _BatchNorm) else None)
-            cache[which] = (key, folded)
-        return cache[which][1]
+        return folded_cached(fold_cache_of(block), f'cells.{which}', conv, norm)
 
     def _record(self, records, name, block, source: CellLayout, target: CellLayout, mask):
         """Per-sample FLOPs from the cells each conv computes (output stride 8 = dense);

@@ -5,6 +5,8 @@ optional forced mask rate (benchmarks and tests), a cache of BatchNorm-folded
 weights for the sparse path, and the :class:`~mmdyn.ops.BlockRecord` of its last
 forward (DESIGN contract 3).
 """
+import math
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -21,6 +23,27 @@ def check_execution_mode(mode: str) -> str:
     if mode not in EXECUTION_MODES:
         raise ValueError(f'execution_mode={mode!r} is not one of {EXECUTION_MODES}')
     return mode
+
+
+def check_number(value, name: str, low: float = None, high: float = None,
+                 low_inclusive: bool = True, integer: bool = False):
+    """``value`` if it is a finite real number (an int when ``integer``) in the range;
+    otherwise a ValueError naming ``name`` and the allowed values (strings, bools,
+    NaN and infinities included)."""
+    allowed = 'an int' if integer else 'a finite number'
+    if low is not None or high is not None:
+        left = '[' if low_inclusive else '('
+        allowed += f' in {left}{"-inf" if low is None else low}, ' \
+                   f'{"inf" if high is None else high}]'
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+        math.isfinite(value) and (not integer or isinstance(value, numbers.Integral))
+    if ok and low is not None:
+        ok = value >= low if low_inclusive else value > low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        raise ValueError(f'{name}={value!r}: must be {allowed}')
+    return value
 
 
 def check_granularity(value, where: str = 'granularity') -> int:
@@ -45,6 +68,55 @@ def draw_forced_mask(batch: int, grid: PatchGrid, rate: float, seed: int,
     return mask.view(batch, groups, grid.rows, grid.cols).to(device)
 
 
+def fold_sources(conv, bn):
+    """The tensors a fold of ``conv`` + ``bn`` depends on: the conv's weight and bias,
+    plus the BatchNorm's affine parameters and statistics while it is still there
+    (after mmcv's ``fuse_conv_bn`` it is an ``nn.Identity`` and the conv holds it all)."""
+    norm = check_foldable_norm(bn)
+    tensors = (conv.weight, conv.bias)
+    if norm is not None:
+        tensors += (norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    return tuple(t for t in tensors if t is not None)
+
+
+def check_foldable_norm(bn):
+    """``bn`` if it is a BatchNorm, None if it was folded away (``nn.Identity``); any
+    other norm layer cannot be folded into a conv."""
+    if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+        return bn
+    if bn is None or isinstance(bn, torch.nn.Identity):
+        return None
+    raise ValueError(f'the sparse path folds BatchNorm into the convs; '
+                     f'{type(bn).__name__} cannot be folded (use norm_cfg=dict(type="BN") '
+                     'or "SyncBN")')
+
+
+def cached_build(cache: dict, name: str, sources, build):
+    """``build()``, recomputed only when one of the ``sources`` tensors changed
+    (tracked through their identities and in-place version counters: optimizer steps,
+    load_state_dict, BatchNorm statistics updates and mmcv's fuse_conv_bn all change
+    one of them)."""
+    key = tuple((id(t), t._version) for t in sources if t is not None)
+    entry = cache.get(name)
+    if entry is None or entry[0] != key:
+        entry = (key, build())
+        cache[name] = entry
+    return entry[1]
+
+
+def folded_cached(cache: dict, name: str, conv, bn):
+    """BatchNorm-folded weights of ``conv`` + ``bn`` from ``cache`` (rebuilt when a
+    source changes; ``bn`` may be an ``nn.Identity`` left by ``fuse_conv_bn``)."""
+    norm = check_foldable_norm(bn)
+    return cached_build(cache, name, fold_sources(conv, bn), lambda: fold_conv_bn(conv, norm))
+
+
+def fold_cache_of(module) -> dict:
+    """The fold cache kept on a plain module (a static ResNet block, a stem, ...), for
+    parts of a dynamic backbone that are not dynamic blocks."""
+    return module.__dict__.setdefault('_mmdyn_fold_cache', {})
+
+
 class DynamicBlockMixin:
     """Mixed into a ResNet block class; call :meth:`init_dynamic` in ``__init__``."""
 
@@ -67,31 +139,23 @@ class DynamicBlockMixin:
         return self.execution_mode == 'sparse' or (self.execution_mode == 'auto'
                                                    and not self.training)
 
-    def forced_mask(self, batch: int, grid: PatchGrid, device, groups: int = 1):
+    def forced_mask(self, batch: int, grid: PatchGrid, like: torch.Tensor, groups: int = 1):
+        """The forced mask (None unless forced), on the device and in the dtype of
+        ``like`` (the block input: bf16 weights and inputs stay bf16)."""
         if self.forced_rate is None:
             return None
-        return draw_forced_mask(batch, grid, self.forced_rate, self.forced_seed, device,
-                                groups)
+        return draw_forced_mask(batch, grid, self.forced_rate, self.forced_seed, like.device,
+                                groups).to(like.dtype)
 
     def cached(self, name: str, sources, build):
         """``build()``, recomputed only when one of the ``sources`` tensors changed
-        (tracked through their in-place version counters: optimizer steps,
-        load_state_dict and BatchNorm statistics updates all bump them)."""
-        key = tuple((id(t), t._version) for t in sources if t is not None)
-        cached = self._fold_cache.get(name)
-        if cached is None or cached[0] != key:
-            cached = (key, build())
-            self._fold_cache[name] = cached
-        return cached[1]
+        (see :func:`fold_cache_of`)."""
+        return cached_build(self._fold_cache, name, sources, build)
 
     def folded(self, name: str, conv, bn):
         """BatchNorm-folded weights of ``conv`` + ``bn`` (cached). ``bn`` may already
         be folded away (an ``nn.Identity`` left by mmcv's ``fuse_conv_bn``)."""
-        if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
-            return self.cached(name, (conv.weight, conv.bias), lambda: fold_conv_bn(conv, None))
-        return self.cached(name, (conv.weight, conv.bias, bn.weight, bn.bias,
-                                  bn.running_mean, bn.running_var),
-                           lambda: fold_conv_bn(conv, bn))
+        return folded_cached(self._fold_cache, name, conv, bn)
 
     def store_record(self, grid: PatchGrid, mask: Tensor, computed_area: Tensor,
                      dense_flops: float, executed_flops: Tensor):
@@ -126,16 +190,15 @@ class DynamicBackboneMixin:
             block.execution_mode = mode
 
     def set_temperature(self, tau: float):
-        if not tau > 0:
-            raise ValueError(f'temperature must be > 0, got {tau}')
+        check_number(tau, 'temperature', low=0, low_inclusive=False)
         for block in self.dynamic_blocks():
             block.temperature = float(tau)
 
     def set_forced_activation(self, rate: Optional[float], seed: int = 0):
         """Force random masks with exactly ``rate`` of the patches active in every
         block (benchmarks, tests); ``None`` gives control back to the maskers."""
-        if rate is not None and not 0.0 <= rate <= 1.0:
-            raise ValueError(f'forced activation rate must be in [0, 1], got {rate}')
+        if rate is not None:
+            check_number(rate, 'forced activation rate', 0.0, 1.0)
         for k, block in enumerate(self.dynamic_blocks()):
             block.forced_rate = rate
             block.forced_seed = seed * 100003 + k

@@ -30,8 +30,10 @@ from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_pat
                        conv_macs, gather_windows, patch_extents, scatter_add_patches,
                        upsample_patch_mask)
 from .dense_fallback import measure_crossover, runs_densely, size_class
-from .dynamic import DynamicBlockMixin, check_granularity, draw_forced_mask
-from .resnet_parts import DynamicResNetMixin, build_shortcut, first_block_dilation
+from .dynamic import (DynamicBlockMixin, check_granularity, check_number, draw_forced_mask,
+                      fold_sources)
+from .resnet_parts import (DynamicResNetMixin, build_shortcut, check_norm_cfg,
+                           first_block_dilation)
 
 
 def _out_size(size: int, stride: int) -> int:
@@ -53,7 +55,7 @@ class _LASBlockMixin(DynamicBlockMixin):
         self.ran_densely = False  # the last forward took the dense route
 
     def decide(self, x, grid: PatchGrid):
-        forced = self.forced_mask(x.shape[0], grid, x.device)
+        forced = self.forced_mask(x.shape[0], grid, x)
         if forced is not None:
             return forced
         return self.masker(x, grid.shape, self.temperature)
@@ -167,7 +169,7 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         weight, bias = self.fused_conv1_gate()
         fused = F.conv2d(x, weight, bias)
         out1 = fused[:, :-1]
-        mask = self.forced_mask(x.shape[0], grid, x.device)
+        mask = self.forced_mask(x.shape[0], grid, x)
         if mask is None:
             mask = (F.adaptive_avg_pool2d(fused[:, -1:], grid.shape) >= 0).to(x.dtype)
         identity = self.downsample_dense(x, True)
@@ -200,9 +202,10 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
             conv1 = self.folded('conv1', self.conv1, self.norm1)
             gate_weight, gate_bias = self.masker.decision_weight()
             return torch.cat([conv1.weight, gate_weight]), torch.cat([conv1.bias, gate_bias])
-        sources = (self.conv1.weight, self.norm1.weight, self.norm1.bias,
-                   self.norm1.running_mean, self.norm1.running_var, self.masker.weight,
-                   self.masker.bias)
+        # The sources of conv1's fold (BatchNorm included only while it is there: after
+        # mmcv's fuse_conv_bn, norm1 is an nn.Identity and conv1 carries a bias).
+        sources = fold_sources(self.conv1, self.norm1) + (self.masker.weight,
+                                                          self.masker.bias)
         return self.cached('conv1+gate', sources, build)
 
     def _record(self, x, grid, mask):
@@ -334,6 +337,8 @@ class LASResNet(DynamicResNetMixin, ResNet):
                              f'{sorted(self.arch_settings)}')
         if multi_grid is not None:
             raise ValueError('multi_grid is not supported by LASResNet')
+        check_norm_cfg('LASResNet', kwargs.get('norm_cfg'))
+        check_number(mask_init_bias, 'mask_init_bias')
         if not isinstance(num_stages, int) or not 1 <= num_stages <= 4:
             raise ValueError(f'num_stages must be an int in [1, 4], got {num_stages!r}')
         stage_blocks = self.arch_settings[depth][1][:num_stages]

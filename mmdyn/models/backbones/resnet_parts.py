@@ -1,12 +1,14 @@
 """Pieces of mmdet's ResNet that the dynamic backbones rebuild: the shortcut
-projection, mmseg's contracted dilation, and the FLOPs of a plain (static) block."""
+projection, mmseg's contracted dilation, the FLOPs of a plain (static) block, and the
+BatchNorm-folded inference of the static parts (stem, static blocks, projections)."""
 from typing import Tuple
 
 from mmcv.cnn import build_conv_layer, build_norm_layer
+from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from mmdyn.ops import conv_macs
-from .dynamic import DynamicBackboneMixin
+from .dynamic import DynamicBackboneMixin, fold_cache_of, folded_cached
 
 
 def build_shortcut(inplanes: int, out_channels: int, stride: int, avg_down: bool,
@@ -40,13 +42,86 @@ def reject_unsupported(backbone: str, multi_grid=None, **kwargs):
             raise ValueError(f'{backbone} does not support {name}')
     if kwargs.get('with_cp'):
         raise ValueError(f'{backbone} does not support with_cp=True')
+    check_norm_cfg(backbone, kwargs.get('norm_cfg'))
 
 
-def run_resnet_stem(backbone, x):
-    """The stem of an mmdet/mmseg ResNet (deep or not), before the max-pool."""
+#: norm layers the sparse path can fold into the convs (mmcv registry names)
+FOLDABLE_NORMS = ('BN', 'BN2d', 'SyncBN')
+
+
+def check_norm_cfg(backbone: str, norm_cfg):
+    """The sparse executors fold BatchNorm into the convs: other norms are refused at
+    build time (``None`` keeps mmdet's default BN)."""
+    if norm_cfg is None:
+        return
+    kind = norm_cfg.get('type') if isinstance(norm_cfg, dict) else None
+    if kind not in FOLDABLE_NORMS:
+        raise ValueError(f'{backbone}: norm_cfg={norm_cfg!r} is not supported; the sparse '
+                         f'path folds BatchNorm into the convs: use type one of '
+                         f'{FOLDABLE_NORMS}')
+
+
+def run_resnet_stem(backbone, x, fold: bool = False):
+    """The stem of an mmdet/mmseg ResNet (deep or not), before the max-pool; with
+    ``fold`` its BatchNorms are folded into the convs (inference)."""
+    if fold:
+        return run_folded_sequence(backbone.stem if backbone.deep_stem else
+                                   (backbone.conv1, backbone.norm1, backbone.relu),
+                                   x, fold_cache_of(backbone), 'stem')
     if backbone.deep_stem:
         return backbone.stem(x)
     return backbone.relu(backbone.norm1(backbone.conv1(x)))
+
+
+def run_folded_sequence(layers, x, cache: dict, prefix: str):
+    """Run conv / norm / activation / pool layers in order at inference, each conv
+    with the BatchNorm right after it folded in (cached in ``cache``)."""
+    layers = list(layers)
+    k = 0
+    while k < len(layers):
+        layer = layers[k]
+        if isinstance(layer, nn.Conv2d):
+            norm = layers[k + 1] if k + 1 < len(layers) and isinstance(
+                layers[k + 1], (nn.modules.batchnorm._BatchNorm, nn.Identity)) else None
+            x = folded_cached(cache, f'{prefix}.{k}', layer, norm)(x)
+            k += 2 if norm is not None else 1
+        else:
+            x = layer(x)
+            k += 1
+    return x
+
+
+def run_folded_block(block, x):
+    """An mmdet ``BasicBlock`` / ``Bottleneck`` at inference with its BatchNorms (and
+    its shortcut's) folded into the convs, cached on the block: the same function as
+    ``block(x)`` in eval mode, without the separate normalisation passes."""
+    cache = fold_cache_of(block)
+    if isinstance(block, Bottleneck):
+        convs = ((block.conv1, block.norm1), (block.conv2, block.norm2),
+                 (block.conv3, block.norm3))
+    elif isinstance(block, BasicBlock):
+        convs = ((block.conv1, block.norm1), (block.conv2, block.norm2))
+    else:
+        raise TypeError(f'run_folded_block: {type(block).__name__} is not an mmdet '
+                        'BasicBlock or Bottleneck')
+    out = x
+    for k, (conv, norm) in enumerate(convs):
+        out = folded_cached(cache, f'conv{k + 1}', conv, norm)(out)
+        if k + 1 < len(convs):
+            out = out.relu_()
+    identity = x if block.downsample is None else run_folded_sequence(
+        block.downsample, x, cache, 'downsample')
+    return out.add_(identity).relu_()
+
+
+def run_static_layer(layer, x, fold: bool):
+    """A stage of static blocks (an ``nn.Sequential``): ``layer(x)``, or block by
+    block with folded BatchNorms at sparse inference."""
+    if not fold:
+        return layer(x)
+    for block in layer:
+        x = run_folded_block(block, x)
+    return x
 
 
 def plain_res_layer(block, inplanes: int, planes: int, num_blocks: int, stride: int,
@@ -119,8 +194,14 @@ class DynamicResNetMixin(DynamicBackboneMixin):
         super().train(mode)
         return self
 
+    def folds_static_parts(self) -> bool:
+        """Whether this forward folds the BatchNorms of the static parts (stem, static
+        blocks, projections): on the sparse inference path, as the dynamic blocks do."""
+        blocks = self.dynamic_blocks()
+        return bool(blocks) and blocks[0].use_sparse_path()
+
     def stem_forward(self, x):
         """The stem and max-pool; returns the map and the stem's per-sample FLOPs."""
-        x = run_resnet_stem(self, x)
+        x = run_resnet_stem(self, x, fold=self.folds_static_parts())
         flops = x.shape[2] * x.shape[3] * self._stem_macs_per_pixel
         return self.maxpool(x), flops

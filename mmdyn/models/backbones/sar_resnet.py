@@ -42,11 +42,10 @@ from torch import nn
 from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
                        conv_macs, gather_windows, patch_extents,
                        patch_pixels, pixel_rows, upsample_patch_mask)
-from mmdyn.ops.gemm import gemm, gemm_acc
-
-from .dynamic import DynamicBlockMixin
+from .dynamic import DynamicBlockMixin, check_number, fold_cache_of
 from .resnet_parts import (DynamicResNetMixin, build_shortcut, first_block_dilation,
-                           plain_block_flops, plain_res_layer, reject_unsupported)
+                           plain_block_flops, plain_res_layer, reject_unsupported,
+                           run_folded_block, run_folded_sequence, run_static_layer)
 
 SAR_STAGES = 3  # stages 1-3 are SAR modules (the paper's 4-stage ImageNet models)
 _SETTING = re.compile(r'^G(\d+)s(\d+)a(\d+)(?:b(\d+(?:\.\d+)?))?$')
@@ -69,8 +68,8 @@ def _per_stage(name: str, value, stages: int, number=int, what='SAR stage'):
     if len(values) != stages:
         raise ValueError(f'{name}={value!r}: give one value or one per {what} ({stages})')
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (
-                number is int and int(v) != v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or v <= 0 or (number is int and int(v) != v):
             kind = 'positive integers' if number is int else 'positive numbers'
             raise ValueError(f'{name}={value!r}: values must be {kind}')
     return [number(v) for v in values]
@@ -106,8 +105,14 @@ class RegionSelector(nn.Module):
         self.norm = build_norm_layer(norm_cfg, hidden)[1]
         self.masker = PatchMasker(hidden, init_on_bias, groups=groups)
 
-    def forward(self, guide, grid_hw, tau: float):
-        return self.masker(F.relu(self.norm(self.conv(guide))), grid_hw, tau)
+    def forward(self, guide, grid_hw, tau: float, fold: bool = False):
+        """``fold``: BatchNorm folded into the 3x3 conv (sparse inference)."""
+        if fold:
+            hidden = run_folded_sequence((self.conv, self.norm), guide,
+                                         fold_cache_of(self), 'conv').relu_()
+        else:
+            hidden = F.relu(self.norm(self.conv(guide)))
+        return self.masker(hidden, grid_hw, tau)
 
     def flops(self, guide_hw, grid: PatchGrid) -> int:
         conv = self.conv
@@ -162,11 +167,12 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
 
     def forward(self, x, guide):
         grid = self.grid_for(x.shape[2], x.shape[3])
-        mask = self.selector(guide, grid.shape, self.temperature)
-        forced = self.forced_mask(x.shape[0], grid, x.device, self.groups)
+        sparse = self.use_sparse_path()
+        mask = self.selector(guide, grid.shape, self.temperature, fold=sparse)
+        forced = self.forced_mask(x.shape[0], grid, x, self.groups)
         if forced is not None:  # benchmarks and tests; the selector still ran
             mask = forced
-        if self.use_sparse_path():
+        if sparse:
             out = self.forward_sparse(x, mask, grid)
         else:
             identity = x if self.downsample is None else self.downsample(x)
@@ -258,13 +264,13 @@ class RefineBottleneck(_RefineBlock):
         else:
             width = x.shape[1] // self.groups
             inputs = F.embedding(pixels, pixel_rows(x)[:, g * width:(g + 1) * width])
-        hidden = gemm(inputs, conv1.matrix, conv1.bias).relu_()
+        hidden = conv1.rows(inputs).relu_()
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
         hidden = conv2(gather_windows(canvas, index, self.window(grid)), valid=True).relu_()
         hidden = pixel_rows(hidden)
         if keep is not None:
             hidden = hidden.index_select(0, keep)
-        return gemm_acc(identity.add_(conv3.bias), hidden, conv3.matrix)
+        return conv3.accumulate_(identity, hidden)
 
     def group_pixel_flops(self) -> int:
         g = self.groups
@@ -357,20 +363,30 @@ class SARStage(nn.Module):
         self.fusion = fusion
         self._static_flops = {}
 
-    def forward(self, x):
-        x = self.transition(x)
+    def forward(self, x, fold: bool = False):
+        """``fold``: the static parts (transition, base branch, projections) run with
+        their BatchNorms folded (sparse inference; the refine blocks fold their own)."""
+        run_block = run_folded_block if fold else (lambda block, inputs: block(inputs))
+        x = run_block(self.transition, x)
         base = self.base_pool(x)
         guides = []
         for block in self.base:  # the whole base branch first: refine blocks may
-            base = block(base)   # then update x in place (inference)
+            base = run_block(block, base)  # then update x in place (inference)
             guides.append(base)
         refine = x
         for block, guide in zip(self.refine, guides):
             refine = block(refine, guide)
-        if self.refine_projection is not None:
-            refine = self.refine_projection(refine)
-        base = base if self.base_projection is None else self.base_projection(base)
+        refine = self.project(self.refine_projection, refine, fold, 'refine_projection')
+        base = self.project(self.base_projection, base, fold, 'base_projection')
         return self.fusion(base, refine)
+
+    def project(self, projection, x, fold: bool, name: str):
+        """A branch's 1x1 conv + norm to the stage width (none when it fits)."""
+        if projection is None:
+            return x
+        if fold:
+            return run_folded_sequence(projection, x, fold_cache_of(self), name)
+        return projection(x)
 
     def static_flops(self, in_size) -> float:
         """FLOPs that do not depend on the masks (transition, base branch, projections,
@@ -447,7 +463,9 @@ class SARResNet(DynamicResNetMixin, ResNet):
                                  'powers of two (1, 2, 4, 8, ...)')
         self.min_input_size = _per_stage('min_input_size', min_input_size, 2,
                                          what='side (h, w)')
-        self.fusion_reduction = fusion_reduction
+        self.fusion_reduction = check_number(fusion_reduction, 'fusion_reduction', low=1,
+                                             integer=True)
+        check_number(mask_init_bias, 'mask_init_bias')
         self.contract_dilation = contract_dilation
         self.mask_init_bias = mask_init_bias
         self._check_mask_sizes(strides, num_stages)
@@ -549,6 +567,7 @@ class SARResNet(DynamicResNetMixin, ResNet):
 
     def forward(self, x):
         x, stem_flops = self.stem_forward(x)
+        fold = self.folds_static_parts()
         static = {'stem': stem_flops}
         outs, records = [], []
         for i, layer_name in enumerate(self.res_layers):
@@ -556,7 +575,7 @@ class SARResNet(DynamicResNetMixin, ResNet):
             size = tuple(x.shape[2:])
             if isinstance(layer, SARStage):
                 static[layer_name] = layer.static_flops(size)
-                x = layer(x)
+                x = layer(x, fold=fold)
                 records += [block.record for block in layer.refine]
             else:
                 flops = 0
@@ -564,7 +583,7 @@ class SARResNet(DynamicResNetMixin, ResNet):
                     block_flops, size = plain_block_flops(block, size)
                     flops += block_flops
                 static[layer_name] = flops
-                x = layer(x)
+                x = run_static_layer(layer, x, fold)
             if i in self.out_indices:
                 outs.append(x.contiguous())  # plain NCHW, as the dense ResNet returns
         self.store_forward_record(ForwardRecord(static, records))

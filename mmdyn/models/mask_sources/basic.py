@@ -119,7 +119,11 @@ class EdgeMask(MaskSource):
             raise ValueError(f'threshold must be > 0, got {threshold}')
         self.threshold = float(threshold)
         self.dilation = check_odd_size(dilation, 'dilation')
-        self.output_stride = int(output_stride)
+        if isinstance(output_stride, bool) or not isinstance(output_stride, int) \
+                or output_stride < 1:
+            raise ValueError(f'output_stride={output_stride!r} must be a positive int (the '
+                             "network's output stride at the mask grid, 8)")
+        self.output_stride = output_stride
 
     def edges(self, inputs: Tensor) -> Tensor:
         """``[B, H, W]`` bool edge map at the input resolution (after dilation)."""

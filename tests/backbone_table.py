@@ -1,0 +1,149 @@
+"""One row per registered dynamic backbone, shared by the deployment, mixed-precision
+and bad-input tests: a small instance with non-trivial BatchNorm statistics and fixed
+masks (so every execution mode of one model sees the same hard masks), its execution
+modes, and the invalid arguments it documents.
+
+A new backbone is one more ``BackboneCase`` in ``CASES`` (and its invalid arguments in
+``BAD_ARGUMENTS``).
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Tuple
+
+import torch
+
+from mmdyn.models.backbones import CADResNet, LASResNet, SARResNet
+
+
+def randomize_batchnorm_(model, seed: int = 0):
+    """Non-trivial BN statistics and affine parameters, so folding is exercised."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
+    return model
+
+
+@dataclass
+class BackboneCase:
+    name: str
+    cls: type
+    kwargs: dict
+    modes: Tuple[str, ...]
+    #: fixes the masks of a built model (forced random masks, a seeded mask source)
+    fix_masks: Callable = field(default=lambda model: None)
+    size: Tuple[int, int] = (35, 45)  # odd: every stage pads somewhere
+
+    def build(self):
+        torch.manual_seed(0)
+        model = self.cls(init_cfg=None, **self.kwargs)
+        randomize_batchnorm_(model).eval()
+        self.fix_masks(model)
+        return model
+
+    def input(self, batch: int = 1, seed: int = 0):
+        return torch.randn(batch, 3, *self.size, generator=torch.Generator().manual_seed(seed))
+
+
+def forced(rate: float):
+    def fix(model):
+        model.set_forced_activation(rate, seed=1)
+    return fix
+
+
+SAR_SMALL = dict(mask_size=(4, 4, 2), min_input_size=32)
+CAD_RANDOM = dict(mask_source=dict(type='RandomMask', keep_ratio=0.4, seed=3))
+
+#: one row per registered backbone
+CASES = [
+    BackboneCase('las-r50', LASResNet, dict(depth=50, granularity=(8, 4, 7, 1)),
+                 ('masked', 'sparse'), forced(0.5)),
+    BackboneCase('sar-r18', SARResNet, dict(depth=18, sar_setting='G2s2a2b1', **SAR_SMALL),
+                 ('masked', 'sparse'), forced(0.5)),
+    BackboneCase('cad-r50-os32', CADResNet, dict(depth=50, base_output_stride=32, **CAD_RANDOM),
+                 ('dense', 'sparse')),
+]
+#: SAR's bottleneck refinement: its mixed-precision path (in-place products onto the
+#: identity rows) differs from the basic block's
+BLOCK_VARIANTS = [
+    BackboneCase('sar-r50', SARResNet, dict(depth=50, sar_setting='G2s4a1', **SAR_SMALL),
+                 ('masked', 'sparse'), forced(0.5)),
+]
+
+NAN = float('nan')
+
+#: (backbone class, minimal valid kwargs, [(bad kwargs, the argument the error names)])
+BAD_ARGUMENTS = {
+    LASResNet: (dict(depth=18), [
+        (dict(depth=19), 'depth'), (dict(depth='50'), 'depth'), (dict(depth=-18), 'depth'),
+        (dict(granularity=(4, 4, 2)), 'granularity'),
+        (dict(granularity=(4, 4, 0, 1)), 'granularity'),
+        (dict(granularity=(4, -4, 2, 1)), 'granularity'),
+        (dict(granularity=(4, 4.5, 2, 1)), 'granularity'),
+        (dict(granularity=(4, '4', 2, 1)), 'granularity'),
+        (dict(granularity='4421'), 'granularity'),
+        (dict(granularity=((4, 4, 4), 4, 2, 1)), 'granularity'),
+        (dict(granularity=(NAN, 4, 2, 1)), 'granularity'),
+        (dict(execution_mode='fast'), 'execution_mode'),
+        (dict(execution_mode=1), 'execution_mode'),
+        (dict(temperature=0.0), 'temperature'), (dict(temperature=-1.0), 'temperature'),
+        (dict(temperature=NAN), 'temperature'), (dict(temperature='1'), 'temperature'),
+        (dict(mask_init_bias=NAN), 'mask_init_bias'),
+        (dict(mask_init_bias='3'), 'mask_init_bias'),
+        (dict(num_stages=0), 'num_stages'), (dict(num_stages=5), 'num_stages'),
+        (dict(num_stages='4'), 'num_stages'),
+        (dict(multi_grid=(1, 2, 4)), 'multi_grid'),
+        (dict(with_cp=True), 'with_cp'),
+        (dict(style='caffe', depth=50), 'style'),
+        (dict(dcn=dict(type='DCN', deform_groups=1), stage_with_dcn=(False, True, True, True),
+              depth=50), 'dcn'),
+        (dict(norm_cfg=dict(type='GN', num_groups=8)), 'norm_cfg'),
+    ]),
+    SARResNet: (dict(depth=18, mask_size=(4, 4, 2), min_input_size=32), [
+        (dict(depth=152), 'depth'), (dict(depth='18'), 'depth'),
+        (dict(sar_setting='G2s2'), 'sar_setting'), (dict(sar_setting=2), 'sar_setting'),
+        (dict(sar_setting='G3s2a2b1'), 'G=3'),
+        (dict(sar_setting='G2s3a2b1'), 'base_scale'),
+        (dict(sar_setting='G2s2a2b1', groups=2), 'sar_setting'),
+        (dict(groups=0), 'groups'), (dict(groups=-2), 'groups'), (dict(groups='2'), 'groups'),
+        (dict(groups=(2, 2)), 'groups'),
+        (dict(alpha=3), 'alpha'), (dict(alpha=NAN), 'alpha'),
+        (dict(beta=0.3), 'beta'), (dict(beta=-1.0), 'beta'), (dict(beta=NAN), 'beta'),
+        (dict(base_scale=0), 'base_scale'),
+        (dict(mask_size=(4, 4, 0)), 'mask_size'), (dict(mask_size=(4, 4, -2)), 'mask_size'),
+        (dict(mask_size=(4, 4, 2.5)), 'mask_size'), (dict(mask_size=(9, 4, 2)), 'mask_size'),
+        (dict(min_input_size=-32), 'min_input_size'),
+        (dict(min_input_size='32'), 'min_input_size'),
+        (dict(fusion_reduction=0), 'fusion_reduction'),
+        (dict(fusion_reduction='16'), 'fusion_reduction'),
+        (dict(execution_mode='dense'), 'execution_mode'),
+        (dict(temperature=0.0), 'temperature'), (dict(temperature=NAN), 'temperature'),
+        (dict(mask_init_bias=NAN), 'mask_init_bias'),
+        (dict(num_stages=5), 'num_stages'), (dict(num_stages='4'), 'num_stages'),
+        (dict(multi_grid=(1, 2, 4)), 'multi_grid'), (dict(with_cp=True), 'with_cp'),
+        (dict(norm_cfg=dict(type='GN', num_groups=8)), 'norm_cfg'),
+    ]),
+    CADResNet: (dict(depth=50), [
+        (dict(depth=18), 'depth'), (dict(depth='50'), 'depth'),
+        (dict(base_output_stride=8), 'base_output_stride'),
+        (dict(base_output_stride='16'), 'base_output_stride'),
+        (dict(base_output_stride=-16), 'base_output_stride'),
+        (dict(execution_mode='masked'), 'execution_mode'),
+        (dict(strides=(1, 2, 2, 2)), 'strides'), (dict(num_stages=3), 'num_stages'),
+        (dict(mask_source=dict(type='LearnedMask'), base_output_stride=32), 'base_output_stride'),
+        (dict(mask_source=dict(type='RandomMask', keep_ratio=NAN)), 'keep_ratio'),
+        (dict(mask_source=dict(type='RandomMask', keep_ratio=-0.1)), 'keep_ratio'),
+        (dict(mask_source=dict(type='EdgeMask', threshold=NAN)), 'threshold'),
+        (dict(mask_source=dict(type='EdgeMask', threshold=-1.0)), 'threshold'),
+        (dict(mask_source=dict(type='EdgeMask', dilation=4)), 'dilation'),
+        (dict(mask_source=dict(type='EdgeMask', dilation='11')), 'dilation'),
+        (dict(mask_source=dict(type='EdgeMask', output_stride=0)), 'output_stride'),
+        (dict(temperature=0.0), 'temperature'), (dict(temperature=NAN), 'temperature'),
+        (dict(multi_grid=(1, 2, 4)), 'multi_grid'), (dict(with_cp=True), 'with_cp'),
+        (dict(style='caffe'), 'style'),
+        (dict(norm_cfg=dict(type='GN', num_groups=8)), 'norm_cfg'),
+    ]),
+}
