@@ -32,8 +32,7 @@ from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_pat
 from .dense_fallback import measure_crossover, runs_densely, size_class
 from .dynamic import (DynamicBlockMixin, check_granularity, check_number, draw_forced_mask,
                       fold_sources)
-from .resnet_parts import (DynamicResNetMixin, build_shortcut, check_norm_cfg,
-                           first_block_dilation)
+from .resnet_parts import DynamicResNetMixin, check_norm_cfg, plain_res_layer
 
 
 def _out_size(size: int, stride: int) -> int:
@@ -364,22 +363,12 @@ class LASResNet(DynamicResNetMixin, ResNet):
                        avg_down=False, conv_cfg=None, norm_cfg=dict(type='BN'), **kwargs):
         """mmdet's ResLayer with per-block granularity and mmseg's contract_dilation."""
         stage = len(self.res_layers)
-        out_channels = planes * block.expansion
-        downsample = build_shortcut(inplanes, out_channels, stride, avg_down, conv_cfg,
-                                    norm_cfg)
-        first_dilation = first_block_dilation(dilation, self.contract_dilation)
-        blocks = []
-        for k in range(num_blocks):
-            first = k == 0
-            blocks.append(block(
-                inplanes=inplanes if first else out_channels, planes=planes,
-                stride=stride if first else 1,
-                dilation=first_dilation if first else dilation,
-                downsample=downsample if first else None, conv_cfg=conv_cfg,
-                norm_cfg=norm_cfg, granularity=self._block_granularity[stage][k],
-                block_name=f'layer{stage + 1}.{k}', mask_init_bias=self.mask_init_bias,
-                **kwargs))
-        return nn.Sequential(*blocks)
+        return plain_res_layer(
+            block, inplanes, planes, num_blocks, stride, dilation, avg_down,
+            self.contract_dilation, conv_cfg, norm_cfg, **kwargs,
+            per_block=lambda k: dict(granularity=self._block_granularity[stage][k],
+                                     block_name=f'layer{stage + 1}.{k}',
+                                     mask_init_bias=self.mask_init_bias))
 
     def forward(self, x):
         x, stem_flops = self.stem_forward(x)

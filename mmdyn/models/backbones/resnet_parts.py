@@ -126,18 +126,20 @@ def run_static_layer(layer, x, fold: bool):
 
 def plain_res_layer(block, inplanes: int, planes: int, num_blocks: int, stride: int,
                     dilation: int, avg_down: bool, contract_dilation: bool, conv_cfg=None,
-                    norm_cfg=dict(type='BN'), **kwargs) -> nn.Sequential:
-    """A static ResNet stage as mmdet's ResLayer builds it, with mmseg's contracted
-    dilation for the first block."""
+                    norm_cfg=dict(type='BN'), per_block=None, **kwargs) -> nn.Sequential:
+    """A ResNet stage as mmdet's ResLayer builds it, with mmseg's contracted dilation
+    for the first block; ``per_block(k)`` adds keyword arguments of block ``k`` (a
+    dynamic block's name, granularity, ...)."""
     out_channels = planes * block.expansion
+    extra = per_block or (lambda k: {})
     first = block(inplanes=inplanes, planes=planes, stride=stride,
                   dilation=first_block_dilation(dilation, contract_dilation),
                   downsample=build_shortcut(inplanes, out_channels, stride, avg_down,
                                             conv_cfg, norm_cfg),
-                  conv_cfg=conv_cfg, norm_cfg=norm_cfg, **kwargs)
+                  conv_cfg=conv_cfg, norm_cfg=norm_cfg, **kwargs, **extra(0))
     rest = [block(inplanes=out_channels, planes=planes, dilation=dilation,
-                  conv_cfg=conv_cfg, norm_cfg=norm_cfg, **kwargs)
-            for _ in range(num_blocks - 1)]
+                  conv_cfg=conv_cfg, norm_cfg=norm_cfg, **kwargs, **extra(k))
+            for k in range(1, num_blocks)]
     return nn.Sequential(first, *rest)
 
 

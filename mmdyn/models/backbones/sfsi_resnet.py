@@ -56,7 +56,7 @@ from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_
                                       sampled_pixels, with_zero_row)
 
 from .dynamic import DynamicBlockMixin, draw_forced_mask
-from .resnet_parts import DynamicResNetMixin, build_shortcut, first_block_dilation
+from .resnet_parts import DynamicResNetMixin, plain_res_layer
 
 
 SPARSE_CONV3 = ('sampled', 'dense')
@@ -402,22 +402,12 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
                        avg_down=False, conv_cfg=None, norm_cfg=dict(type='BN'), **kwargs):
         """mmdet's ResLayer (ResNeXt widths) with mmseg's contract_dilation."""
         stage = len(self.res_layers)
-        out_channels = planes * block.expansion
-        downsample = build_shortcut(inplanes, out_channels, stride, avg_down, conv_cfg,
-                                    norm_cfg)
-        first_dilation = first_block_dilation(dilation, self.contract_dilation)
-        blocks = []
-        for k in range(num_blocks):
-            first = k == 0
-            blocks.append(block(
-                inplanes=inplanes if first else out_channels, planes=planes,
-                stride=stride if first else 1,
-                dilation=first_dilation if first else dilation,
-                downsample=downsample if first else None, conv_cfg=conv_cfg,
-                norm_cfg=norm_cfg, groups=self.groups, base_width=self.base_width,
-                base_channels=self.base_channels, block_name=f'layer{stage + 1}.{k}',
-                **self.block_options, **kwargs))
-        return nn.Sequential(*blocks)
+        return plain_res_layer(
+            block, inplanes, planes, num_blocks, stride, dilation, avg_down,
+            self.contract_dilation, conv_cfg, norm_cfg, groups=self.groups,
+            base_width=self.base_width, base_channels=self.base_channels,
+            **self.block_options, **kwargs,
+            per_block=lambda k: dict(block_name=f'layer{stage + 1}.{k}'))
 
     def forward(self, x):
         x, stem_flops = self.stem_forward(x)
