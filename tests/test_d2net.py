@@ -2,7 +2,6 @@
 weight conversion from the three local sources (state dicts generated here), clear
 errors, size limits, hard detection / refinement / bilinear sampling against dense
 references, the SIFT-keypoint mode."""
-import os
 
 import cv2
 import numpy as np

@@ -21,7 +21,6 @@ kernel measured on the running CPU), the adaptive pools on rows
 the cells it computes.
 """
 import torch
-import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch import Tensor
 
