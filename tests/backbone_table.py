@@ -11,7 +11,8 @@ from typing import Callable, Tuple
 
 import torch
 
-from mmdyn.models.backbones import CADResNet, LASResNet, SARResNet
+from mmdyn.models.backbones import (CADVGG, CADResNet, ITDResNet, ITDResNeXt, LASResNet,
+                                    SARResNet, SFSIResNet)
 
 
 def randomize_batchnorm_(model, seed: int = 0):
@@ -36,6 +37,9 @@ class BackboneCase:
     #: fixes the masks of a built model (forced random masks, a seeded mask source)
     fix_masks: Callable = field(default=lambda model: None)
     size: Tuple[int, int] = (35, 45)  # odd: every stage pads somewhere
+    #: its sparse path runs no BatchNorm layer (False: no sparse path, or no BatchNorm
+    #: to fold, as D2-Net's VGG)
+    sparse_folds_batchnorm: bool = True
 
     def build(self):
         torch.manual_seed(0)
@@ -54,6 +58,16 @@ def forced(rate: float):
     return fix
 
 
+def permuted(**values):
+    """ITD: a fixed non-default permutation (per-position attribute values)."""
+    def fix(model):
+        model.set_permutation(**values)
+    return fix
+
+
+#: stride 1/2 (transposed conv), 2 and 3, kernels resized to 5 and 1, a dilation of 2
+ITD_PERMUTATION = dict(stride=(0.5, 2, 3, 1), kernel_size=(5, 3, 1, 3),
+                       dilation=(1, 2, 1, 1))
 SAR_SMALL = dict(mask_size=(4, 4, 2), min_input_size=32)
 CAD_RANDOM = dict(mask_source=dict(type='RandomMask', keep_ratio=0.4, seed=3))
 
@@ -65,6 +79,18 @@ CASES = [
                  ('masked', 'sparse'), forced(0.5)),
     BackboneCase('cad-r50-os32', CADResNet, dict(depth=50, base_output_stride=32, **CAD_RANDOM),
                  ('dense', 'sparse')),
+    BackboneCase('sfsi-r50', SFSIResNet, dict(depth=50, base_channels=8, stem_channels=8,
+                                              grid_prior_interval=3),
+                 ('masked', 'sparse'), forced(0.5)),
+    # ITD has one path (the permutation is its dynamic part); 'auto' names it
+    BackboneCase('itd-r18', ITDResNet, dict(depth=18, base_channels=16, stem_channels=16),
+                 ('auto',), permuted(**ITD_PERMUTATION), sparse_folds_batchnorm=False),
+    BackboneCase('itd-x50-nominal', ITDResNeXt,
+                 dict(depth=50, groups=4, base_width=4, base_channels=16, stem_channels=16,
+                      output_size='nominal'),
+                 ('auto',), permuted(**ITD_PERMUTATION), sparse_folds_batchnorm=False),
+    BackboneCase('cad-vgg-os2', CADVGG, dict(output_stride=2, base_channels=8, **CAD_RANDOM),
+                 ('dense', 'sparse'), sparse_folds_batchnorm=False),
 ]
 #: SAR's bottleneck refinement: its mixed-precision path (in-place products onto the
 #: identity rows) differs from the basic block's

@@ -123,8 +123,9 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         if self.forced_rate is not None:  # benchmarks and tests: exact random rates
             masks = []
             for k, grid in enumerate(grids):
+                # in the input's dtype, as the mask heads' masks (bf16 stays bf16)
                 mask = draw_forced_mask(batch, grid, self.forced_rate,
-                                        self.forced_seed * 2 + k, x.device)
+                                        self.forced_seed * 2 + k, x.device).to(x.dtype)
                 mask = apply_grid_prior(mask, self.grid_prior_interval)
                 masks.append(SampledMask(mask, mask, mask))
             return masks
