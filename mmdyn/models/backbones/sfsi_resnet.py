@@ -281,8 +281,9 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         conv3_per = conv_macs(width, c_out, 1)
         shortcut = 0 if self.downsample is None else out_pixels * conv_macs(c_in, c_out, 1)
         heads = self.conv1_mask.macs(in_pixels) + self.conv2_mask.macs(out_pixels)
-        sampled1 = mask1.hard.sum(dim=(1, 2, 3))
-        sampled2 = mask2.hard.sum(dim=(1, 2, 3))
+        # counted in float32: bf16 masks (bf16 weights / autocast) cannot hold counts > 256
+        sampled1 = mask1.hard.float().sum(dim=(1, 2, 3))
+        sampled2 = mask2.hard.float().sum(dim=(1, 2, 3))
         dense = in_pixels * conv1_per + out_pixels * (conv2_per + conv3_per) + shortcut
         executed = heads + shortcut + blur_macs(in_pixels, width + 1, self.kernel_size) \
             + sampled1 * conv1_per + sampled2 * conv2_per
