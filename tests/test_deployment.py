@@ -30,7 +30,8 @@ def test_fuse_conv_bn_keeps_the_outputs_of_every_mode(case):
     model = case.build()
     x = case.input()
     before = {mode: outputs(model, mode, x) for mode in case.modes}
-    assert max_relative_error(before['sparse'], before[case.modes[0]]) < TOLERANCE
+    for mode in case.modes[1:]:  # the modes agree before the fold
+        assert max_relative_error(before[mode], before[case.modes[0]]) < TOLERANCE, mode
     fuse_conv_bn(model)  # in place, after the sparse forward filled the caches
     assert not any(isinstance(m, _BatchNorm) for m in model.modules())
     for mode in case.modes:
@@ -49,7 +50,8 @@ def batchnorm_calls(model, mode, x):
     return len(calls), result
 
 
-@pytest.mark.parametrize('case', CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize('case', [c for c in CASES if c.sparse_folds_batchnorm],
+                         ids=lambda c: c.name)
 def test_sparse_eval_folds_the_batchnorms_of_the_static_parts(case):
     """A plain ``model.eval()`` sparse model runs no BatchNorm layer at all (every one
     is folded into its conv, static parts included) and gives the unfolded reference

@@ -111,9 +111,11 @@ def test_digits_fixture_split_and_layout(tmp_path):
     info = build_digits_fixture(str(tmp_path), size=16)
     assert info['counts'] == {split: len(v) for split, v in splits.items()}
     assert check_digits_root(str(tmp_path))['size'] == 16
-    data = CustomDataset(data_root=str(tmp_path), data_prefix='test', ann_file='meta/test.txt',
-                         classes=info['classes'], pipeline=[dict(type='LoadImageFromFile'),
-                                                            dict(type='PackInputs')])
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # what an mmpretrain config sets
+        data = CustomDataset(data_root=str(tmp_path), data_prefix='test',
+                             ann_file='meta/test.txt', classes=info['classes'],
+                             pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')])
     assert len(data) == info['counts']['test']
     sample = data[0]
     index = int(splits['test'][0])

@@ -61,3 +61,23 @@ def test_bf16_weights_are_close_to_fp32(case_model):
         assert all(a.dtype == torch.bfloat16 for a in got)
         print(case.name, mode, 'bf16 weights', max(errors))
         assert max(errors) < TOLERANCE, (mode, errors)
+
+
+def test_bf16_records_count_the_same_pixels_as_fp32():
+    """The FLOPs records of a bf16 model are those of float32: SFSI counted its sampled
+    pixels in the masks' dtype, and bf16 cannot hold counts above 256 (the stem output
+    of this input has 17 x 21 = 357 pixels)."""
+    case = next(c for c in CASES if c.cls.__name__ == 'SFSIResNet')
+    model = case.build()
+    x = torch.randn(1, 3, 67, 83, generator=torch.Generator().manual_seed(3))
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    for mode in case.modes:
+        records = []
+        for net, inputs in ((model, x), (low, x.to(torch.bfloat16))):
+            net.set_execution_mode(mode)
+            with torch.no_grad():
+                net(inputs)
+            records.append(net.records.blocks)
+        for want, got in zip(*records):
+            assert torch.equal(got.conv1_rate.double(), want.conv1_rate.double()), want.name
+            assert torch.equal(got.executed_flops.double(), want.executed_flops.double())

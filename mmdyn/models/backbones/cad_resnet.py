@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmengine.registry import MODELS
 
+from mmdyn.models.mask_sources.basic import build_mask_source
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs
 from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
                                 dense_to_rows, fill_cells, rows_to_dense, step_levels)
@@ -81,7 +82,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
         self.adaptive_stages = ADAPTIVE_STAGES[base_output_stride]
         super().__init__(depth, strides=strides, dilations=dilations, deep_stem=deep_stem,
                          num_stages=num_stages, **kwargs)
-        self.mask_source = MODELS.build(mask_source)
+        self.mask_source = build_mask_source(mask_source, 'CADResNet')
         if self.mask_source.learned and len(self.adaptive_stages) != 1:
             raise ValueError(f'{type(self.mask_source).__name__} supports one adaptive step: '
                              'use base_output_stride=16')

@@ -24,6 +24,7 @@ import torch
 from mmengine.registry import MODELS
 from torch import Tensor
 
+from mmdyn.models.mask_sources.basic import build_mask_source
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
 from mmdyn.ops.cell_pool import max_pool_rows
 from mmdyn.ops.multires import (CellLayout, adaptive_downsample, block_grid, check_keep_mask,
@@ -81,7 +82,7 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
                              'be False')
         super().__init__(output_stride=output_stride, **kwargs)
         self.num_steps = 3 - self.kept_pools
-        self.mask_source = MODELS.build(mask_source)
+        self.mask_source = build_mask_source(mask_source, 'CADVGG')
         if getattr(self.mask_source, 'learned', False):
             raise ValueError('CADVGG takes hand-crafted masks (keypoints, random, ...); '
                              f'{type(self.mask_source).__name__} is a learned source')

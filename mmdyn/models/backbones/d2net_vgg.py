@@ -27,7 +27,8 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
-from mmdyn.models.keypoints.weights import BGR_MEANS, VGG16_CONVS, load_vgg16_weights
+from mmdyn.models.keypoints.weights import (BGR_MEANS, VGG16_CONVS, WEIGHT_SOURCES,
+                                            load_vgg16_weights)
 from mmdyn.ops import conv_macs
 
 OUTPUT_STRIDES = (8, 4, 2, 1)
@@ -76,6 +77,9 @@ class D2NetVGG(BaseModule):
         if d2net_pool3 and self.output_stride != 4:
             raise ValueError('d2net_pool3=True is D2-Net\'s output-stride-4 test model; it '
                              f'needs output_stride=4, got {output_stride}')
+        if weights_source not in ('auto',) + WEIGHT_SOURCES:
+            raise ValueError(f'weights_source={weights_source!r} is not one of '
+                             f"{('auto',) + WEIGHT_SOURCES}")
         self.final_relu, self.d2net_pool3 = bool(final_relu), bool(d2net_pool3)
         #: pools 1 .. kept_pools stay; the later ones are removed (or made adaptive)
         self.kept_pools = int(math.log2(self.output_stride))

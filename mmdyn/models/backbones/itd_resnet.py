@@ -41,8 +41,9 @@ from torch import nn
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs
 from mmdyn.ops.attribute_conv import (ATTRIBUTES, ConvOption, DynamicAttributeConv2d,
                                       as_option)
-from .resnet_parts import (DynamicResNetMixin, conv_output_size, plain_block_flops,
-                           plain_res_layer, reject_unsupported)
+from .resnet_parts import (DynamicResNetMixin, check_resnet_sizes, check_resnext_width,
+                           conv_output_size, plain_block_flops, plain_res_layer,
+                           reject_unsupported)
 
 POSITIONS = ('A', 'B', 'C', 'D')
 OUTPUT_SIZES = ('actual', 'nominal')
@@ -64,8 +65,13 @@ class ITDResNetMixin(DynamicResNetMixin):
 
     def init_itd(self, dynamic_positions, upsampling_positions, output_size, permutation,
                  min_feature_size):
-        positions = tuple(dynamic_positions)
         allowed = POSITIONS[:self.num_stages]
+        for name, value in (('dynamic_positions', dynamic_positions),
+                            ('upsampling_positions', upsampling_positions)):
+            if not isinstance(value, (list, tuple, str)) and value is not None:
+                raise ValueError(f'{name}={value!r}: expected a list or tuple of positions '
+                                 f'among {allowed}')
+        positions = tuple(dynamic_positions)
         if not positions or len(set(positions)) != len(positions) or \
                 not set(positions) <= set(allowed):
             raise ValueError(f'dynamic_positions={dynamic_positions!r}: choose distinct '
@@ -418,6 +424,7 @@ class ITDResNet(ITDResNetMixin, ResNet):
             raise ValueError(f'depth={depth!r} is not supported by {type(self).__name__}; '
                              f'choose one of {sorted(self.arch_settings)}')
         reject_unsupported(type(self).__name__, multi_grid, **kwargs)
+        check_resnet_sizes(type(self).__name__, **kwargs)
         if kwargs.get('style', 'pytorch') != 'pytorch':
             raise ValueError(f"{type(self).__name__} needs style='pytorch' (the stride on "
                              'the 3x3 conv)')
@@ -447,6 +454,7 @@ class ITDResNeXt(ITDResNet):
     }
 
     def __init__(self, depth: int, groups: int = 32, base_width: int = 4, **kwargs):
+        check_resnext_width(type(self).__name__, groups, base_width)
         self.groups, self.base_width = groups, base_width
         super().__init__(depth, **kwargs)
 

@@ -8,7 +8,7 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from mmdyn.ops import conv_macs
-from .dynamic import DynamicBackboneMixin, fold_cache_of, folded_cached
+from .dynamic import DynamicBackboneMixin, check_number, fold_cache_of, folded_cached
 
 
 def build_shortcut(inplanes: int, out_channels: int, stride: int, avg_down: bool,
@@ -43,6 +43,31 @@ def reject_unsupported(backbone: str, multi_grid=None, **kwargs):
     if kwargs.get('with_cp'):
         raise ValueError(f'{backbone} does not support with_cp=True')
     check_norm_cfg(backbone, kwargs.get('norm_cfg'))
+
+
+def check_resnet_sizes(backbone: str, num_stages=4, strides=(1, 2, 2, 2),
+                       dilations=(1, 1, 1, 1), base_channels=64, stem_channels=None,
+                       **_):
+    """Clear build-time errors for the sizes of mmdet's ``ResNet`` (which asserts, or
+    fails deep in torch on a negative width): ``num_stages`` an int in [1, 4],
+    ``strides`` / ``dilations`` one positive int per stage, positive channel counts."""
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int) \
+            or not 1 <= num_stages <= 4:
+        raise ValueError(f'{backbone}: num_stages={num_stages!r} must be an int in [1, 4]')
+    for name, values in (('strides', strides), ('dilations', dilations)):
+        if not isinstance(values, (list, tuple)) or len(values) != num_stages or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise ValueError(f'{backbone}: {name}={values!r} must be {num_stages} positive '
+                             f'ints, one per stage (num_stages={num_stages})')
+    check_number(base_channels, 'base_channels', low=1, integer=True)
+    if stem_channels is not None:
+        check_number(stem_channels, 'stem_channels', low=1, integer=True)
+
+
+def check_resnext_width(backbone: str, groups, base_width):
+    """ResNeXt's ``groups`` and ``base_width``: positive ints."""
+    check_number(groups, f'{backbone}: groups', low=1, integer=True)
+    check_number(base_width, f'{backbone}: base_width', low=1, integer=True)
 
 
 #: norm layers the sparse path can fold into the convs (mmcv registry names)

@@ -55,8 +55,9 @@ from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_
                                       interpolate_rows, pixel_rows_view, sample_mask,
                                       sampled_pixels, with_zero_row)
 
-from .dynamic import DynamicBlockMixin, draw_forced_mask
-from .resnet_parts import DynamicResNetMixin, plain_res_layer
+from .dynamic import DynamicBlockMixin, check_number, draw_forced_mask
+from .resnet_parts import (DynamicResNetMixin, check_norm_cfg, check_resnet_sizes,
+                           check_resnext_width, plain_res_layer)
 
 
 SPARSE_CONV3 = ('sampled', 'dense')
@@ -66,6 +67,13 @@ def check_sparse_conv3(value: str) -> str:
     if value not in SPARSE_CONV3:
         raise ValueError(f'sparse_conv3={value!r} is not one of {SPARSE_CONV3}')
     return value
+
+
+def check_sampling_seed(seed):
+    """None (torch's RNG) or an int."""
+    if seed is not None:
+        check_number(seed, 'sampling_seed', integer=True)
+    return seed
 
 
 @dataclass
@@ -103,8 +111,7 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         self.sampling = check_sampling_variant(sampling)
         self.grid_prior_interval = check_grid_prior(grid_prior_interval)
         self.kernel_size = check_kernel_size(interpolation_kernel)
-        if not test_temperature > 0:
-            raise ValueError(f'test_temperature must be > 0, got {test_temperature}')
+        check_number(test_temperature, 'test_temperature', low=0, low_inclusive=False)
         self.test_temperature = float(test_temperature)
         self.sparse_conv3 = check_sparse_conv3(sparse_conv3)
         self.conv1_mask = PixelMaskHead(self.inplanes, 1, mask_init_bias)
@@ -123,8 +130,9 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         if self.forced_rate is not None:  # benchmarks and tests: exact random rates
             masks = []
             for k, grid in enumerate(grids):
+                # in the input's dtype, as the mask heads' masks (bf16 stays bf16)
                 mask = draw_forced_mask(batch, grid, self.forced_rate,
-                                        self.forced_seed * 2 + k, x.device)
+                                        self.forced_seed * 2 + k, x.device).to(x.dtype)
                 mask = apply_grid_prior(mask, self.grid_prior_interval)
                 masks.append(SampledMask(mask, mask, mask))
             return masks
@@ -273,8 +281,9 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         conv3_per = conv_macs(width, c_out, 1)
         shortcut = 0 if self.downsample is None else out_pixels * conv_macs(c_in, c_out, 1)
         heads = self.conv1_mask.macs(in_pixels) + self.conv2_mask.macs(out_pixels)
-        sampled1 = mask1.hard.sum(dim=(1, 2, 3))
-        sampled2 = mask2.hard.sum(dim=(1, 2, 3))
+        # counted in float32: bf16 masks (bf16 weights / autocast) cannot hold counts > 256
+        sampled1 = mask1.hard.float().sum(dim=(1, 2, 3))
+        sampled2 = mask2.hard.float().sum(dim=(1, 2, 3))
         dense = in_pixels * conv1_per + out_pixels * (conv2_per + conv3_per) + shortcut
         executed = heads + shortcut + blur_macs(in_pixels, width + 1, self.kernel_size) \
             + sampled1 * conv1_per + sampled2 * conv2_per
@@ -332,8 +341,13 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
                              f'of {sorted(self.arch_settings)}')
         if multi_grid is not None:
             raise ValueError('multi_grid is not supported by SFSIResNet')
-        if not isinstance(num_stages, int) or not 1 <= num_stages <= 4:
-            raise ValueError(f'num_stages must be an int in [1, 4], got {num_stages!r}')
+        check_resnet_sizes('SFSIResNet', num_stages, **kwargs)
+        check_resnext_width('SFSIResNet', groups, base_width)
+        check_norm_cfg('SFSIResNet', kwargs.get('norm_cfg'))
+        check_number(init_sigma, 'init_sigma', low=0, low_inclusive=False)
+        check_number(mask_init_bias, 'mask_init_bias')
+        check_number(test_temperature, 'test_temperature', low=0, low_inclusive=False)
+        check_sampling_seed(sampling_seed)
         if dcn is not None:
             if dcn.get('type') != 'DCNv2' or dcn.get('deform_groups', 1) != 1:
                 raise ValueError(f"dcn={dcn!r}: SFSIResNet supports dict(type='DCNv2', "
@@ -354,6 +368,7 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
 
     def set_sampling_seed(self, seed: Optional[int]):
         """Reproducible stochastic inference: one generator, drawn block by block."""
+        check_sampling_seed(seed)
         generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         for block in self.dynamic_blocks():
             block.generator = generator

@@ -44,6 +44,18 @@ def dilate(pixels: Tensor, size: int) -> Tensor:
     return F.max_pool2d(pixels.float().unsqueeze(1), size, 1, size // 2)[:, 0] > 0.5
 
 
+def build_mask_source(cfg, backbone: str) -> 'MaskSource':
+    """The registered mask source of config ``cfg``; a clear error naming
+    ``mask_source`` and the registered sources otherwise."""
+    registered = sorted(name for name, cls in MODELS.module_dict.items()
+                        if isinstance(cls, type) and issubclass(cls, MaskSource))
+    kind = cfg.get('type') if isinstance(cfg, dict) else None
+    if kind not in registered and not (isinstance(kind, type) and issubclass(kind, MaskSource)):
+        raise ValueError(f'{backbone}: mask_source={cfg!r} must be a config dict whose type '
+                         f'is one of the registered mask sources {registered}')
+    return MODELS.build(cfg)
+
+
 class MaskSource(nn.Module):
     """Base class; subclasses implement :meth:`forward`."""
     #: sources whose masks carry gradients (straight-through) and support one step only
@@ -77,8 +89,11 @@ class RandomMask(MaskSource):
 
     def __init__(self, keep_ratio: float = 0.3, seed: int = 0):
         super().__init__()
-        if not 0.0 <= keep_ratio <= 1.0:
-            raise ValueError(f'keep_ratio must be in [0, 1], got {keep_ratio}')
+        if isinstance(keep_ratio, (bool, str)) or not isinstance(keep_ratio, (int, float)) \
+                or not 0.0 <= keep_ratio <= 1.0:
+            raise ValueError(f'keep_ratio must be a number in [0, 1], got {keep_ratio!r}')
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f'seed={seed!r} must be an int')
         self.keep_ratio, self.seed = float(keep_ratio), int(seed)
 
     def forward(self, inputs, features, grids):
