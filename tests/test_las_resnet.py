@@ -5,24 +5,12 @@ from mmdet.models.backbones import ResNet
 from mmengine.analysis import FlopAnalyzer
 from mmseg.models.backbones import ResNetV1c
 
+from backbone_table import randomize_batchnorm_
 from mmdyn.analysis import build_dense_twin
 from mmdyn.models.backbones import LASResNet
 
 MMSEG_V1C = dict(deep_stem=True, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
                  contract_dilation=True)
-
-
-def randomize_batchnorm_(model):
-    """Non-trivial BN statistics so folding is actually exercised."""
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            size = module.num_features
-            module.running_mean.copy_(torch.rand(size, generator=generator) * 0.2 - 0.1)
-            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
-    return model
 
 
 def build(depth=50, **kwargs):

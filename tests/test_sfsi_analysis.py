@@ -15,12 +15,7 @@ from mmdyn.visualization import plot_block_rates, save_block_overlays
 SMALL = dict(depth=50, base_channels=8, stem_channels=8, init_cfg=None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def test_dense_twin_has_the_weights_and_equals_the_all_on_network():

@@ -14,14 +14,7 @@ from mmdyn.ops.pixel_sampling import (apply_grid_prior, bilinear_tap_rows, check
 
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny tensors: one intra-op thread (a shared machine's busy cores turn OpenMP's
-    waits into seconds per forward); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 def rows_of(x):
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])

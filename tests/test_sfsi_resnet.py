@@ -11,14 +11,7 @@ from mmdyn.models.backbones import SFSIResNet
 from mmdyn.models.losses import SFSISparseLoss
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny tensors: one intra-op thread (a shared machine's busy cores turn OpenMP's
-    waits into seconds per forward); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 SMALL = dict(depth=50, base_channels=8, stem_channels=8, init_cfg=None)
 MMSEG_V1C = dict(deep_stem=True, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
