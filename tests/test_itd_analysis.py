@@ -173,3 +173,23 @@ def test_torchvision_placeholder_fails_clearly_when_used():
             torchvision.__version__
     else:
         assert hasattr(torchvision, '__version__')
+
+
+def test_image_ap_by_hand():
+    from mmdyn.analysis.itd import image_ap
+    gt = [[0, 0, 10, 10], [20, 20, 30, 30]]
+    labels = [0, 1]
+    # ground truth as prediction: AP 1 for both classes
+    assert image_ap(gt, [0.9, 0.8], labels, gt, labels) == pytest.approx(1.0)
+    # nothing detected, or a box of IoU < 0.5 (shifted by 6 px): AP 0
+    assert image_ap(np.zeros((0, 4)), [], [], gt, labels) == 0.0
+    assert image_ap([[6, 0, 16, 10]], [0.9], [0], gt[:1], labels[:1]) == 0.0
+    # class 0 has two boxes, one found (recall 1/2 at precision 1): AP 0.5
+    two = [[0, 0, 10, 10], [40, 40, 50, 50]]
+    assert image_ap([[0, 0, 10, 10]], [0.9], [0], two, [0, 0]) == pytest.approx(0.5)
+    # a false positive ranked above the true one halves the precision there
+    assert image_ap([[60, 60, 70, 70], [0, 0, 10, 10]], [0.9, 0.5], [0, 0], gt[:1],
+                    [0]) == pytest.approx(0.5)
+    # no ground truth: 1 if nothing is detected
+    assert image_ap(np.zeros((0, 4)), [], [], np.zeros((0, 4)), []) == 1.0
+    assert image_ap([[0, 0, 5, 5]], [0.3], [2], np.zeros((0, 4)), []) == 0.0

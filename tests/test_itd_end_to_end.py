@@ -62,3 +62,24 @@ def test_digits_train_test_and_oracle(tmp_path):
     (out / 'summary.json').unlink()
     itd_oracle.main(args)
     assert json.loads((out / 'summary.json').read_text()) == summary
+
+
+@pytest.mark.slow
+def test_detection_oracle_scores_images_by_their_ap(tmp_path):
+    """The oracle on a detector (ITD Faster R-CNN, COCO fixture, random init): one
+    forward per permutation, per-image AP in [0, 1] as the quality."""
+    from mmdyn.datasets import build_coco_fixture
+    from e2e_helpers import tiny_detection_config
+    coco = build_coco_fixture(tmp_path / 'coco', num_shape_images=2, image_size=128, seed=1)
+    config = tiny_detection_config(tmp_path / 'itd_det.py',
+                                   ROOT / 'configs/itd_resnet/faster-rcnn_itd-r50_fpn_1x_coco.py',
+                                   coco, 'init_cfg=None')
+    sys.path.insert(0, str(ROOT / 'tools/analysis'))
+    import itd_oracle
+    out = tmp_path / 'oracle'
+    itd_oracle.main([str(config), 'none', '--space', 'stride=1,2', '--positions', 'D',
+                     '--out-dir', str(out), '--max-batches', '2', '--no-progress',
+                     '--work-dir', str(tmp_path / 'run')])
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['permutations'] == 2 and summary['samples'] >= 2
+    assert 0.0 <= summary['worst'] <= summary['median'] <= summary['best'] <= 1.0

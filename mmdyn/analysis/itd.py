@@ -9,7 +9,10 @@ Off-the-Shelf CNNs", 2021).
   (the lower middle for an even count). Classification: score = softmax confidence of
   the true label + 1 if the prediction is correct (so the best case is correct whenever
   any permutation is). Segmentation: score = quality = the image's mIoU (mean IoU over
-  the classes present in its ground truth or prediction).
+  the classes present in its ground truth or prediction). Detection: score = quality =
+  the image's AP (VOC-style AP at IoU 0.5, mmdet's ``eval_map``, averaged over the
+  classes of its ground truth; an image without ground truth scores 1 if it has no
+  detection, else 0).
 - :func:`greedy_accumulation` (Sec. 4.2): best-case quality when only k permutations
   are allowed, choosing greedily the permutation that adds the most.
 - :func:`efficient_oracle` (Sec. 4.6): per sample, the cheapest permutation (MACs) whose
@@ -72,13 +75,43 @@ def segmentation_scores(model, data):
     return quality, quality, torch.full((len(results),), -1)
 
 
+def image_ap(bboxes, scores, labels, gt_bboxes, gt_labels, iou_thr: float = 0.5) -> float:
+    """One image's AP at ``iou_thr`` (mmdet's ``eval_map``, VOC area interpolation),
+    averaged over the classes present in its ground truth; boxes ``[n, 4]`` x1y1x2y2.
+    Without ground truth: 1.0 when nothing is detected, else 0.0."""
+    from mmdet.evaluation.functional import eval_map
+    bboxes, scores, labels = (np.asarray(v, dtype=np.float32) for v in (bboxes, scores, labels))
+    gt_bboxes = np.asarray(gt_bboxes, dtype=np.float32).reshape(-1, 4)
+    gt_labels = np.asarray(gt_labels, dtype=np.int64)
+    if not len(gt_labels):
+        return float(len(labels) == 0)
+    classes = int(max(gt_labels.max(), labels.max() if len(labels) else 0)) + 1
+    detections = [np.concatenate([bboxes.reshape(-1, 4)[labels == c],
+                                  scores[labels == c, None]], axis=1) for c in range(classes)]
+    mean_ap, _ = eval_map([detections], [dict(bboxes=gt_bboxes, labels=gt_labels)],
+                          iou_thr=iou_thr, logger='silent')
+    return float(mean_ap)
+
+
+def detection_scores(model, data):
+    """``(score, quality, prediction)`` per image for an mmdet detector: score = quality
+    = the image's AP at IoU 0.5; the prediction id is -1 (boxes are not compared)."""
+    results = model.predict(data['inputs'], data['data_samples'])
+    quality = torch.tensor([image_ap(r.pred_instances.bboxes.cpu(), r.pred_instances.scores.cpu(),
+                                     r.pred_instances.labels.cpu(), r.gt_instances.bboxes.cpu(),
+                                     r.gt_instances.labels.cpu()) for r in results])
+    return quality, quality, torch.full((len(results),), -1)
+
+
 def scorer_for(model) -> Callable:
     if hasattr(model, 'decode_head'):
         return segmentation_scores
     if hasattr(model, 'head'):
         return classification_scores
-    raise TypeError(f'{type(model).__name__}: the oracle covers mmpretrain classifiers and '
-                    'mmseg segmentors (per-image AP for detectors is not implemented)')
+    if hasattr(model, 'bbox_head') or hasattr(model, 'roi_head'):
+        return detection_scores
+    raise TypeError(f'{type(model).__name__}: the oracle covers mmpretrain classifiers, '
+                    'mmseg segmentors and mmdet detectors')
 
 
 # -- the oracle run --------------------------------------------------------------------
