@@ -8,8 +8,8 @@ Runs every sample of the config's test split under every permutation of the opti
 (the default permutation first: the reference), one forward per permutation and batch,
 with a progress bar; per-batch results go to ``DIR/batches`` so an interrupted run
 resumes. Writes to ``DIR``: ``summary.json`` (best / median / worst accuracy, or per-image
-mIoU for segmentors, per-image AP at IoU 0.5 for detectors; the reference and the best static permutation; distinct predictions
-per sample), ``preferences.json`` (per sample: best permutation, Fig. 2 counts),
+mIoU for segmentors, per-image AP at IoU 0.5 for detectors; the reference and the best
+static permutation; distinct predictions per sample), ``preferences.json`` (per sample: best permutation, Fig. 2 counts),
 ``accumulation.json``/``.png`` (greedy accumulation curve and the chosen permutations,
 Sec. 4.2), ``distinct_predictions.png``, ``efficiency.json`` and ``accuracy_vs_macs.png``
 (the cheapest permutation per sample with the reference's prediction, Sec. 4.6, Fig. 6:
