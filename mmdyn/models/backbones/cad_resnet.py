@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmengine.registry import MODELS
 
-from mmdyn.models.mask_sources.basic import build_mask_source
+from mmdyn.models.mask_sources.basic import build_mask_source, source_keep_masks
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs
 from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
                                 dense_to_rows, fill_cells, rows_to_dense, step_levels)
@@ -136,12 +136,8 @@ class CADResNet(DynamicResNetMixin, ResNet):
         height, width = features.shape[2:]
         grids = [block_grid(height, width, step + 1)
                  for step in range(len(self.adaptive_stages))]
-        masks = self.external_masks
-        if masks is None:
-            masks = self.mask_source(inputs, features, grids)
-            if len(masks) != len(grids):
-                raise ValueError(f'{type(self.mask_source).__name__} returned {len(masks)} '
-                                 f'masks for {len(grids)} adaptive steps')
+        masks = source_keep_masks(self.mask_source, self.external_masks, inputs, features,
+                                  grids, 'adaptive steps')
         return [check_keep_mask(m, (features.shape[0], *g), f'keep mask of step {s + 1}')
                 if not (m.dtype.is_floating_point and m.requires_grad) else m
                 for s, (m, g) in enumerate(zip(masks, grids))]

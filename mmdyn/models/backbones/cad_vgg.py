@@ -24,7 +24,7 @@ import torch
 from mmengine.registry import MODELS
 from torch import Tensor
 
-from mmdyn.models.mask_sources.basic import build_mask_source
+from mmdyn.models.mask_sources.basic import build_mask_source, source_keep_masks
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
 from mmdyn.ops.cell_pool import max_pool_rows
 from mmdyn.ops.multires import (CellLayout, adaptive_downsample, block_grid, check_keep_mask,
@@ -131,12 +131,8 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
     def keep_masks(self, inputs: Tensor, features: Tensor):
         height, width = features.shape[2:]
         grids = [block_grid(height, width, step) for step in range(1, self.num_steps + 1)]
-        masks = self.external_masks
-        if masks is None:
-            masks = self.mask_source(inputs, features, grids)
-            if len(masks) != len(grids):
-                raise ValueError(f'{type(self.mask_source).__name__} returned {len(masks)} '
-                                 f'masks for {len(grids)} adaptive pools')
+        masks = source_keep_masks(self.mask_source, self.external_masks, inputs, features,
+                                  grids, 'adaptive pools')
         return [check_keep_mask(m.to(features.device), (features.shape[0], *g),
                                 f'keep mask of adaptive pool {s + 1}')
                 for s, (m, g) in enumerate(zip(masks, grids))]

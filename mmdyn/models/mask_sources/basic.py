@@ -44,6 +44,19 @@ def dilate(pixels: Tensor, size: int) -> Tensor:
     return F.max_pool2d(pixels.float().unsqueeze(1), size, 1, size // 2)[:, 0] > 0.5
 
 
+def source_keep_masks(source, external, inputs, features, grids, steps: str) -> list:
+    """The keep masks of one forward: ``external`` ones when set (``set_masks``),
+    otherwise ``source``'s, which must give one mask per grid (``steps`` names what the
+    grids are, for the error)."""
+    if external is not None:
+        return external
+    masks = source(inputs, features, grids)
+    if len(masks) != len(grids):
+        raise ValueError(f'{type(source).__name__} returned {len(masks)} masks for '
+                         f'{len(grids)} {steps}')
+    return masks
+
+
 def build_mask_source(cfg, backbone: str) -> 'MaskSource':
     """The registered mask source of config ``cfg``; a clear error naming
     ``mask_source`` and the registered sources otherwise."""
