@@ -122,6 +122,8 @@ BAD_ARGUMENTS = {
         (dict(num_stages=0), 'num_stages'), (dict(num_stages=5), 'num_stages'),
         (dict(num_stages='4'), 'num_stages'),
         (dict(multi_grid=(1, 2, 4)), 'multi_grid'),
+        (dict(basic_conv1='halo'), 'basic_conv1'), (dict(basic_conv1=True), 'basic_conv1'),
+        (dict(depth=50, basic_conv1='sparse'), 'basic_conv1'),
         (dict(with_cp=True), 'with_cp'),
         (dict(style='caffe', depth=50), 'style'),
         (dict(dcn=dict(type='DCN', deform_groups=1), stage_with_dcn=(False, True, True, True),

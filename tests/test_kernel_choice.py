@@ -222,11 +222,13 @@ def test_sparse_backbones_agree_with_their_reference_for_each_kernel(impl, outpu
 
 # -- never slower than dense: the dense route above the measured crossover --------------
 
-@pytest.mark.parametrize('depth', [18, 50])
-def test_dense_route_gives_the_masked_output_and_counts_dense_flops(depth, monkeypatch):
+@pytest.mark.parametrize('case', [dict(depth=18), dict(depth=50),
+                                  dict(depth=18, basic_conv1='sparse')],
+                         ids=['r18', 'r50', 'r18-sparseconv1'])
+def test_dense_route_gives_the_masked_output_and_counts_dense_flops(case, monkeypatch):
     from test_las_resnet import build, run_both
     monkeypatch.setenv('MMDYN_DENSE_FALLBACK', 'always')
-    model = build(depth=depth, granularity=(4, 4, 2, 1))
+    model = build(granularity=(4, 4, 2, 1), **case)
     x = torch.randn(2, 3, 75, 101)
     for rate in (0.0, 0.35, 1.0):
         model.set_forced_activation(rate, seed=1)

@@ -42,12 +42,16 @@ CASES = [
     dict(depth=50, granularity=(4, 4, 4, 4), **MMSEG_V1C),
     dict(depth=18, granularity=(2, 2, 2, 2), **MMSEG_V1C),
     dict(depth=50, granularity=(2, 3, 2, 1), avg_down=True),
+    dict(depth=18, granularity=(4, 4, 2, 1), basic_conv1='sparse'),
+    dict(depth=34, granularity=(3, 2, 2, 1), basic_conv1='sparse'),
+    dict(depth=18, granularity=(2, 2, 2, 2), basic_conv1='sparse', **MMSEG_V1C),
 ]
 
 
 @pytest.mark.parametrize('case', CASES, ids=lambda c: f"r{c['depth']}-{c['granularity']}"
                          + ('-v1c' if 'deep_stem' in c else '')
-                         + ('-avgdown' if 'avg_down' in c else ''))
+                         + ('-avgdown' if 'avg_down' in c else '')
+                         + ('-sparseconv1' if c.get('basic_conv1') == 'sparse' else ''))
 @pytest.mark.parametrize('rate', [0.0, 0.35, 1.0])
 def test_sparse_equals_masked_for_the_same_mask(case, rate):
     model = build(**case)
@@ -172,6 +176,52 @@ def test_executed_flops_full_and_empty_masks():
     assert (summary.executed_flops < summary.dense_flops).all()
 
 
+def hand_counted_conv1_region(mask, patch, height, width, halo):
+    """Pixels within ``halo`` of an active patch, counted patch by patch in Python."""
+    pixels = set()
+    for r, c in (mask > 0.5).nonzero().tolist():
+        for y in range(max(r * patch - halo, 0), min((r + 1) * patch + halo, height)):
+            for x in range(max(c * patch - halo, 0), min((c + 1) * patch + halo, width)):
+                pixels.add((y, x))
+    return len(pixels)
+
+
+@pytest.mark.parametrize('mode', ['masked', 'sparse'])
+@pytest.mark.parametrize('rate', [0.0, 0.3, 1.0])
+def test_sparse_conv1_flops_count_the_dilated_mask(rate, mode):
+    """basic_conv1='sparse': conv1's executed MACs are those of the conv1 output pixels
+    within conv2's halo of an active patch, counted by hand; for an all-off mask the
+    block costs only its gate and shortcut."""
+    model = build(18, granularity=(3, 2, 2, 1), basic_conv1='sparse')
+    model.set_execution_mode(mode)
+    modules = dict(model.named_modules())
+    inputs = {}
+    for name in ('layer1.0', 'layer2.0', 'layer2.1', 'layer3.1', 'layer4.0'):
+        modules[name].register_forward_pre_hook(
+            lambda m, args, name=name: inputs.__setitem__(name, args[0].shape[2:]))
+    x = torch.randn(2, 3, 70, 90)
+    record = records_at_rate(model, x, rate)
+    for block in record.blocks:
+        if block.name not in inputs:
+            continue
+        module, grid = modules[block.name], block.grid
+        c_in, c_out = module.conv1.in_channels, module.conv1.out_channels
+        in_h, in_w = inputs[block.name]
+        gate = in_h * in_w * c_in + grid.rows * grid.cols * 2 * c_in
+        shortcut = 0 if module.downsample is None else grid.height * grid.width * c_in * c_out
+        for sample in range(2):
+            mask = block.mask[sample, 0]
+            region = hand_counted_conv1_region(mask, grid.patch, grid.height, grid.width,
+                                               module.conv2.dilation[0])
+            computed = hand_counted_conv1_region(mask, grid.patch, grid.height, grid.width, 0)
+            expected = gate + region * c_in * c_out * 9 + computed * c_out * c_out * 9 + shortcut
+            assert float(block.executed_flops[sample]) == expected
+            if rate == 0.0:
+                assert region == computed == 0
+            if rate == 1.0:
+                assert region == grid.height * grid.width
+
+
 def test_gradients_reach_the_maskers_in_training():
     model = LASResNet(depth=18, granularity=(4, 4, 2, 1), init_cfg=None).train()
     model.set_temperature(1.0)
@@ -207,6 +257,8 @@ def test_accumulated_records_sum_over_forwards():
     (dict(depth=50, granularity=(4, 4, 2, 1), execution_mode='fast'), 'execution_mode'),
     (dict(depth=50, style='caffe'), "style='pytorch'"),
     (dict(depth=50, num_stages=5), 'num_stages'),
+    (dict(depth=18, basic_conv1='halo'), "basic_conv1 must be 'dense' or 'sparse'"),
+    (dict(depth=50, basic_conv1='sparse'), 'applies to BasicBlock depths'),
 ])
 def test_bad_configuration_fails_at_build_time(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -156,18 +156,3 @@ def network_image(extractor, image_rgb: np.ndarray) -> np.ndarray:
     from mmdyn.models.keypoints.preprocess import fit_image
     return fit_image(image_rgb, extractor.max_edge, extractor.max_sum_edges, 8,
                      extractor.size_mode).image
-
-
-def time_alternating(runs: dict, warmup: int, repeats: int) -> dict:
-    """Median seconds of ``runs`` (``{name: callable}``), their calls alternating so that
-    all see the same machine state (as :func:`mmdyn.analysis.timing.time_models`)."""
-    import statistics
-    import time
-    times = {name: [] for name in runs}
-    for step in range(warmup + repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            if step >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}

@@ -64,3 +64,16 @@ def time_models(models: dict, x, warmup: int, repeats: int):
                 runs[name].append(times)
     return {name: ([statistics.median(p) for p in zip(*r)],
                    statistics.median(sum(t) for t in r)) for name, r in runs.items()}
+
+
+def time_alternating(runs: dict, warmup: int, repeats: int) -> dict:
+    """Median seconds of ``runs`` (``{name: callable}``), their calls alternating so that
+    all see the same machine state (as :func:`time_models`)."""
+    times = {name: [] for name in runs}
+    for step in range(warmup + repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -171,3 +171,14 @@ def upsample_patch_mask(mask: Tensor, grid: PatchGrid) -> Tensor:
     """Nearest upsampling of a ``[B, G, rows, cols]`` patch mask to the map size."""
     full = mask.repeat_interleave(grid.patch_h, dim=2).repeat_interleave(grid.patch_w, dim=3)
     return full[:, :, :grid.height, :grid.width]
+
+
+def patch_halo_pixels(mask: Tensor, grid: PatchGrid, halo: int) -> Tensor:
+    """``[B, G, H, W]``: the map pixels within ``halo`` (in both directions) of an
+    active patch, i.e. what a 3x3 conv of dilation ``halo`` reads to compute the active
+    patches (DynConv's dilated mask). Max-pooling keeps it differentiable with respect
+    to ``mask`` (the gradient reaches the patch that covers each pixel)."""
+    pixels = upsample_patch_mask(mask, grid)
+    if halo == 0:
+        return pixels
+    return F.max_pool2d(pixels, 2 * halo + 1, stride=1, padding=halo)

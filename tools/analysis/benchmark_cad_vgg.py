@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import mmdyn  # noqa: E402,F401
 from mmdyn.analysis import keep_freed_memory  # noqa: E402
-from mmdyn.analysis.cad_vgg import time_alternating  # noqa: E402
+from mmdyn.analysis.timing import time_alternating  # noqa: E402
 from mmdyn.models.backbones import CADVGG, D2NetVGG, caffe_preprocess  # noqa: E402
 from mmdyn.models.keypoints import strongest_sift  # noqa: E402
 

@@ -27,8 +27,10 @@ from mmengine.registry import MODELS
 from torch import nn
 
 from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
-                       conv_macs, gather_windows, patch_extents, scatter_add_patches,
+                       conv_macs, conv_tap_rows, gather_windows, patch_extents,
+                       patch_halo_pixels, pixel_rows, sampled_pixels, scatter_add_patches,
                        upsample_patch_mask)
+from mmdyn.ops.multires import conv3x3_rows
 from .dense_fallback import measure_crossover, runs_densely, size_class
 from .dynamic import (DynamicBlockMixin, check_granularity, check_number, draw_forced_mask,
                       fold_sources)
@@ -222,15 +224,18 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
 
 
 class LASBasicBlock(_LASBlockMixin, BasicBlock):
-    """mmdet BasicBlock + masker. conv1 (3x3, strided) runs densely, as in the
-    bottleneck; conv2 runs on the active patches, gathered with their halo from
-    conv1's output. (Computing conv1 on overlapping windows instead would recompute
-    every halo: more FLOPs than the dense block for small S.)"""
+    """mmdet BasicBlock + masker; conv2 runs on the active patches, gathered with their
+    halo from conv1's output. conv1 (3x3, strided) runs either densely
+    (``sparse_conv1=False``, as in the bottleneck) or, with ``sparse_conv1=True``, only
+    at the conv1 output pixels conv2 reads for the active patches: the patch mask
+    dilated by conv2's halo (DynConv's dilated mask), computed once per pixel (tap rows
+    and one GEMM), never once per overlapping window."""
 
     def __init__(self, *args, granularity: int = 1, block_name: str = '',
-                 mask_init_bias: float = 3.0, **kwargs):
+                 mask_init_bias: float = 3.0, sparse_conv1: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.init_las(granularity, block_name, mask_init_bias)
+        self.sparse_conv1 = bool(sparse_conv1)
         dilation = self.conv2.dilation[0]
         self.conv2_window = Window(self.granularity, self.granularity + 2 * dilation,
                                    dilation)
@@ -249,19 +254,48 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         self._record(x, grid, mask)
         return out
 
+    def conv1_region(self, mask, grid):
+        """``[B, 1, H, W]`` conv1 output pixels that conv2 reads for the active patches."""
+        return patch_halo_pixels(mask, grid, self.conv2.dilation[0])
+
     def _forward_sparse(self, x, grid, mask):
         x = x.contiguous(memory_format=torch.channels_last)
         index = active_patches(mask)
         identity = self.downsample_dense(x, True)
         if index.numel() == 0:
             return self.sparse_output(x, identity, None, index, grid)
-        out1 = self.folded('conv1', self.conv1, self.norm1)(x)
+        dense_out1 = None if self.sparse_conv1 else self._conv1_dense(x)
+
+        def out1_for(m):  # conv1's output where conv2 reads it for the mask m
+            return dense_out1 if dense_out1 is not None else self._conv1_on_region(x, m, grid)
+
+        def dense_conv1():
+            return dense_out1 if dense_out1 is not None else self._conv1_dense(x)
+
         if self.takes_dense_route(
                 x, mask, grid,
-                lambda m: self._residual_sparse(x, out1, identity.clone(), active_patches(m), grid),
-                lambda m: self._residual_dense(out1, identity, m, grid)):
-            return self._residual_dense(out1, identity, mask, grid)
-        return self._residual_sparse(x, out1, identity, index, grid)
+                lambda m: self._residual_sparse(x, out1_for(m), identity.clone(),
+                                                active_patches(m), grid),
+                lambda m: self._residual_dense(dense_conv1(), identity, m, grid)):
+            return self._residual_dense(dense_conv1(), identity, mask, grid)
+        return self._residual_sparse(x, out1_for(mask), identity, index, grid)
+
+    def _conv1_dense(self, x):
+        return self.folded('conv1', self.conv1, self.norm1)(x)
+
+    def _conv1_on_region(self, x, mask, grid):
+        """conv1 (BatchNorm folded, before its ReLU) at the pixels of
+        :meth:`conv1_region` only, zeros elsewhere (never read for this mask)."""
+        conv1 = self.folded('conv1', self.conv1, self.norm1).cast(x.dtype)
+        batch, _, in_h, in_w = x.shape
+        pixels = sampled_pixels(self.conv1_region(mask, grid))
+        conv = self.conv1
+        taps = conv_tap_rows(pixels, (grid.height, grid.width), (in_h, in_w), conv.stride[0],
+                             conv.dilation[0], conv.padding[0], zero_row=batch * in_h * in_w)
+        out1 = x.new_zeros(batch, grid.height, grid.width, conv1.out_channels).permute(0, 3, 1, 2)
+        pixel_rows(out1).index_copy_(0, pixels, conv3x3_rows(pixel_rows(x), taps,
+                                                             conv1.matrix, conv1.bias))
+        return out1
 
     def _residual_sparse(self, x, out1, identity, index, grid):
         windows = gather_windows(out1, index, self.conv2_window).relu_()
@@ -275,14 +309,19 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
     def _record(self, x, grid, mask):
         out_pixels = grid.height * grid.width
         c_in, c_out = self.conv1.in_channels, self.conv1.out_channels
-        conv1_flops = out_pixels * conv_macs(c_in, c_out, 3)
+        conv1_per_pixel = conv_macs(c_in, c_out, 3)
         conv2_per_pixel = conv_macs(c_out, c_out, 3)
         computed = (mask * patch_extents(grid, x.device)).sum(dim=(1, 2, 3))
+        if self.sparse_conv1 and not self.ran_densely:
+            conv1_pixels = self.conv1_region(mask, grid).sum(dim=(1, 2, 3))
+        else:
+            conv1_pixels = out_pixels
         downsample = self.downsample_flops(out_pixels)
         gate = self.gate_flops(x.shape[2] * x.shape[3], grid)
         self.store_record(grid, mask, computed,
-                          dense_flops=conv1_flops + out_pixels * conv2_per_pixel + downsample,
-                          executed_flops=gate + conv1_flops + downsample
+                          dense_flops=out_pixels * (conv1_per_pixel + conv2_per_pixel)
+                          + downsample,
+                          executed_flops=gate + conv1_pixels * conv1_per_pixel + downsample
                           + self.executed_area(computed, grid) * conv2_per_pixel)
 
 
@@ -316,6 +355,10 @@ class LASResNet(DynamicResNetMixin, ResNet):
             or ``'sparse'`` (inference only).
         temperature: initial Gumbel temperature (hooks change it during training).
         mask_init_bias: initial "compute" logit bias; > 0 starts every block dense.
+        basic_conv1: BasicBlock depths (18/34): ``'dense'`` runs conv1 on the whole
+            map; ``'sparse'`` only where conv2 reads it for the active patches (the
+            mask dilated by conv2's halo, as DynConv/LASNet count it), so that the
+            executed FLOPs can fall below half of the block's.
         contract_dilation: mmseg ResNetV1c semantics, the first block of a dilated
             stage uses half the dilation.
     """
@@ -330,10 +373,17 @@ class LASResNet(DynamicResNetMixin, ResNet):
     def __init__(self, depth: int, granularity=(4, 4, 2, 1), execution_mode: str = 'auto',
                  temperature: float = 1.0, mask_init_bias: float = 3.0,
                  contract_dilation: bool = False, multi_grid=None, num_stages: int = 4,
-                 **kwargs):
+                 basic_conv1: str = 'dense', **kwargs):
         if depth not in self.arch_settings:
             raise ValueError(f'depth={depth!r} is not supported by LASResNet; choose one of '
                              f'{sorted(self.arch_settings)}')
+        if basic_conv1 not in ('dense', 'sparse'):
+            raise ValueError(f"basic_conv1 must be 'dense' or 'sparse', got {basic_conv1!r}")
+        if basic_conv1 == 'sparse' and self.arch_settings[depth][0] is not LASBasicBlock:
+            raise ValueError(f"basic_conv1='sparse' applies to BasicBlock depths (18, 34); "
+                             f'depth {depth} has bottlenecks, whose conv1 (1x1) feeds the '
+                             'masker and runs densely')
+        self.basic_conv1 = basic_conv1
         if multi_grid is not None:
             raise ValueError('multi_grid is not supported by LASResNet')
         check_norm_cfg('LASResNet', kwargs.get('norm_cfg'))
@@ -368,7 +418,12 @@ class LASResNet(DynamicResNetMixin, ResNet):
             self.contract_dilation, conv_cfg, norm_cfg, **kwargs,
             per_block=lambda k: dict(granularity=self._block_granularity[stage][k],
                                      block_name=f'layer{stage + 1}.{k}',
-                                     mask_init_bias=self.mask_init_bias))
+                                     mask_init_bias=self.mask_init_bias,
+                                     **self._basic_block_args(block)))
+
+    def _basic_block_args(self, block) -> dict:
+        return dict(sparse_conv1=self.basic_conv1 == 'sparse') \
+            if block is LASBasicBlock else {}
 
     def forward(self, x):
         x, stem_flops = self.stem_forward(x)
