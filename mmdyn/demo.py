@@ -23,8 +23,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 import mmdyn  # noqa: F401  (registers mmdyn modules)
-from mmdyn.analysis import (keep_freed_memory, prepare_dense_for_timing,
-                            prepare_sparse_for_timing, time_models)
+from mmdyn.analysis import keep_freed_memory, prepare_dense_for_timing, time_models
 from mmdyn.datasets import build_coco_fixture
 from mmdyn.visualization import save_block_overlays
 
@@ -102,7 +101,7 @@ def main():
     batch = first_val_batch(las)
     x = batch['inputs'].contiguous(memory_format=torch.channels_last)
     static_backbone = prepare_dense_for_timing(static.model.backbone)
-    las_backbone = prepare_sparse_for_timing(las.model.backbone)
+    las_backbone = las.model.backbone.prepare_for_timing()
     timed = time_models(dict(dense=static_backbone, sparse=las_backbone), x, warmup=3,
                         repeats=15)
 

@@ -61,10 +61,5 @@ def built():
 def test_bad_control_value_names_itself(built, cls, control):
     method, args, name = control
     model = built[cls]
-    if method == 'set_forced_activation' and not hasattr(model, 'forced_rate') and \
-            cls.__name__ == 'CADResNet':
-        with pytest.raises(NotImplementedError, match='set_masks'):
-            getattr(model, method)(*args)  # CAD takes masks from its source, documented
-        return
     with pytest.raises(ValueError, match=name):
         getattr(model, method)(*args)

@@ -6,7 +6,6 @@ from mmengine.analysis import FlopAnalyzer
 from mmseg.models.backbones import ResNetV1c
 
 from backbone_table import randomize_batchnorm_
-from mmdyn.analysis import build_dense_twin
 from mmdyn.models.backbones import LASResNet
 
 MMSEG_V1C = dict(deep_stem=True, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
@@ -152,7 +151,7 @@ def test_dense_flops_equal_mmengine_conv_count():
     x = torch.randn(1, 3, 96, 128)
     record = records_at_rate(model, x, 1.0)
     ours = record.dense_flops
-    counted = FlopAnalyzer(build_dense_twin(model), (x,)).by_operator()['conv']
+    counted = FlopAnalyzer(model.static_twin(), (x,)).by_operator()['conv']
     assert ours == counted
 
 
@@ -309,9 +308,3 @@ def test_folded_weight_cache_follows_weight_updates():
     assert relative_error(sparse[-1], before) > 1e-2
     assert relative_error(sparse[-1], masked[-1]) < 1e-4
     assert float(sparse_record.blocks[4].activation_rate) == 0.0
-
-
-def test_dense_twin_refuses_layouts_it_cannot_reproduce():
-    model = LASResNet(depth=18, init_cfg=None, **MMSEG_V1C)
-    with pytest.raises(ValueError, match='contract_dilation'):
-        build_dense_twin(model)

@@ -14,6 +14,7 @@ from mmengine.registry import MODELS, init_default_scope
 
 import mmdyn  # noqa: F401
 from mmdyn.analysis import learning
+from mmdyn.analysis.complexity import backbone_conv_macs
 from mmdyn.datasets.digits_fixture import build_digits_fixture
 from mmdyn.ops import BlockRecord, PatchGrid
 
@@ -76,7 +77,7 @@ def test_static_macs_from_flop_analyzer_equal_las_dense_records():
     las.eval()
     with torch.no_grad():
         las(torch.zeros(1, 3, 64, 64))
-    assert learning.backbone_conv_macs(static, (64, 64)) == las.records.dense_flops
+    assert backbone_conv_macs(static, (64, 64)) == las.records.dense_flops
     assert static.training  # restored
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from e2e_helpers import ROOT, run, tiny_cityscapes_config
-from mmdyn.analysis.sfsi import (PROFILE_PARTS, build_sfsi_dense_twin, profile_sparse_parts,
+from mmdyn.analysis.sfsi import (PROFILE_PARTS, profile_sparse_parts,
                                  prunable_weights, prune_backbone_, pruning_study)
 from mmdyn.models.backbones import SFSIResNet
 from mmdyn.visualization import plot_block_rates, save_block_overlays
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 def test_dense_twin_has_the_weights_and_equals_the_all_on_network():
     torch.manual_seed(0)
     model = SFSIResNet(**SMALL).eval()
-    twin = build_sfsi_dense_twin(model)
+    twin = model.static_twin()
     model.set_execution_mode('sparse')
     model.set_forced_activation(1.0)
     x = torch.randn(1, 3, 48, 56)

@@ -2,10 +2,7 @@
 twins and inference preparation (``twins``), complexity counts (``complexity``), and
 per-method studies (``cad``, ``itd``: import them by module)."""
 from .timing import keep_freed_memory, run_stem, stage_flops, time_alternating, time_models
-from .twins import (build_dense_resnet, build_dense_twin, build_las_backbone,
-                    build_sar_backbone, fold_stem_, prepare_dense_for_timing,
-                    prepare_sar_for_timing, prepare_sparse_for_timing)
+from .twins import build_dense_resnet, prepare_dense_for_timing
 
 __all__ = ['keep_freed_memory', 'run_stem', 'stage_flops', 'time_alternating', 'time_models',
-           'build_dense_resnet', 'build_dense_twin', 'build_las_backbone', 'build_sar_backbone', 'fold_stem_',
-           'prepare_dense_for_timing', 'prepare_sar_for_timing', 'prepare_sparse_for_timing']
+           'build_dense_resnet', 'prepare_dense_for_timing']

@@ -162,3 +162,17 @@ def format_table(rows: Sequence[dict], ratio_rate: float = 0.5) -> str:
              f'{sar["params"] / 1e6:.2f}'] + cells
             + [f'{ratio:.2f}' if ratio is not None else '-']) + ' |')
     return '\n'.join(lines)
+
+
+def backbone_conv_macs(backbone, input_hw) -> float:
+    """Conv multiply-adds of one image through a static backbone, counted operator by
+    operator by mmengine's FlopAnalyzer (independent of mmdyn's own records)."""
+    from mmengine.analysis import FlopAnalyzer
+    was_training = backbone.training
+    backbone.eval()
+    x = torch.zeros(1, 3, *input_hw)
+    analyzer = FlopAnalyzer(backbone, (x, )).unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    macs = float(analyzer.by_operator()['conv'])
+    backbone.train(was_training)
+    return macs

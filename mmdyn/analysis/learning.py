@@ -23,6 +23,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from mmdyn.analysis.complexity import backbone_conv_macs
 from mmdyn.visualization.masks import block_mask_on_input
 
 #: grey level above which a pixel of the upsampled digit counts as ink (0..255)
@@ -64,20 +65,6 @@ def ink_preference(counts: dict) -> dict:
             preference = ink_rate / bg_rate
         out[stage] = dict(ink_rate=ink_rate, background_rate=bg_rate, preference=preference)
     return out
-
-
-def backbone_conv_macs(backbone, input_hw) -> float:
-    """Conv multiply-adds of one image through a static backbone, counted operator by
-    operator by mmengine's FlopAnalyzer (independent of mmdyn's own records)."""
-    from mmengine.analysis import FlopAnalyzer
-    was_training = backbone.training
-    backbone.eval()
-    x = torch.zeros(1, 3, *input_hw)
-    analyzer = FlopAnalyzer(backbone, (x, )).unsupported_ops_warnings(False)
-    analyzer.uncalled_modules_warnings(False)
-    macs = float(analyzer.by_operator()['conv'])
-    backbone.train(was_training)
-    return macs
 
 
 def build_classifier(cfg, checkpoint=None):

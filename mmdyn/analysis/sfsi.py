@@ -14,13 +14,11 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from mmdet.models.backbones import ResNet, ResNeXt
 from torch import nn
 from torch.nn.utils import prune
 
 from mmdyn.models.backbones import SFSIResNet
 from .cad import _close_log_files, _metric, _with_sparsity_metric
-from .twins import prepare_dense_for_timing
 
 #: the record_function labels of the sparse bottleneck (SFSIBottleneck)
 PROFILE_PARTS = ('sfsi.mask_heads', 'sfsi.conv1', 'sfsi.interp1', 'sfsi.conv2',
@@ -30,27 +28,6 @@ TASK_METRICS = ('bbox_mAP', 'mIoU', 'accuracy/top1')
 
 def build_sfsi_backbone(depth: int, **kwargs) -> SFSIResNet:
     return SFSIResNet(depth=depth, init_cfg=None, **kwargs)
-
-
-def build_sfsi_dense_twin(sfsi: SFSIResNet):
-    """The static mmdet ResNet (ResNeXt for groups > 1) with the SFSI backbone's
-    weights (every mask head and kernel width dropped), BatchNorm folded."""
-    if sfsi.contract_dilation and any(d > 1 for d in sfsi.dilations):
-        raise ValueError('build_sfsi_dense_twin: mmdet ResNet has no contract_dilation')
-    if sfsi.dcn is not None:
-        raise ValueError('build_sfsi_dense_twin: time the network without DCN')
-    kwargs = dict(depth=sfsi.depth, num_stages=sfsi.num_stages, strides=sfsi.strides,
-                  dilations=sfsi.dilations, out_indices=sfsi.out_indices,
-                  deep_stem=sfsi.deep_stem, avg_down=sfsi.avg_down,
-                  base_channels=sfsi.base_channels, stem_channels=sfsi.stem_channels,
-                  init_cfg=None)
-    dense = ResNet(**kwargs) if sfsi.groups == 1 else \
-        ResNeXt(groups=sfsi.groups, base_width=sfsi.base_width, **kwargs)
-    missing, unexpected = dense.load_state_dict(sfsi.state_dict(), strict=False)
-    new = ('_mask.weight', '_mask.bias', '_sigma')
-    if missing or not all(key.endswith(new) for key in unexpected):
-        raise RuntimeError(f'dense twin does not match: missing={missing}')
-    return prepare_dense_for_timing(dense)
 
 
 @torch.no_grad()

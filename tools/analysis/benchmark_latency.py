@@ -17,6 +17,15 @@ and saves JSON.
         --threads 2 1
     python tools/analysis/benchmark_latency.py --arch sfsi --depth 101 --rates 0.2 0.4 0.6 \
         --profile
+
+Any mmdyn config (DESIGN contract 7; mmdyn/analysis/config_benchmark.py): the config's
+backbone against its static twin, whole calls, in the default process (no allocator
+tuning), masks forced at the rates or ``source`` (the model's own maskers / mask source
+on ``--image``); ``--part model`` times the whole detector / segmentor / classifier::
+
+    python tools/analysis/benchmark_latency.py CONFIG [--checkpoint CKPT] \
+        [--rates 0.3 0.5 source] [--image astronaut] [--input H W] [--threads 2 1] \
+        [--part backbone|model]
 """
 import argparse
 import copy
@@ -26,19 +35,26 @@ import sys
 from pathlib import Path
 
 import torch
+from mmengine.config import DictAction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from mmdyn.analysis import (build_dense_resnet, build_dense_twin,  # noqa: E402
-                            build_las_backbone, build_sar_backbone, keep_freed_memory,
-                            prepare_sar_for_timing, prepare_sparse_for_timing,
-                            stage_flops, time_models)
+from mmdyn.analysis import keep_freed_memory, stage_flops, time_models  # noqa: E402
 from mmdyn.analysis.complexity import dense_part_flops  # noqa: E402
-from mmdyn.analysis.sfsi import (build_sfsi_backbone, build_sfsi_dense_twin,  # noqa: E402
-                                 profile_sparse_parts)
+from mmdyn.analysis.config_benchmark import SOURCE, benchmark_config, parse_rate  # noqa: E402
+from mmdyn.analysis.sfsi import profile_sparse_parts  # noqa: E402
+from mmdyn.models.backbones import LASResNet, SARResNet, SFSIResNet  # noqa: E402
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', nargs='?', default=None,
+                        help='an mmdyn config (then --arch/--depth/... are not used)')
+    parser.add_argument('--checkpoint', default=None, help='config mode: weights to load')
+    parser.add_argument('--part', choices=('backbone', 'model'), default='backbone',
+                        help='config mode: time the backbone or the whole model')
+    parser.add_argument('--image', default=None,
+                        help='config mode: a photo (path or skimage.data name) as input')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None)
     parser.add_argument('--arch', choices=('las', 'sar', 'sfsi'), default='las')
     parser.add_argument('--depth', type=int, default=None,
                         help='default: 101 for LAS and SFSI, 50 for SAR')
@@ -53,7 +69,9 @@ def parse_args():
     parser.add_argument('--setting', default='G2s2a2b1', help='SAR: G<g>s<s>a<alpha>b<beta>')
     parser.add_argument('--mask-size', type=int, nargs=3, default=[7, 7, 2],
                         help='SAR: region-selection grid K per SAR stage')
-    parser.add_argument('--rates', type=float, nargs='+', default=[0.3, 0.5, 0.7])
+    parser.add_argument('--rates', nargs='+', default=['0.3', '0.5', '0.7'],
+                        help="activation rates; config mode also 'source' (the model's "
+                        'own masks)')
     parser.add_argument('--input', type=int, nargs=2, default=[800, 1216],
                         metavar=('H', 'W'))
     parser.add_argument('--batch', type=int, default=1)
@@ -63,6 +81,12 @@ def parse_args():
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', default=None, help='JSON path (default under work_dirs/)')
     args = parser.parse_args()
+    try:
+        args.rates = [parse_rate(r) for r in args.rates]
+    except ValueError as error:
+        parser.error(str(error))
+    if args.config is None and SOURCE in args.rates:
+        parser.error("--rates source needs a config (the model's own masks)")
     if args.depth is None:
         args.depth = 50 if args.arch == 'sar' else 101
     args.grid_prior = None if args.grid_prior == 'none' else int(args.grid_prior)
@@ -73,28 +97,28 @@ def build_models(args):
     """``({name: backbone}, dynamic backbones, dense FLOPs per part, title, file stem)``;
     the dense network is named 'dense', the sparse path 'sparse'."""
     if args.arch == 'las':
-        las = build_las_backbone(args.depth, tuple(args.granularity))
-        dense = build_dense_twin(las)
-        sparse = prepare_sparse_for_timing(las)
+        las = LASResNet(depth=args.depth, granularity=tuple(args.granularity), init_cfg=None)
+        dense = las.static_twin()
+        sparse = las.prepare_for_timing()
         models = dict(dense=dense, sparse=sparse)
         granularity = ''.join(map(str, args.granularity))
         return models, [sparse], None, \
             f'LAS-ResNet-{args.depth} S={"-".join(map(str, args.granularity))}', \
             f'las-r{args.depth}-s{granularity}'
     if args.arch == 'sfsi':
-        sfsi = build_sfsi_backbone(args.depth, grid_prior_interval=args.grid_prior,
-                                   sparse_conv3=args.sparse_conv3)
-        dense = build_sfsi_dense_twin(sfsi)
-        sparse = prepare_sparse_for_timing(sfsi)
+        sfsi = SFSIResNet(depth=args.depth, grid_prior_interval=args.grid_prior,
+                          sparse_conv3=args.sparse_conv3, init_cfg=None)
+        dense = sfsi.static_twin()
+        sparse = sfsi.prepare_for_timing()
         prior = 'off' if args.grid_prior is None else f'k={args.grid_prior}'
         return dict(dense=dense, sparse=sparse), [sparse], None, \
             f'SFSI-ResNet-{args.depth} (grid prior {prior}, conv3 {args.sparse_conv3}) vs ' \
             f'ResNet-{args.depth}', f'sfsi-r{args.depth}-grid{args.grid_prior}-{args.sparse_conv3}'
-    sar = build_sar_backbone(args.depth, args.setting, args.mask_size,
-                             min_input_size=min(args.input))
-    masked = prepare_sar_for_timing(copy.deepcopy(sar), 'masked')
-    sparse = prepare_sar_for_timing(sar, 'sparse')
-    dense = build_dense_resnet(args.depth)
+    sar = SARResNet(depth=args.depth, sar_setting=args.setting, mask_size=tuple(args.mask_size),
+                    min_input_size=min(args.input), init_cfg=None)
+    masked = copy.deepcopy(sar).prepare_for_timing('masked')
+    sparse = sar.prepare_for_timing()
+    dense = sar.static_twin()
     models = dict(dense=dense, sparse=sparse, masked=masked)
     return models, [sparse, masked], dense_part_flops(dense, args.input), \
         f'SAR-ResNet-{args.depth} {args.setting} K={"-".join(map(str, args.mask_size))} ' \
@@ -151,9 +175,31 @@ def print_rows(rate, threads, stages, total):
         print(line)
 
 
+def run_config(args):
+    report = benchmark_config(args.config, args.rates, tuple(args.input), args.threads,
+                              args.part, args.checkpoint, args.image, args.batch,
+                              args.warmup, args.repeats, args.seed, args.cfg_options)
+    print(f"{os.path.basename(args.config)}: {report['part']} {report['backbone']} against "
+          f"{report['twin']}, input {'x'.join(map(str, report['input']))}, median of "
+          f'{args.repeats} whole calls after {args.warmup} warm-up, default process')
+    print(f'{"threads":>7} {"rate":>6} {"static ms":>10} {"dynamic ms":>10} {"lat ratio":>9} '
+          f'{"FLOPs ratio":>11} {"lat/FLOPs":>9}')
+    for row in report['rows']:
+        rate = row['rate'] if row['rate'] == SOURCE else f"{row['rate']:.2f}"
+        print(f"{row['threads']:>7} {rate:>6} {row['static_s'] * 1e3:10.1f} "
+              f"{row['dynamic_s'] * 1e3:10.1f} {row['latency_ratio']:9.3f} "
+              f"{row['flops_ratio']:11.3f} {row['latency_over_flops']:9.3f}")
+    report['torch'] = torch.__version__
+    stem = os.path.splitext(os.path.basename(args.config))[0]
+    return report, f'{stem}-{args.part}-t{"-".join(map(str, args.threads))}'
+
+
 def main():
     args = parse_args()
     torch.set_flush_denormal(True)  # denormals slow x86 CPUs by orders of magnitude
+    if args.config is not None:
+        report, stem = run_config(args)
+        return save(report, args.out, stem)
     keep_freed_memory()
     torch.manual_seed(args.seed)
     models, dynamic, dense_flops, title, stem = build_models(args)
@@ -166,9 +212,11 @@ def main():
     report = dict(config=vars(args), torch=torch.__version__, runs=[])
     for threads in args.threads:
         report['runs'] += measure(args, models, dynamic, dense_flops, x, parts, threads)
-    out = args.out or os.path.join(
-        'work_dirs', 'benchmark_latency',
-        f'{stem}-t{"-".join(map(str, args.threads))}.json')
+    save(report, args.out, f'{stem}-t{"-".join(map(str, args.threads))}')
+
+
+def save(report: dict, out, stem: str):
+    out = out or os.path.join('work_dirs', 'benchmark_latency', f'{stem}.json')
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
     with open(out, 'w') as f:
         json.dump(report, f, indent=2)

@@ -103,8 +103,14 @@ class CADResNet(DynamicResNetMixin, ResNet):
             self.mask_source.temperature = self.temperature
 
     def set_forced_activation(self, rate, seed: int = 0):
-        raise NotImplementedError('CADResNet takes masks from its mask source or from '
-                                  'set_masks(); use RandomMask(keep_ratio=...)')
+        """Benchmarks, tests: random keep masks with probability ``rate`` per block
+        (``RandomMask(keep_ratio=rate, seed=seed)``) instead of the mask source;
+        ``None`` gives control back to the mask source."""
+        if rate is not None:
+            check_number(rate, 'forced activation rate', 0.0, 1.0)
+        # kept outside the module tree: not a submodule, not in the state dict
+        self.__dict__['forced_source'] = None if rate is None else build_mask_source(
+            dict(type='RandomMask', keep_ratio=rate, seed=seed), 'CADResNet')
 
     def set_masks(self, masks):
         """Use these keep masks (one ``[B, rows, cols]`` per adaptive step, True = full
@@ -136,7 +142,8 @@ class CADResNet(DynamicResNetMixin, ResNet):
         height, width = features.shape[2:]
         grids = [block_grid(height, width, step + 1)
                  for step in range(len(self.adaptive_stages))]
-        masks = source_keep_masks(self.mask_source, self.external_masks, inputs, features,
+        source = self.__dict__.get('forced_source') or self.mask_source
+        masks = source_keep_masks(source, self.external_masks, inputs, features,
                                   grids, 'adaptive steps')
         return [check_keep_mask(m, (features.shape[0], *g), f'keep mask of step {s + 1}')
                 if not (m.dtype.is_floating_point and m.requires_grad) else m

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmengine.registry import MODELS
-from torch import nn
 
 from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
                        conv_macs, conv_tap_rows, gather_windows, patch_extents,

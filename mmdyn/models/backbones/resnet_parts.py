@@ -3,7 +3,8 @@ projection, mmseg's contracted dilation, the FLOPs of a plain (static) block, an
 BatchNorm-folded inference of the static parts (stem, static blocks, projections)."""
 from typing import Tuple
 
-from mmcv.cnn import build_conv_layer, build_norm_layer
+import torch
+from mmcv.cnn import build_conv_layer, build_norm_layer, fuse_conv_bn
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from torch import nn
 
@@ -220,6 +221,56 @@ class DynamicResNetMixin(DynamicBackboneMixin):
         """mmdet's ResNet.train() returns None; keep nn.Module's ``return self``."""
         super().train(mode)
         return self
+
+    # -- DESIGN contract 7: benchmarkable from its config ----------------------------
+
+    #: substrings of the state-dict keys the dense twin does not have (gates, mask
+    #: heads, learned mask sources); None: the twin's architecture differs (SAR-ResNet),
+    #: it gets no weights from this backbone.
+    twin_extra_keys: Tuple[str, ...] = ('masker.', '_mask.', '_sigma', 'mask_source.')
+
+    def static_twin(self) -> nn.Module:
+        """The dense network this backbone extends, with its weights where the
+        architectures match: mmdet's ``ResNet`` / ``ResNeXt``, or mmseg's for
+        ``contract_dilation`` layouts; eval mode, every BatchNorm folded, channels-last.
+        With every mask on (LAS, SFSI), every cell kept (CAD) or the default permutation
+        (ITD) the backbone computes exactly this network."""
+        twin = self._dense_resnet()
+        if self.twin_extra_keys is not None:
+            missing, unexpected = twin.load_state_dict(self.state_dict(), strict=False)
+            foreign = [k for k in unexpected if not any(e in k for e in self.twin_extra_keys)]
+            if missing or foreign:
+                raise RuntimeError(f'{type(self).__name__}.static_twin: the dense network '
+                                   f'does not match (missing {missing[:5]}, unexpected '
+                                   f'{foreign[:5]})')
+        twin.eval()  # mmdet's ResNet.eval() returns None: do not chain
+        return fuse_conv_bn(twin).to(memory_format=torch.channels_last)
+
+    def _dense_resnet(self) -> nn.Module:
+        kwargs = dict(depth=self.depth, num_stages=self.num_stages, strides=self.strides,
+                      dilations=self.dilations, out_indices=self.out_indices,
+                      deep_stem=self.deep_stem, avg_down=self.avg_down,
+                      base_channels=self.base_channels, stem_channels=self.stem_channels,
+                      dcn=getattr(self, 'dcn', None),
+                      stage_with_dcn=getattr(self, 'stage_with_dcn', (False,) * 4),
+                      init_cfg=None)
+        if getattr(self, 'contract_dilation', False):
+            from mmseg.models.backbones import ResNet, ResNeXt
+            kwargs['contract_dilation'] = True
+        else:
+            from mmdet.models.backbones import ResNet, ResNeXt
+        groups = getattr(self, 'groups', 1)
+        if groups == 1:
+            return ResNet(**kwargs)
+        return ResNeXt(groups=groups, base_width=self.base_width, **kwargs)
+
+    def prepare_for_timing(self, mode: str = 'sparse') -> nn.Module:
+        """Timed inference as deployed: eval mode, execution ``mode`` (the sparse path
+        by default), every BatchNorm folded (mmcv's ``fuse_conv_bn``), channels-last.
+        Returns ``self``."""
+        self.eval()
+        self.set_execution_mode(mode)
+        return fuse_conv_bn(self).to(memory_format=torch.channels_last)
 
     def folds_static_parts(self) -> bool:
         """Whether this forward folds the BatchNorms of the static parts (stem, static

@@ -431,6 +431,9 @@ class SARResNet(DynamicResNetMixin, ResNet):
         50: (Bottleneck, (3, 4, 6, 3)),
         101: (Bottleneck, (3, 4, 23, 3)),
     }
+    #: SAR's stages differ from ResNet's (base branch, refinement, fusion): its static
+    #: twin is the plain ResNet of the same depth and layout, with its own weights.
+    twin_extra_keys = None
 
     def __init__(self, depth: int, sar_setting: Optional[str] = None, groups=None,
                  base_scale=None, alpha=None, beta=None, mask_size=(7, 7, 2),

@@ -1,0 +1,176 @@
+"""Latency of any mmdyn config against its static twin (DESIGN contract 7).
+
+The config's model is built offline (pretrained weights dropped unless a checkpoint is
+given); its backbone builds its static twin (``static_twin()``: the dense network it
+extends, same weights) and prepares itself for timed inference
+(``prepare_for_timing()``: eval, sparse path, BatchNorm folded, channels-last). Masks
+are forced to given activation rates (``set_forced_activation``; CAD-ResNet: a random
+keep mask of that ratio) or, for the rate ``'source'``, produced by the model itself
+(its maskers / mask source) on the input. ``part='model'`` times the whole detector /
+segmentor / classifier ``predict`` (post-processing included) with the static twin
+swapped in for the backbone. Every figure is the median of whole calls alternating
+in one process, in the default process (no allocator tuning).
+"""
+import copy
+import os
+
+import numpy as np
+import torch
+from mmcv.cnn import fuse_conv_bn
+
+from .complexity import backbone_conv_macs
+from .timing import time_alternating
+
+SOURCE = 'source'
+
+
+def parse_rate(text: str):
+    if text == SOURCE:
+        return SOURCE
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ValueError(f'rate {text!r} is neither a number in [0, 1] nor {SOURCE!r}')
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f'rate {rate} is outside [0, 1]')
+    return rate
+
+
+def build_model_offline(config: str, checkpoint=None, cfg_options=None):
+    """The config's model in its default scope, no weights downloaded."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import load_checkpoint
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f'config not found: {config}')
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.model.pop('pretrained', None)
+    cfg.model.backbone.pop('pretrained', None)
+    cfg.model.backbone.init_cfg = None
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model = MODELS.build(cfg.model)
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
+        load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    if not hasattr(model.backbone, 'static_twin'):
+        raise TypeError(f'{config}: the backbone {type(model.backbone).__name__} is not an '
+                        'mmdyn dynamic ResNet (no static_twin / prepare_for_timing)')
+    model.eval()
+    return cfg, model
+
+
+def input_batch(cfg, model, hw, batch: int = 1, image=None) -> torch.Tensor:
+    """``[batch, 3, H, W]`` channels-last input, normalised by the model's data
+    preprocessor: a photo (a path, or a ``skimage.data`` name) resized to ``hw``, or
+    seeded noise."""
+    if image is None:
+        x = torch.rand(batch, 3, *hw, generator=torch.Generator().manual_seed(0)) * 255
+    else:
+        import cv2
+        if os.path.isfile(image):
+            pixels = cv2.cvtColor(cv2.imread(image), cv2.COLOR_BGR2RGB)
+        else:
+            from skimage import data
+            if not hasattr(data, image):
+                raise FileNotFoundError(f'--image {image!r} is neither a file nor a '
+                                        'skimage.data image name')
+            pixels = getattr(data, image)()
+        if pixels.ndim == 2:
+            pixels = np.stack([pixels] * 3, -1)
+        pixels = cv2.resize(pixels[..., :3], (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().repeat(batch, 1, 1, 1)
+    pre = model.data_preprocessor
+    mean = getattr(pre, 'mean', None)
+    if mean is not None:
+        x = (x - pre.mean.view(1, -1, 1, 1)) / pre.std.view(1, -1, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def force_rate(backbone, rate, seed: int = 0):
+    """Masks at ``rate`` in every dynamic block, or the backbone's own (``'source'``)."""
+    backbone.set_forced_activation(None if rate == SOURCE else rate, seed=seed)
+
+
+def dummy_samples(model, hw, batch: int):
+    """Data samples with the meta information ``predict`` needs (image = input size)."""
+    meta = dict(img_shape=tuple(hw), ori_shape=tuple(hw), pad_shape=tuple(hw),
+                batch_input_shape=tuple(hw), scale_factor=(1.0, 1.0))
+    from mmdet.models.detectors import BaseDetector
+    from mmseg.models.segmentors import BaseSegmentor
+    if isinstance(model, BaseDetector):
+        from mmdet.structures import DetDataSample
+        return [DetDataSample(metainfo=meta) for _ in range(batch)]
+    if isinstance(model, BaseSegmentor):
+        from mmseg.structures import SegDataSample
+        return [SegDataSample(metainfo=meta) for _ in range(batch)]
+    return None
+
+
+def prepare_pair(model, part: str):
+    """``(dynamic, static)`` callables' modules: the prepared backbones, or for
+    ``part='model'`` the whole model and a copy with the static twin as backbone
+    (necks and heads BatchNorm-folded in both)."""
+    if part not in ('backbone', 'model'):
+        raise ValueError(f"part={part!r} must be 'backbone' or 'model'")
+    twin = model.backbone.static_twin()
+    dynamic = model.backbone.prepare_for_timing()
+    if part == 'backbone':
+        return dynamic, twin
+    static_model = copy.deepcopy(model)
+    static_model.backbone = twin
+    model.eval()
+    static_model.eval()
+    for whole in (model, static_model):
+        for name, child in whole.named_children():
+            if name != 'backbone':
+                fuse_conv_bn(child)
+    return model, static_model
+
+
+@torch.no_grad()
+def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbone',
+                     checkpoint=None, image=None, batch: int = 1, warmup: int = 2,
+                     repeats: int = 7, seed: int = 0, cfg_options=None) -> dict:
+    """``{'rows': [...]}``: per thread count and rate, the median seconds of the dynamic
+    and static call, their ratio, the backbone's executed multiply-adds (records of the
+    timed input) over the static twin's (mmengine's FlopAnalyzer), and latency ratio /
+    FLOPs ratio; ``gflops_dense_own`` is the backbone's own count with every mask on."""
+    cfg, model = build_model_offline(config, checkpoint, cfg_options)
+    x = input_batch(cfg, model, hw, batch, image)
+    dynamic, static = prepare_pair(model, part)
+    backbone = model.backbone
+    twin = static if part == 'backbone' else static.backbone
+    # the static network's conv multiply-adds, counted operator by operator (SAR's twin
+    # is not its own dense architecture; for the others this equals the records' count)
+    twin_macs = backbone_conv_macs(twin, hw)
+    if part == 'model':
+        from mmdyn.models.detectors import SparsityLossMixin
+        samples = dummy_samples(model, hw, batch)
+        # the static copy runs the stock mmdet/mmseg/mmpretrain predict (no records)
+        static_predict = super(SparsityLossMixin, static).predict
+        calls = dict(static=lambda: static_predict(x, copy.deepcopy(samples)),
+                     dynamic=lambda: dynamic.predict(x, copy.deepcopy(samples)))
+    else:
+        calls = dict(static=lambda: static(x), dynamic=lambda: dynamic(x))
+    rows = []
+    for count in threads:
+        torch.set_num_threads(count)
+        for rate in rates:
+            force_rate(backbone, rate, seed)
+            backbone(x)
+            record = backbone.records
+            executed = float(record.executed_flops.mean())
+            flops_ratio = executed / twin_macs
+            seconds = time_alternating(calls, warmup, repeats)
+            latency_ratio = seconds['dynamic'] / seconds['static']
+            rows.append(dict(threads=count, rate=rate, static_s=seconds['static'],
+                             dynamic_s=seconds['dynamic'], latency_ratio=latency_ratio,
+                             flops_ratio=flops_ratio,
+                             latency_over_flops=latency_ratio / flops_ratio,
+                             gflops_static=twin_macs / 1e9, gflops_executed=executed / 1e9,
+                             gflops_dense_own=float(record.dense_flops) / 1e9))
+    return dict(config=config, part=part, input=[batch, 3, *hw],
+                backbone=type(backbone).__name__, twin=type(twin).__name__, rows=rows)

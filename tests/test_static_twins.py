@@ -1,0 +1,145 @@
+"""DESIGN contract 7: every dynamic ResNet builds its static twin (mmdet's / mmseg's own
+ResNet or ResNeXt, the backbone's weights) and prepares itself for timing. With every
+mask on / every cell kept / the default permutation the backbone's sparse path
+computes exactly its twin."""
+from pathlib import Path
+
+import pytest
+import torch
+from mmdet.models.backbones import ResNet as MMDetResNet
+from mmdet.models.backbones import ResNeXt as MMDetResNeXt
+from mmseg.models.backbones import ResNet as MMSegResNet
+
+from backbone_table import randomize_batchnorm_
+from mmdyn.analysis.config_benchmark import benchmark_config, parse_rate
+from mmdyn.models.backbones import (CADResNet, ITDResNet, ITDResNeXt, LASResNet, SARResNet,
+                                    SFSIResNet)
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+SMALL = dict(base_channels=8, stem_channels=8, init_cfg=None)
+V1C = dict(deep_stem=True, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+           contract_dilation=True)
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
+
+
+def full_on(model):
+    if isinstance(model, CADResNet):
+        from mmengine.registry import MODELS
+        model.mask_source = MODELS.build(dict(type='FullResolutionMask'))
+    elif not isinstance(model, ITDResNet):
+        model.set_forced_activation(1.0)
+    return model
+
+
+CASES = {
+    'las-r18': (lambda: LASResNet(depth=18, granularity=(2, 2, 1, 1), **SMALL), MMDetResNet),
+    'las-r50-v1c': (lambda: LASResNet(depth=50, granularity=(2, 2, 1, 1), **V1C, **SMALL),
+                    MMSegResNet),
+    'las-r34-sparse-conv1': (lambda: LASResNet(depth=34, granularity=(2, 2, 1, 1),
+                                               basic_conv1='sparse', **SMALL), MMDetResNet),
+    'sfsi-r50': (lambda: SFSIResNet(depth=50, **SMALL), MMDetResNet),
+    'sfsi-rx50': (lambda: SFSIResNet(depth=50, groups=4, base_width=4, init_cfg=None),
+                  MMDetResNeXt),
+    'cad-r50': (lambda: CADResNet(depth=50, mask_source=dict(type='FullResolutionMask'),
+                                  **SMALL), MMSegResNet),
+    'itd-r18': (lambda: ITDResNet(depth=18, **SMALL), MMDetResNet),
+    'itd-rx50': (lambda: ITDResNeXt(depth=50, groups=4, base_width=4, init_cfg=None),
+                 MMDetResNeXt),
+}
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_static_twin_has_the_weights_and_equals_the_full_network(name):
+    build, twin_class = CASES[name]
+    torch.manual_seed(0)
+    model = randomize_batchnorm_(build())
+    twin = model.static_twin()
+    assert type(twin) is twin_class
+    assert not twin.training and not any(isinstance(m, torch.nn.BatchNorm2d)
+                                         for m in twin.modules())
+    sparse = full_on(model).prepare_for_timing()
+    assert sparse is model and not model.training
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(1, 3, 45, 61).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for a, b in zip(sparse(x), twin(x)):
+            assert a.shape == b.shape and relative_error(a, b) < 1e-4
+
+
+def test_sar_twin_is_the_plain_resnet_of_its_layout():
+    """SAR's stages are not ResNet's: the twin is the plain ResNet of the same depth and
+    layout (its own weights), with the same output shapes."""
+    sar = SARResNet(depth=18, sar_setting='G2s2a2b1', mask_size=(2, 2, 1),
+                    min_input_size=64, init_cfg=None)
+    twin = sar.static_twin()
+    assert type(twin) is MMDetResNet and twin.depth == 18
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert [o.shape for o in twin(x)] == [o.shape for o in sar.prepare_for_timing()(x)]
+
+
+# -- one benchmark for any config (tools/analysis/benchmark_latency.py CONFIG) ----------
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+
+
+def test_config_benchmark_las_classifier_whole_model():
+    report = benchmark_config(str(CONFIGS / 'learning_study' /
+                                  'las-r18-s4211-t05_1xb64-20e_digits-64px.py'),
+                              [1.0, 0.0], (64, 64), threads=(1, ), part='model',
+                              warmup=0, repeats=1)
+    assert report['backbone'] == 'LASResNet' and report['twin'] == 'ResNet'
+    full, empty = report['rows']
+    # the twin's operator-level count equals LAS's own dense count
+    assert full['gflops_static'] == pytest.approx(full['gflops_dense_own'], rel=1e-9)
+    assert 1.0 <= full['flops_ratio'] < 1.01  # + the gates
+    assert empty['flops_ratio'] < 0.2         # stem, gates and shortcuts only
+    assert all(r['static_s'] > 0 and r['dynamic_s'] > 0 for r in report['rows'])
+
+
+def test_config_benchmark_cad_segmentor_with_its_own_masks_on_a_photo():
+    report = benchmark_config(str(CONFIGS / 'cad_resnet' /
+                                  'pspnet_cad-r101-d8-edge035-os16to8_4xb2-80k_cityscapes-512x1024.py'),
+                              ['source', 0.0], (64, 96), threads=(1, ), part='backbone',
+                              image='astronaut', warmup=0, repeats=1,
+                              cfg_options={'model.backbone.depth': 50})
+    assert report['twin'] == 'ResNet'  # mmseg's, contract_dilation (OS8)
+    edges, downsample_all = report['rows']
+    assert edges['gflops_static'] == pytest.approx(edges['gflops_dense_own'], rel=1e-9)
+    assert downsample_all['flops_ratio'] < edges['flops_ratio'] <= 1.0
+
+
+def test_config_benchmark_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match='config not found'):
+        benchmark_config(str(tmp_path / 'none.py'), [0.5], (64, 64))
+    with pytest.raises(TypeError, match='not an mmdyn dynamic ResNet'):
+        benchmark_config(str(CONFIGS / 'demo' / 'faster-rcnn_r18_fpn_demo-fixture.py'),
+                         [0.5], (64, 64))
+    las = str(CONFIGS / 'learning_study' / 'las-r18-s4211-t05_1xb64-20e_digits-64px.py')
+    with pytest.raises(ValueError, match="part='head'"):
+        benchmark_config(las, [0.5], (64, 64), part='head')
+    with pytest.raises(FileNotFoundError, match='skimage.data'):
+        benchmark_config(las, [0.5], (64, 64), image='no_such_photo')
+    with pytest.raises(FileNotFoundError, match='checkpoint not found'):
+        benchmark_config(las, [0.5], (64, 64), checkpoint=str(tmp_path / 'x.pth'))
+    for text in ('fast', '1.5'):
+        with pytest.raises(ValueError, match='rate'):
+            parse_rate(text)
+    assert parse_rate('source') == 'source' and parse_rate('0.25') == 0.25
+
+
+def test_cad_forced_activation_is_a_random_keep_mask_until_reset():
+    cad = CADResNet(depth=50, mask_source=dict(type='FullResolutionMask'), **SMALL).eval()
+    x = torch.randn(1, 3, 48, 64)
+    ratios = []
+    for rate in (0.0, 1.0, None):
+        cad.set_forced_activation(rate)
+        with torch.no_grad():
+            cad(x)
+        ratios.append(float(cad.records.executed_flops[0] / cad.records.dense_flops))
+    assert ratios[0] < 0.7 and ratios[1] == pytest.approx(1.0) and ratios[2] == pytest.approx(1.0)
+    assert 'forced_source' not in dict(cad.named_modules()) and not any(
+        'forced' in k for k in cad.state_dict())
