@@ -16,9 +16,7 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -27,7 +25,8 @@ import torch
 from mmcv.cnn import fuse_conv_bn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from mmdyn.analysis import keep_freed_memory, prepare_dense_for_timing  # noqa: E402
+from mmdyn.analysis import (keep_freed_memory, prepare_dense_for_timing,  # noqa: E402
+                            time_alternating)
 from mmdyn.analysis.complexity import dense_part_flops  # noqa: E402
 from mmdyn.models.backbones import CADResNet  # noqa: E402
 
@@ -90,19 +89,6 @@ def mask_sources(args):
     return sources
 
 
-@torch.no_grad()
-def time_forwards(models: dict, x, warmup: int, repeats: int) -> dict:
-    """Median seconds of whole forwards, the models' passes alternating."""
-    runs = {name: [] for name in models}
-    for step in range(warmup + repeats):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model(x)
-            if step >= warmup:
-                runs[name].append(time.perf_counter() - start)
-    return {name: statistics.median(r) for name, r in runs.items()}
-
-
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -119,7 +105,9 @@ def main():
         model.mask_source = MODELS.build(source)
         cads[label] = model
         models[f'CAD {label}'] = model
-    latency = time_forwards(models, x, args.warmup, args.repeats)
+    with torch.no_grad():
+        latency = time_alternating({name: (lambda m=m: m(x)) for name, m in models.items()},
+                                   args.warmup, args.repeats)
     coarse, fine = f'OS{args.base_os}', 'OS8'
     print(f'CAD-ResNet-{args.depth} (OS {args.base_os} -> 8), input 1x3x{args.input[0]}x'
           f'{args.input[1]} ({args.image}), {args.threads} threads, median of {args.repeats}')
