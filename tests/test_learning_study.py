@@ -21,6 +21,7 @@ from mmdyn.ops import BlockRecord, PatchGrid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools' / 'analysis'))
 import learning_study  # noqa: E402
+from e2e_helpers import run  # noqa: E402
 
 
 def record(mask, patch, name='layer1.0'):
@@ -51,6 +52,7 @@ def test_ink_counts_match_hand_counted_pixels():
     assert counts['layer1'] == [6, 12, 10, 52]
     # layer2 group 0: top half, 12 ink + 20 background; group 1: bottom-right, 0 + 16
     assert counts['layer2'] == [12, 24, 36, 104]
+    assert counts['layer1.0'] == counts['layer1'] and counts['layer2.0'] == counts['layer2']
     summary = learning.ink_preference(counts)
     assert summary['layer1']['ink_rate'] == pytest.approx(0.5)
     assert summary['layer1']['background_rate'] == pytest.approx(10 / 52)
@@ -143,10 +145,18 @@ def test_ci_sized_study_learns_and_masks_prefer_ink(tmp_path):
     assert abs(las['flops_ratio'] - 0.5) < 0.15
     assert 0.15 < las['activation_rate'] < 0.8
     assert las['gmacs'] < rows['static']['gmacs']
-    assert max(las['ink_preference'].values()) > 1
+    stages = [v for k, v in las['ink_preference'].items() if '.' not in k and not math.isnan(v)]
+    assert max(stages) > 1
     assert (work / 'accuracy_vs_gmacs.png').stat().st_size > 0
     assert list((work / 'overlays' / 'las-t05').glob('layer1.*.png'))
     assert study['latency']['static']['ratio'] == 1.0
+    # tools/test.py on the same checkpoint (mmengine's test loop, the config's evaluators)
+    # reports the study's own evaluation
+    out = run('tools/test.py', learning_study.CONFIGS / learning_study.METHODS['las-t05'][0],
+              work / 'las-t05' / 'seed0' / f'epoch_{epochs}.pth', '--work-dir', tmp_path / 'test',
+              '--cfg-options', f'test_dataloader.dataset.data_root={data}')
+    reported = float(out.split('accuracy/top1: ')[1].split()[0])
+    assert reported == pytest.approx(las['accuracy'], abs=1e-3)
     # a rerun resumes: nothing is trained or evaluated again
     before = (work / 'las-t05' / 'seed0' / 'eval.json').stat().st_mtime
     learning_study.main(['--work-dir', str(work), '--data-root', str(data),

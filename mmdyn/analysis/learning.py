@@ -36,19 +36,21 @@ def ink_map(inputs: torch.Tensor) -> np.ndarray:
 
 
 def add_ink_counts(counts: dict, records, ink: np.ndarray):
-    """Add one batch to ``counts`` (``{stage: [ink selected, ink, bg selected, bg]}``)
-    for every block record (``records.blocks``) and every mask group."""
+    """Add one batch to ``counts`` (``{name: [ink selected, ink, bg selected, bg]}``,
+    per stage ``'layer1'`` and per block ``'layer1.0'``) for every block record
+    (``records.blocks``) and every mask group."""
     input_hw = ink.shape[1:]
     for record in records.blocks:
-        stage = record.name.split('.')[0]
-        tally = counts.setdefault(stage, [0, 0, 0, 0])
+        tallies = [counts.setdefault(key, [0, 0, 0, 0])
+                   for key in (record.name.split('.')[0], record.name)]
         for sample in range(ink.shape[0]):
             for group in range(record.mask.shape[1]):
                 selected = block_mask_on_input(record, sample, input_hw, input_hw, group)
-                tally[0] += int((selected & ink[sample]).sum())
-                tally[1] += int(ink[sample].sum())
-                tally[2] += int((selected & ~ink[sample]).sum())
-                tally[3] += int((~ink[sample]).sum())
+                found = (int((selected & ink[sample]).sum()), int(ink[sample].sum()),
+                         int((selected & ~ink[sample]).sum()), int((~ink[sample]).sum()))
+                for tally in tallies:
+                    for k, value in enumerate(found):
+                        tally[k] += value
 
 
 def ink_preference(counts: dict) -> dict:
@@ -134,7 +136,7 @@ def summarize_method(name: str, runs: list, target=None) -> dict:
         if key in runs[0]:
             row[key], row[f'{key}_std'] = mean_std([r[key] for r in runs])
     if 'ink' in runs[0]:
-        stages = sorted(runs[0]['ink'])
+        stages = sorted(runs[0]['ink'])  # stages ('layer1') and blocks ('layer1.0')
         row['ink_preference'] = {s: mean_std([r['ink'][s]['preference'] for r in runs])[0]
                                  for s in stages}
         row['ink_rate'] = {s: mean_std([r['ink'][s]['ink_rate'] for r in runs])[0]
@@ -166,12 +168,13 @@ def format_table(rows: list, latency: dict = None) -> str:
     return '\n'.join(lines)
 
 
-def format_ink_table(rows: list) -> str:
-    """Markdown: per stage, ink rate / background rate (preference)."""
+def format_ink_table(rows: list, blocks: bool = False) -> str:
+    """Markdown: per stage (or per block), ink rate / background rate (preference)."""
     dynamic = [r for r in rows if 'ink_preference' in r]
     if not dynamic:
         return ''
-    stages = sorted({s for r in dynamic for s in r['ink_preference']})
+    stages = sorted({s for r in dynamic for s in r['ink_preference']
+                     if ('.' in s) == blocks})
     lines = ['| method | ' + ' | '.join(stages) + ' |',
              '|---|' + '---:|' * len(stages)]
     for r in dynamic:

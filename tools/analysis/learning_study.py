@@ -176,7 +176,8 @@ def main(argv=None):
                 str(work / 'overlays' / method))
     learning.plot_accuracy_vs_gmacs(rows, str(work / 'accuracy_vs_gmacs.png'),
                                     family_of=lambda m: METHODS[m][1])
-    tables = learning.format_table(rows, latency) + '\n\n' + learning.format_ink_table(rows)
+    tables = '\n\n'.join([learning.format_table(rows, latency), learning.format_ink_table(rows),
+                           learning.format_ink_table(rows, blocks=True)])
     (work / 'table.md').write_text(tables + '\n')
     learning.write_json(str(work / 'study.json'), dict(
         epochs=args.epochs, seeds=args.seeds, rows=rows, latency=latency, runs=results,
