@@ -8,36 +8,12 @@
 # backbone keeps mmdet's ResNet geometry, so 64x64 -> 16x16 at layer1, 8x8 at layer2,
 # 4x4 at layer3, 2x2 at layer4; one 8x8 digit pixel is 2x2 layer1 pixels.
 # Every method uses this schedule and augmentation (tools/analysis/learning_study.py).
-_base_ = ['mmpretrain::_base_/models/resnet18.py', 'mmpretrain::_base_/default_runtime.py']
-data_root = 'data/digits-64'
-classes = ('0', '1', '2', '3', '4', '5', '6', '7', '8', '9')
+_base_ = ['mmpretrain::_base_/models/resnet18.py', 'mmpretrain::_base_/default_runtime.py',
+          './datasets/digits.py']
 model = dict(
     data_preprocessor=dict(num_classes=10, mean=[79.7] * 3, std=[90.9] * 3, to_rgb=False),
     backbone=dict(init_cfg=None),
     head=dict(num_classes=10, topk=(1, )))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='RandomCrop', crop_size=64, padding=4),
-    dict(type='PackInputs')]
-test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
-dataset = dict(type='CustomDataset', data_root=data_root, classes=classes)
-train_dataloader = dict(
-    batch_size=64, num_workers=1, persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(**dataset, data_prefix='train', ann_file='meta/train.txt',
-                 pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=120, num_workers=1, persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(**dataset, data_prefix='val', ann_file='meta/val.txt',
-                 pipeline=test_pipeline))
-test_dataloader = dict(
-    batch_size=120, num_workers=1, persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(**dataset, data_prefix='test', ann_file='meta/test.txt',
-                 pipeline=test_pipeline))
-val_evaluator = [dict(type='Accuracy', topk=(1, ))]
-test_evaluator = val_evaluator
 optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=5e-4,
                                     nesterov=True), clip_grad=dict(max_norm=5.0))
 max_epochs = 20

@@ -8,9 +8,7 @@
 # A-D at inference. Standard ImageNet stem: 32x32 -> 8x8 at layer1, 1x1 at layer4.
 # A digits classifier is not ImageNet: its numbers show the method works, not Table 1.
 _base_ = ['mmpretrain::_base_/models/resnet50.py', 'mmpretrain::_base_/default_runtime.py',
-          '../_base_/itd_runtime.py']
-data_root = 'data/digits-32'
-classes = ('0', '1', '2', '3', '4', '5', '6', '7', '8', '9')
+          '../_base_/datasets/digits.py', '../_base_/itd_runtime.py']
 model = dict(
     type='DynImageClassifier',
     sparsity_loss=None,
@@ -18,27 +16,14 @@ model = dict(
     backbone=dict(type='ITDResNet', depth=50, dynamic_positions=('A', 'B', 'C', 'D'),
                   init_cfg=None),
     head=dict(num_classes=10, topk=(1, )))
+data_root = 'data/digits-32'
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='RandomCrop', crop_size=32, padding=2),
     dict(type='PackInputs')]
-test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
-dataset = dict(type='CustomDataset', data_root=data_root, classes=classes)
-train_dataloader = dict(
-    batch_size=64, num_workers=1, persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(**dataset, data_prefix='train', ann_file='meta/train.txt',
-                 pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=120, num_workers=1, persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(**dataset, data_prefix='val', ann_file='meta/val.txt',
-                 pipeline=test_pipeline))
-test_dataloader = dict(
-    batch_size=120, num_workers=1, persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(**dataset, data_prefix='test', ann_file='meta/test.txt',
-                 pipeline=test_pipeline))
+train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = dict(dataset=dict(data_root=data_root))
 val_evaluator = [dict(type='Accuracy', topk=(1, )), dict(type='SparsityMetric', per_block=False)]
 test_evaluator = val_evaluator
 optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9, weight_decay=5e-4,
