@@ -10,7 +10,7 @@ linear in the number of cells, not in the image area.
 import torch
 from torch import Tensor
 
-from .multires import CellLayout
+from .multires import CellLayout, new_rows
 
 
 def max_pool_rows(rows: Tensor, source: CellLayout, target: CellLayout, step: int) -> Tensor:
@@ -19,7 +19,8 @@ def max_pool_rows(rows: Tensor, source: CellLayout, target: CellLayout, step: in
     ``source.levels``). Children of a merged block that lie outside the map are
     skipped (as a ceil-mode max-pool does)."""
     positions = target.positions
-    out = rows.index_select(0, source.rows_at(positions))
+    out = new_rows(positions.shape[0], rows.shape[1], rows)  # the next conv pads free
+    torch.index_select(rows, 0, source.rows_at(positions), out=out)
     merged = target.levels[positions[:, 0], positions[:, 1], positions[:, 2]] == step
     index = merged.nonzero()[:, 0]
     if index.numel() == 0:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gemm import gemm
+from .gemm import gemm_into
 
 DOWNSAMPLE_MODES = ('strided', 'max', 'avg')
 
@@ -163,25 +163,51 @@ def fill_cells(x: Tensor, layout: CellLayout) -> Tensor:
     return rows_to_dense(dense_to_rows(x, layout), layout)
 
 
+def new_rows(n: int, channels: int, like: Tensor) -> Tensor:
+    """``[n, channels]`` uninitialised rows (``like``'s dtype and device) stored with one
+    more, zero, row after them: :func:`conv3x3_rows` reads taps outside the map from
+    that row without copying the map."""
+    buffer = like.new_empty(n + 1, channels)
+    buffer[n].zero_()
+    return buffer[:n]
+
+
+def zero_padded(rows: Tensor) -> Tensor:
+    """``[n + 1, C]``: ``rows`` followed by a zero row (the row every tap outside the map
+    reads). A view when ``rows`` come from :func:`new_rows` and the row after them is
+    still zero, a copy otherwise."""
+    n, channels = rows.shape
+    fits = (rows.is_contiguous() and rows.storage_offset() == 0 and channels > 0
+            and rows.untyped_storage().nbytes() >= (n + 1) * channels * rows.element_size())
+    if fits:
+        padded = rows.as_strided((n + 1, channels), (channels, 1))
+        if not bool(padded[n].any()):
+            return padded
+    return torch.cat([rows, rows.new_zeros(1, channels)])
+
+
 def conv3x3_rows(rows: Tensor, taps: Tensor, matrix: Tensor, bias: Tensor,
-                 chunk_rows: int = 16384) -> Tensor:
+                 chunk_rows: int = 16384, relu: bool = False) -> Tensor:
     """A 3x3 conv on cells: gather the 9 taps of every output cell (``taps`` from
     :meth:`CellLayout.tap_rows`) and multiply by the ``[9 * C_in, C_out]`` matrix
     (kernel-row, kernel-col, channel order, as :class:`FoldedConv.matrix`), with the
-    measured GEMM kernel (:func:`~mmdyn.ops.gemm.gemm`). ``chunk_rows`` output cells
-    per gather-and-multiply bound the gathered buffer, which all chunks reuse (fresh
-    large buffers cost page faults)."""
-    padded = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+    measured GEMM kernel (:func:`~mmdyn.ops.gemm.gemm_into`), then ReLU if ``relu``.
+    ``chunk_rows`` output cells per gather-and-multiply bound the gathered buffer, which
+    all chunks reuse (fresh large buffers cost page faults); each chunk's product is
+    written straight into its slice of the output. The output comes from
+    :func:`new_rows`, so the next conv gathers from it without a copy."""
+    padded = zero_padded(rows)
+    out = new_rows(taps.shape[0], matrix.shape[1], rows)
     if taps.shape[0] <= chunk_rows:
         gathered = F.embedding(taps.view(-1), padded).view(taps.shape[0], -1)
-        return gemm(gathered, matrix, bias)
-    out = rows.new_empty(taps.shape[0], matrix.shape[1])
+        return gemm_into(out, gathered, matrix, bias, relu)
     buffer = rows.new_empty(chunk_rows * taps.shape[1], rows.shape[1])
     for start in range(0, taps.shape[0], chunk_rows):
         chunk = taps[start:start + chunk_rows]
         gathered = buffer[:chunk.numel()]
         torch.index_select(padded, 0, chunk.reshape(-1), out=gathered)
-        out[start:start + chunk.shape[0]] = gemm(gathered.view(chunk.shape[0], -1), matrix, bias)
+        gemm_into(out[start:start + chunk.shape[0]], gathered.view(chunk.shape[0], -1),
+                  matrix, bias, relu)
     return out
 
 

@@ -181,9 +181,9 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
                     x = self.activate(name, conv(x))
                     static[name] = float(x.shape[2] * x.shape[3] * self._macs(conv))
                     continue
-                if sparse:  # the conv output is fresh: activate in place
-                    x = self._conv_rows(conv, x, layout)
-                    x = x if self.is_last(name) and not self.final_relu else x.relu_()
+                if sparse:  # ReLU fused into the product's write
+                    relu = not self.is_last(name) or self.final_relu
+                    x = self._conv_rows(conv, x, layout, relu)
                 else:
                     x = fill_cells(self.activate(name, conv(x)), layout)
                 records.append(self._record(name, conv, layout, masks, block))
@@ -191,14 +191,14 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
         self.level_map = layout.levels  # [B, h, w] on the fine grid: 0 = full resolution
         return CellFeatures(x, layout) if sparse else x
 
-    def _conv_rows(self, conv, rows: Tensor, layout: CellLayout) -> Tensor:
+    def _conv_rows(self, conv, rows: Tensor, layout: CellLayout, relu: bool) -> Tensor:
         folded = self._folded(conv)
         key = (id(layout), folded.dilation)
         if key not in self._taps_cache:
             self._taps_cache = {k: v for k, v in self._taps_cache.items() if k[0] == id(layout)}
             self._taps_cache[key] = layout.tap_rows(layout.positions, folded.dilation)
         return conv3x3_rows(rows, self._taps_cache[key], folded.matrix, folded.bias,
-                            self.chunk_rows)
+                            self.chunk_rows, relu)
 
     def _folded(self, conv):
         """The conv as a :class:`FoldedConv` (cached per weights version)."""
