@@ -123,3 +123,35 @@ def test_cad_vgg_sparse_equals_dense_for_each_kernel(impl, monkeypatch):
     cad, _, _ = pair(1, dict(type='RandomMask', keep_ratio=0.5, seed=4))
     cad.chunk_rows = 100  # several chunks per conv
     assert close(run(cad, x, 'sparse'), run(cad, x, 'dense'))
+
+
+def test_cad_vgg_reused_buffers_give_the_same_cells_and_fresh_results():
+    from test_cad_vgg import SIZE, pair
+    x1, x2 = torch.randn(1, 3, *SIZE), torch.randn(1, 3, *SIZE)
+    cad, _, _ = pair(1, dict(type='RandomMask', keep_ratio=0.5, seed=4))
+    fresh, _, _ = pair(1, dict(type='RandomMask', keep_ratio=0.5, seed=4))
+    fresh.row_buffers = None
+    cad.chunk_rows = fresh.chunk_rows = 64
+    first = cad.extract(x1)
+    kept = first.rows.clone()
+    second = cad.extract(x2)  # reuses the storages: the first result must survive
+    assert torch.equal(first.rows, kept)
+    assert torch.equal(second.rows, fresh.extract(x2).rows)
+    assert torch.equal(kept, fresh.extract(x1).rows)
+    assert cad.row_buffers._flat and fresh.row_buffers is None
+
+
+def test_row_buffers_regrow_and_follow_the_dtype():
+    from mmdyn.ops.multires import RowBuffers
+    buffers = RowBuffers()
+    small = buffers.take('a', (2, 3), torch.empty(0))
+    assert small.shape == (2, 3) and buffers.take('a', (1, 3), small).data_ptr() == \
+        small.data_ptr()
+    assert buffers.take('a', (40, 3), small).shape == (40, 3)
+    assert buffers.take('a', (4, 3), torch.empty(0, dtype=torch.float64)).dtype == \
+        torch.float64
+    buffers.clear()
+    assert not buffers._flat
+    with pytest.raises(ValueError, match='reuse_buffers'):
+        from mmdyn.models.backbones import CADVGG
+        CADVGG(reuse_buffers=1)

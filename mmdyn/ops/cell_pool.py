@@ -7,19 +7,24 @@ such block consists of four level-(s-1) cells, its value is their channel-wise m
 the rows of :class:`~mmdyn.ops.multires.CellLayout` (``[n_cells, C]``), so the cost is
 linear in the number of cells, not in the image area.
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from .multires import CellLayout, new_rows
+from .multires import CellLayout, RowBuffers, new_rows
 
 
-def max_pool_rows(rows: Tensor, source: CellLayout, target: CellLayout, step: int) -> Tensor:
+def max_pool_rows(rows: Tensor, source: CellLayout, target: CellLayout, step: int,
+                  buffers: Optional[RowBuffers] = None, out_name: Optional[str] = None
+                  ) -> Tensor:
     """``target``'s rows from ``source``'s ``rows`` after adaptive max-pool step
     ``step`` (``target.levels`` = :func:`~mmdyn.ops.multires.step_levels` of
     ``source.levels``). Children of a merged block that lie outside the map are
-    skipped (as a ceil-mode max-pool does)."""
+    skipped (as a ceil-mode max-pool does). The output is :func:`new_rows`' (on
+    ``buffers``' storage ``out_name`` when given, which must not hold ``rows``)."""
     positions = target.positions
-    out = new_rows(positions.shape[0], rows.shape[1], rows)  # the next conv pads free
+    out = new_rows(positions.shape[0], rows.shape[1], rows, buffers, out_name)
     torch.index_select(rows, 0, source.rows_at(positions), out=out)
     merged = target.levels[positions[:, 0], positions[:, 1], positions[:, 2]] == step
     index = merged.nonzero()[:, 0]

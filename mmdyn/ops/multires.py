@@ -25,6 +25,7 @@ taps (a zero row for taps outside the image) and one matrix product, so the work
 with the number of active cells.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -163,11 +164,45 @@ def fill_cells(x: Tensor, layout: CellLayout) -> Tensor:
     return rows_to_dense(dense_to_rows(x, layout), layout)
 
 
-def new_rows(n: int, channels: int, like: Tensor) -> Tensor:
+class RowBuffers:
+    """Storage that the sparse executors reuse across forwards for their large
+    temporaries (gather buffers, intermediate cell maps): a fresh buffer of hundreds
+    of MB is mapped anew by the allocator and costs a page fault per page on every
+    forward. ``take(name, shape, like)`` returns an uninitialised tensor on the storage
+    kept under ``name`` (reallocated when too small or of another dtype / device); the
+    next ``take`` of the same name overwrites it, so the caller alternates names
+    between a map and the one computed from it, and gives the result it returns fresh
+    memory. Not for concurrent forwards of one module."""
+
+    def __init__(self):
+        self._flat = {}
+
+    def take(self, name: str, shape, like: Tensor) -> Tensor:
+        numel = 1
+        for size in shape:
+            numel *= size
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < numel or flat.dtype != like.dtype \
+                or flat.device != like.device:
+            self._flat.pop(name, None)  # free the old storage before allocating
+            flat = like.new_empty(numel + numel // 8)  # some room for larger inputs
+            self._flat[name] = flat
+        return flat[:numel].view(shape)
+
+    def clear(self):
+        self._flat.clear()
+
+
+def new_rows(n: int, channels: int, like: Tensor, buffers: Optional[RowBuffers] = None,
+             name: Optional[str] = None) -> Tensor:
     """``[n, channels]`` uninitialised rows (``like``'s dtype and device) stored with one
     more, zero, row after them: :func:`conv3x3_rows` reads taps outside the map from
-    that row without copying the map."""
-    buffer = like.new_empty(n + 1, channels)
+    that row without copying the map. On ``buffers``' storage ``name`` when both are
+    given, fresh memory otherwise."""
+    if buffers is None or name is None:
+        buffer = like.new_empty(n + 1, channels)
+    else:
+        buffer = buffers.take(name, (n + 1, channels), like)
     buffer[n].zero_()
     return buffer[:n]
 
@@ -187,22 +222,26 @@ def zero_padded(rows: Tensor) -> Tensor:
 
 
 def conv3x3_rows(rows: Tensor, taps: Tensor, matrix: Tensor, bias: Tensor,
-                 chunk_rows: int = 16384, relu: bool = False) -> Tensor:
+                 chunk_rows: int = 16384, relu: bool = False,
+                 buffers: Optional[RowBuffers] = None, out_name: Optional[str] = None
+                 ) -> Tensor:
     """A 3x3 conv on cells: gather the 9 taps of every output cell (``taps`` from
     :meth:`CellLayout.tap_rows`) and multiply by the ``[9 * C_in, C_out]`` matrix
     (kernel-row, kernel-col, channel order, as :class:`FoldedConv.matrix`), with the
     measured GEMM kernel (:func:`~mmdyn.ops.gemm.gemm_into`), then ReLU if ``relu``.
     ``chunk_rows`` output cells per gather-and-multiply bound the gathered buffer, which
-    all chunks reuse (fresh large buffers cost page faults); each chunk's product is
-    written straight into its slice of the output. The output comes from
-    :func:`new_rows`, so the next conv gathers from it without a copy."""
+    all chunks reuse; each chunk's product is written straight into its slice of the
+    output. The output comes from :func:`new_rows`, so the next conv gathers from it
+    without a copy. With ``buffers`` the gather buffer, and the output when
+    ``out_name`` is given (it must differ from the storage ``rows`` live on), are
+    taken from that :class:`RowBuffers`."""
     padded = zero_padded(rows)
-    out = new_rows(taps.shape[0], matrix.shape[1], rows)
-    if taps.shape[0] <= chunk_rows:
-        gathered = F.embedding(taps.view(-1), padded).view(taps.shape[0], -1)
-        return gemm_into(out, gathered, matrix, bias, relu)
-    buffer = rows.new_empty(chunk_rows * taps.shape[1], rows.shape[1])
-    for start in range(0, taps.shape[0], chunk_rows):
+    n = taps.shape[0]
+    out = new_rows(n, matrix.shape[1], rows, buffers, out_name)
+    chunk_rows = max(1, min(chunk_rows, n))
+    shape = (chunk_rows * taps.shape[1], rows.shape[1])
+    buffer = rows.new_empty(shape) if buffers is None else buffers.take('gather', shape, rows)
+    for start in range(0, n, chunk_rows):
         chunk = taps[start:start + chunk_rows]
         gathered = buffer[:chunk.numel()]
         torch.index_select(padded, 0, chunk.reshape(-1), out=gathered)
