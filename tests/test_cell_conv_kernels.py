@@ -155,3 +155,15 @@ def test_row_buffers_regrow_and_follow_the_dtype():
     with pytest.raises(ValueError, match='reuse_buffers'):
         from mmdyn.models.backbones import CADVGG
         CADVGG(reuse_buffers=1)
+
+
+@pytest.mark.parametrize('size', [3, 25, 51])
+def test_both_keypoint_dilations_equal_the_square_max_pool(size):
+    from mmdyn.models.mask_sources.basic import dilate
+    from mmdyn.models.mask_sources.sift_keypoints import (dilate_rows_then_columns,
+                                                          separable_dilate)
+    pixels = torch.rand(2, 61, 47, generator=torch.Generator().manual_seed(size)) > 0.995
+    pixels[0, 0, 0] = pixels[1, -1, -1] = pixels[1, 0, -1] = True  # corners: the border
+    want = dilate(pixels, size)
+    assert torch.equal(separable_dilate(pixels, size), want)
+    assert torch.equal(dilate_rows_then_columns(pixels, size), want)
