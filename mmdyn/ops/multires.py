@@ -82,6 +82,12 @@ def step_levels(levels: Tensor, keep: Tensor, step: int) -> Tensor:
                        levels)
 
 
+def _low_bits(levels: Tensor) -> Tensor:
+    """``2^level - 1`` per pixel (a table lookup: int64 shifts and powers are slow)."""
+    table = (1 << torch.arange(63, device=levels.device)) - 1
+    return table.index_select(0, levels.reshape(-1)).view(levels.shape)
+
+
 @dataclass
 class CellLayout:
     """The active cells of a level map: ``positions`` ``[n, 3]`` (batch, y, x), sorted,
@@ -94,17 +100,17 @@ class CellLayout:
     def from_levels(cls, levels: Tensor) -> 'CellLayout':
         batch, height, width = levels.shape
         device = levels.device
-        cell = 2 ** levels
-        ys = torch.arange(height, device=device).view(1, height, 1)
-        xs = torch.arange(width, device=device).view(1, 1, width)
-        active = (ys % cell == 0) & (xs % cell == 0)
+        # A cell of level l is 2^l pixels, aligned: a pixel's offset in its cell is its
+        # coordinate's low l bits. Few full-map passes: each costs a parallel region.
+        low = _low_bits(levels)
+        dy = torch.arange(height, device=device).view(1, height, 1) & low
+        dx = torch.arange(width, device=device).view(1, 1, width) & low
+        active = (dy | dx) == 0
         positions = torch.nonzero(active)
-        row_of = torch.full((batch, height, width), -1, dtype=torch.long, device=device)
-        row_of[active] = torch.arange(positions.shape[0], device=device)
-        top_y, top_x = ys - ys % cell, xs - xs % cell
-        bs = torch.arange(batch, device=device).view(batch, 1, 1)
-        cover = row_of[bs, top_y.expand_as(levels), top_x.expand_as(levels)]
-        return cls(levels, positions, cover.view(-1))
+        row_of = active.view(-1).cumsum(0) - 1  # the row of each active pixel
+        top_left = torch.arange(batch * height * width, device=device).view_as(levels) \
+            - dy * width - dx
+        return cls(levels, positions, row_of.index_select(0, top_left.view(-1)))
 
     @classmethod
     def full(cls, batch: int, height: int, width: int, device=None) -> 'CellLayout':
@@ -122,24 +128,30 @@ class CellLayout:
     def cells_per_sample(self) -> Tensor:
         return torch.bincount(self.positions[:, 0], minlength=self.shape[0])
 
+    def flat_index(self, positions: Tensor) -> Tensor:
+        """Index of each fine position ``[n, 3]`` in the flattened ``[B, H, W]`` grid."""
+        _, height, width = self.shape
+        return (positions[:, 0] * height + positions[:, 1]) * width + positions[:, 2]
+
     def rows_at(self, positions: Tensor) -> Tensor:
         """The row covering each fine position ``[n, 3]``."""
-        _, height, width = self.shape
-        flat = (positions[:, 0] * height + positions[:, 1]) * width + positions[:, 2]
-        return self.cover[flat]
+        return self.cover.index_select(0, self.flat_index(positions))
 
     def tap_rows(self, positions: Tensor, dilation: int) -> Tensor:
         """``[n, 9]`` rows read by a 3x3 conv (``dilation`` on the fine grid) at each
-        output ``positions``; taps outside the map point at row ``num_cells`` (zero)."""
+        output ``positions``; taps outside the map point at row ``num_cells`` (zero).
+        Read from the cover map padded by ``dilation`` with that row: nine fixed
+        offsets from each output's flat index."""
         _, height, width = self.shape
-        offsets = torch.arange(-1, 2, device=positions.device) * dilation
-        ys = positions[:, 1:2] + offsets                               # [n, 3]
-        xs = positions[:, 2:3] + offsets
-        inside = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
-        flat = (positions[:, 0, None, None] * height + ys.clamp(0, height - 1)[:, :, None]) \
-            * width + xs.clamp(0, width - 1)[:, None, :]
-        rows = self.cover[flat.view(-1)].view(-1, 3, 3)
-        return torch.where(inside, rows, torch.full_like(rows, self.num_cells)).view(-1, 9)
+        d = dilation
+        padded = F.pad(self.cover.view(-1, height, width), (d, d, d, d), value=self.num_cells)
+        padded_width = width + 2 * d
+        centre = ((positions[:, 0] * (height + 2 * d) + positions[:, 1] + d) * padded_width
+                  + positions[:, 2] + d)
+        steps = torch.arange(-1, 2, device=positions.device) * d
+        offsets = (steps.view(3, 1) * padded_width + steps.view(1, 3)).view(1, 9)
+        return padded.view(-1).index_select(0, (centre.view(-1, 1) + offsets).view(-1)) \
+            .view(-1, 9)
 
 
 def dense_to_rows(x: Tensor, layout: CellLayout) -> Tensor:
