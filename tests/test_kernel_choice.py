@@ -213,7 +213,7 @@ def _cad_outputs():
                          ids=['las', 'sar', 'cad'])
 def test_sparse_backbones_agree_with_their_reference_for_each_kernel(impl, outputs,
                                                                      monkeypatch):
-    monkeypatch.setenv(ENV_PINS, f'gemm={impl},gemm_acc={impl}')
+    monkeypatch.setenv(ENV_PINS, f'gemm={impl},gemm_acc={impl},gemm_into={impl}')
     reference_outputs, sparse = outputs()
     for a, b in zip(sparse, reference_outputs):
         assert a.shape == b.shape

@@ -6,7 +6,7 @@ alone, so it can be reused by plain PyTorch code and on machines without mmcv.
 from .attribute_conv import (ConvOption, DynamicAttributeConv2d, as_option,
                              attribute_conv2d, resize_kernel, transposed_weight)
 from .flops import BlockRecord, ForwardRecord, conv_macs, patch_extents
-from .gemm import gemm, gemm_acc
+from .gemm import gemm, gemm_acc, gemm_into
 from .gumbel import gumbel_gate
 from .kernel_choice import kernel_choices, pin_kernel
 from .masker import PatchMasker
@@ -25,7 +25,7 @@ __all__ = [
     'PatchMasker', 'PatchGrid', 'Window', 'active_patches', 'gather_windows',
     'scatter_add_patches', 'upsample_patch_mask', 'patch_halo_pixels', 'pixel_rows',
     'patch_pixels', 'pair',
-    'FoldedConv', 'gemm', 'gemm_acc', 'kernel_choices', 'pin_kernel',
+    'FoldedConv', 'gemm', 'gemm_acc', 'gemm_into', 'kernel_choices', 'pin_kernel',
     'fold_conv_bn', 'PixelMaskHead', 'apply_grid_prior', 'conv_rows', 'conv_tap_rows',
     'interpolate_dense', 'interpolate_rows', 'sample_mask', 'sampled_pixels'
 ]

@@ -7,31 +7,36 @@ such block consists of four level-(s-1) cells, its value is their channel-wise m
 the rows of :class:`~mmdyn.ops.multires.CellLayout` (``[n_cells, C]``), so the cost is
 linear in the number of cells, not in the image area.
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from .multires import CellLayout
+from .multires import CellLayout, RowBuffers, new_rows
 
 
-def max_pool_rows(rows: Tensor, source: CellLayout, target: CellLayout, step: int) -> Tensor:
+def max_pool_rows(rows: Tensor, source: CellLayout, target: CellLayout, step: int,
+                  buffers: Optional[RowBuffers] = None, out_name: Optional[str] = None
+                  ) -> Tensor:
     """``target``'s rows from ``source``'s ``rows`` after adaptive max-pool step
     ``step`` (``target.levels`` = :func:`~mmdyn.ops.multires.step_levels` of
     ``source.levels``). Children of a merged block that lie outside the map are
-    skipped (as a ceil-mode max-pool does)."""
+    skipped (as a ceil-mode max-pool does). The output is :func:`new_rows`' (on
+    ``buffers``' storage ``out_name`` when given, which must not hold ``rows``)."""
     positions = target.positions
-    out = rows.index_select(0, source.rows_at(positions))
-    merged = target.levels[positions[:, 0], positions[:, 1], positions[:, 2]] == step
-    index = merged.nonzero()[:, 0]
+    flat = target.flat_index(positions)
+    out = new_rows(positions.shape[0], rows.shape[1], rows, buffers, out_name)
+    torch.index_select(rows, 0, source.cover.index_select(0, flat), out=out)
+    index = (target.levels.view(-1).index_select(0, flat) == step).nonzero()[:, 0]
     if index.numel() == 0:
         return out
-    corner = positions.index_select(0, index)
+    corner, corner_flat = positions.index_select(0, index), flat.index_select(0, index)
     _, height, width = target.shape
     half = 2 ** (step - 1)
     best = out.index_select(0, index)
     for dy, dx in ((0, half), (half, 0), (half, half)):
-        child = corner + corner.new_tensor([0, dy, dx])
-        inside = (child[:, 1] < height) & (child[:, 2] < width)
-        child = torch.where(inside[:, None], child, corner)
-        best = torch.maximum(best, rows.index_select(0, source.rows_at(child)))
+        inside = (corner[:, 1] + dy < height) & (corner[:, 2] + dx < width)
+        child = torch.where(inside, corner_flat + (dy * width + dx), corner_flat)
+        best = torch.maximum(best, rows.index_select(0, source.cover.index_select(0, child)))
     out.index_copy_(0, index, best)
     return out

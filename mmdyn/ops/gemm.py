@@ -1,11 +1,16 @@
 """The products of the sparse executors, each with kernels chosen by measurement.
 
-``gemm(rows, matrix, bias)`` is ``bias + rows @ matrix`` and ``gemm_acc(out, rows,
-matrix)`` is ``out += rows @ matrix`` (in place), on channels-last pixel rows
-``[M, K]`` and a ``[K, N]`` weight matrix (:class:`FoldedConv.matrix`). Two kernels
-compute each: MKL's ``addmm`` and oneDNN's 1x1 ``conv2d`` on the rows viewed as a
-channels-last ``[1, K, M, 1]`` map (no copy). Which is faster depends on the CPU, so
-:mod:`mmdyn.ops.kernel_choice` measures it per shape class where the code runs.
+``gemm(rows, matrix, bias)`` is ``bias + rows @ matrix``, ``gemm_acc(out, rows,
+matrix)`` is ``out += rows @ matrix`` (in place) and ``gemm_into(out, rows, matrix,
+bias, relu)`` writes ``bias + rows @ matrix`` (ReLU'd if asked) into a given ``out``
+(a slice of a larger buffer, so chunked products need no copy of their own), on
+channels-last pixel rows ``[M, K]`` and a ``[K, N]`` weight matrix
+(:class:`FoldedConv.matrix`). Two kernels compute each: MKL's ``addmm`` and oneDNN's
+1x1 ``conv2d`` on the rows viewed as a channels-last ``[1, K, M, 1]`` map (no copy);
+``gemm_into`` has a third where torch ships it, oneDNN's convolution with an ``add``
+post-op accumulating straight into the zeroed ``out`` (ReLU fused). Which is faster
+depends on the CPU, so :mod:`mmdyn.ops.kernel_choice` measures it per shape class
+where the code runs.
 The weights follow the activations' dtype (CPU autocast hands bf16 rows to fp32
 folded weights).
 """
@@ -69,6 +74,47 @@ def _acc_conv1x1(out, rows, matrix):
     return out.add_(_conv1x1(rows, matrix, None))
 
 
+def _into_addmm(out, rows, matrix, bias, relu):
+    if bias is None:
+        torch.mm(rows, matrix, out=out)
+    else:
+        torch.addmm(bias, rows, matrix, out=out)
+    return out.relu_() if relu else out
+
+
+def _into_conv1x1(out, rows, matrix, bias, relu):
+    product = _conv1x1(rows, matrix, bias)
+    return torch.clamp_min(product, 0, out=out) if relu else out.copy_(product)
+
+
+#: oneDNN convolution accumulating into its ``other`` argument (torch's inductor op)
+_CONV_ADD_ = getattr(getattr(torch.ops, 'mkldnn', None), '_convolution_pointwise_', None)
+
+
+def _into_conv1x1_add(out, rows, matrix, bias, relu):
+    if rows.shape[0] == 0:
+        return out
+    if rows.dtype != torch.float32:  # the fused op is used for fp32 only
+        return _into_conv1x1(out, rows, matrix, bias, relu)
+    out.zero_()
+    _CONV_ADD_(_rows_as_map(out), _rows_as_map(rows), _conv_weight(matrix), bias, [0, 0],
+               [1, 1], [1, 1], 1, 'add', 1.0, 'relu' if relu else None, [], None)
+    return out
+
+
+def _has_conv_add() -> bool:
+    """The fused op exists in this torch build and computes the product."""
+    if _CONV_ADD_ is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        rows, matrix, bias = torch.randn(5, 3), torch.randn(3, 4), torch.randn(4)
+        out = torch.empty(5, 4)
+        _into_conv1x1_add(out, rows, matrix, bias, True)
+        return bool(torch.allclose(out, torch.addmm(bias, rows, matrix).relu(), atol=1e-5))
+    except (RuntimeError, TypeError):
+        return False
+
+
 def row_class(rows: int) -> int:
     for limit in ROW_CLASSES:
         if rows <= limit:
@@ -76,7 +122,7 @@ def row_class(rows: int) -> int:
     return ROW_CLASSES[-1]
 
 
-def _timing_inputs(with_out: bool):
+def _timing_inputs(with_out: bool, into: bool = False):
     def make(shape_class):
         dtype, rows, k, n = shape_class
         rows = max(64, min(rows, TIMING_ELEMENTS // (k + n)))
@@ -84,6 +130,8 @@ def _timing_inputs(with_out: bool):
         generator = torch.Generator().manual_seed(0)
         x = torch.randn(rows, k, generator=generator).to(dtype)
         matrix = torch.randn(k, n, generator=generator).to(dtype)
+        if into:
+            return torch.empty(rows, n, dtype=dtype), x, matrix, torch.zeros(n, dtype=dtype), True
         if with_out:
             return torch.zeros(rows, n, dtype=dtype), x, matrix
         return x, matrix, torch.zeros(n, dtype=dtype)
@@ -94,6 +142,11 @@ GEMM = CHOOSER.register(KernelOp('gemm', {'addmm': _gemm_addmm, 'conv1x1': _gemm
                                  _timing_inputs(with_out=False)))
 GEMM_ACC = CHOOSER.register(KernelOp('gemm_acc', {'addmm': _acc_addmm, 'conv1x1': _acc_conv1x1},
                                      _timing_inputs(with_out=True)))
+_INTO_CANDIDATES = {'addmm': _into_addmm, 'conv1x1': _into_conv1x1}
+if _has_conv_add():
+    _INTO_CANDIDATES['conv1x1_add'] = _into_conv1x1_add
+GEMM_INTO = CHOOSER.register(KernelOp('gemm_into', _INTO_CANDIDATES,
+                                      _timing_inputs(with_out=True, into=True)))
 
 
 def _shape_class(rows: Tensor, matrix: Tensor) -> tuple:
@@ -120,3 +173,16 @@ def gemm_acc(out: Tensor, rows: Tensor, matrix: Tensor) -> Tensor:
     matrix = _follow(out, matrix)
     impl = CHOOSER.choose('gemm_acc', _shape_class(rows, matrix))
     return GEMM_ACC.candidates[impl](out, rows, matrix)
+
+
+def gemm_into(out: Tensor, rows: Tensor, matrix: Tensor, bias: Optional[Tensor],
+              relu: bool = False) -> Tensor:
+    """``out[:] = bias + rows @ matrix`` (then ReLU if ``relu``); ``out`` ``[M, N]``
+    must be contiguous (a row slice of a larger buffer is); returns ``out``."""
+    if not out.is_contiguous() or out.shape != (rows.shape[0], matrix.shape[1]):
+        raise ValueError(f'gemm_into: out must be a contiguous [{rows.shape[0]}, '
+                         f'{matrix.shape[1]}] tensor, got {tuple(out.shape)}')
+    rows = _follow(out, rows.contiguous())
+    matrix, bias = _follow(out, matrix), _follow(out, bias)
+    impl = CHOOSER.choose('gemm_into', _shape_class(rows, matrix))
+    return GEMM_INTO.candidates[impl](out, rows, matrix, bias, relu)

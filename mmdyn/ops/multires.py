@@ -25,12 +25,13 @@ taps (a zero row for taps outside the image) and one matrix product, so the work
 with the number of active cells.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gemm import gemm
+from .gemm import gemm_into
 
 DOWNSAMPLE_MODES = ('strided', 'max', 'avg')
 
@@ -81,6 +82,12 @@ def step_levels(levels: Tensor, keep: Tensor, step: int) -> Tensor:
                        levels)
 
 
+def _low_bits(levels: Tensor) -> Tensor:
+    """``2^level - 1`` per pixel (a table lookup: int64 shifts and powers are slow)."""
+    table = (1 << torch.arange(63, device=levels.device)) - 1
+    return table.index_select(0, levels.reshape(-1)).view(levels.shape)
+
+
 @dataclass
 class CellLayout:
     """The active cells of a level map: ``positions`` ``[n, 3]`` (batch, y, x), sorted,
@@ -93,17 +100,17 @@ class CellLayout:
     def from_levels(cls, levels: Tensor) -> 'CellLayout':
         batch, height, width = levels.shape
         device = levels.device
-        cell = 2 ** levels
-        ys = torch.arange(height, device=device).view(1, height, 1)
-        xs = torch.arange(width, device=device).view(1, 1, width)
-        active = (ys % cell == 0) & (xs % cell == 0)
+        # A cell of level l is 2^l pixels, aligned: a pixel's offset in its cell is its
+        # coordinate's low l bits. Few full-map passes: each costs a parallel region.
+        low = _low_bits(levels)
+        dy = torch.arange(height, device=device).view(1, height, 1) & low
+        dx = torch.arange(width, device=device).view(1, 1, width) & low
+        active = (dy | dx) == 0
         positions = torch.nonzero(active)
-        row_of = torch.full((batch, height, width), -1, dtype=torch.long, device=device)
-        row_of[active] = torch.arange(positions.shape[0], device=device)
-        top_y, top_x = ys - ys % cell, xs - xs % cell
-        bs = torch.arange(batch, device=device).view(batch, 1, 1)
-        cover = row_of[bs, top_y.expand_as(levels), top_x.expand_as(levels)]
-        return cls(levels, positions, cover.view(-1))
+        row_of = active.view(-1).cumsum(0) - 1  # the row of each active pixel
+        top_left = torch.arange(batch * height * width, device=device).view_as(levels) \
+            - dy * width - dx
+        return cls(levels, positions, row_of.index_select(0, top_left.view(-1)))
 
     @classmethod
     def full(cls, batch: int, height: int, width: int, device=None) -> 'CellLayout':
@@ -121,24 +128,30 @@ class CellLayout:
     def cells_per_sample(self) -> Tensor:
         return torch.bincount(self.positions[:, 0], minlength=self.shape[0])
 
+    def flat_index(self, positions: Tensor) -> Tensor:
+        """Index of each fine position ``[n, 3]`` in the flattened ``[B, H, W]`` grid."""
+        _, height, width = self.shape
+        return (positions[:, 0] * height + positions[:, 1]) * width + positions[:, 2]
+
     def rows_at(self, positions: Tensor) -> Tensor:
         """The row covering each fine position ``[n, 3]``."""
-        _, height, width = self.shape
-        flat = (positions[:, 0] * height + positions[:, 1]) * width + positions[:, 2]
-        return self.cover[flat]
+        return self.cover.index_select(0, self.flat_index(positions))
 
     def tap_rows(self, positions: Tensor, dilation: int) -> Tensor:
         """``[n, 9]`` rows read by a 3x3 conv (``dilation`` on the fine grid) at each
-        output ``positions``; taps outside the map point at row ``num_cells`` (zero)."""
+        output ``positions``; taps outside the map point at row ``num_cells`` (zero).
+        Read from the cover map padded by ``dilation`` with that row: nine fixed
+        offsets from each output's flat index."""
         _, height, width = self.shape
-        offsets = torch.arange(-1, 2, device=positions.device) * dilation
-        ys = positions[:, 1:2] + offsets                               # [n, 3]
-        xs = positions[:, 2:3] + offsets
-        inside = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
-        flat = (positions[:, 0, None, None] * height + ys.clamp(0, height - 1)[:, :, None]) \
-            * width + xs.clamp(0, width - 1)[:, None, :]
-        rows = self.cover[flat.view(-1)].view(-1, 3, 3)
-        return torch.where(inside, rows, torch.full_like(rows, self.num_cells)).view(-1, 9)
+        d = dilation
+        padded = F.pad(self.cover.view(-1, height, width), (d, d, d, d), value=self.num_cells)
+        padded_width = width + 2 * d
+        centre = ((positions[:, 0] * (height + 2 * d) + positions[:, 1] + d) * padded_width
+                  + positions[:, 2] + d)
+        steps = torch.arange(-1, 2, device=positions.device) * d
+        offsets = (steps.view(3, 1) * padded_width + steps.view(1, 3)).view(1, 9)
+        return padded.view(-1).index_select(0, (centre.view(-1, 1) + offsets).view(-1)) \
+            .view(-1, 9)
 
 
 def dense_to_rows(x: Tensor, layout: CellLayout) -> Tensor:
@@ -163,25 +176,89 @@ def fill_cells(x: Tensor, layout: CellLayout) -> Tensor:
     return rows_to_dense(dense_to_rows(x, layout), layout)
 
 
+class RowBuffers:
+    """Storage that the sparse executors reuse across forwards for their large
+    temporaries (gather buffers, intermediate cell maps): a fresh buffer of hundreds
+    of MB is mapped anew by the allocator and costs a page fault per page on every
+    forward. ``take(name, shape, like)`` returns an uninitialised tensor on the storage
+    kept under ``name`` (reallocated when too small or of another dtype / device); the
+    next ``take`` of the same name overwrites it, so the caller alternates names
+    between a map and the one computed from it, and gives the result it returns fresh
+    memory. Not for concurrent forwards of one module."""
+
+    def __init__(self):
+        self._flat = {}
+
+    def take(self, name: str, shape, like: Tensor) -> Tensor:
+        numel = 1
+        for size in shape:
+            numel *= size
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < numel or flat.dtype != like.dtype \
+                or flat.device != like.device:
+            self._flat.pop(name, None)  # free the old storage before allocating
+            flat = like.new_empty(numel + numel // 8)  # some room for larger inputs
+            self._flat[name] = flat
+        return flat[:numel].view(shape)
+
+    def clear(self):
+        self._flat.clear()
+
+
+def new_rows(n: int, channels: int, like: Tensor, buffers: Optional[RowBuffers] = None,
+             name: Optional[str] = None) -> Tensor:
+    """``[n, channels]`` uninitialised rows (``like``'s dtype and device) stored with one
+    more, zero, row after them: :func:`conv3x3_rows` reads taps outside the map from
+    that row without copying the map. On ``buffers``' storage ``name`` when both are
+    given, fresh memory otherwise."""
+    if buffers is None or name is None:
+        buffer = like.new_empty(n + 1, channels)
+    else:
+        buffer = buffers.take(name, (n + 1, channels), like)
+    buffer[n].zero_()
+    return buffer[:n]
+
+
+def zero_padded(rows: Tensor) -> Tensor:
+    """``[n + 1, C]``: ``rows`` followed by a zero row (the row every tap outside the map
+    reads). A view when ``rows`` come from :func:`new_rows` and the row after them is
+    still zero, a copy otherwise."""
+    n, channels = rows.shape
+    fits = (rows.is_contiguous() and rows.storage_offset() == 0 and channels > 0
+            and rows.untyped_storage().nbytes() >= (n + 1) * channels * rows.element_size())
+    if fits:
+        padded = rows.as_strided((n + 1, channels), (channels, 1))
+        if not bool(padded[n].any()):
+            return padded
+    return torch.cat([rows, rows.new_zeros(1, channels)])
+
+
 def conv3x3_rows(rows: Tensor, taps: Tensor, matrix: Tensor, bias: Tensor,
-                 chunk_rows: int = 16384) -> Tensor:
+                 chunk_rows: int = 16384, relu: bool = False,
+                 buffers: Optional[RowBuffers] = None, out_name: Optional[str] = None
+                 ) -> Tensor:
     """A 3x3 conv on cells: gather the 9 taps of every output cell (``taps`` from
     :meth:`CellLayout.tap_rows`) and multiply by the ``[9 * C_in, C_out]`` matrix
     (kernel-row, kernel-col, channel order, as :class:`FoldedConv.matrix`), with the
-    measured GEMM kernel (:func:`~mmdyn.ops.gemm.gemm`). ``chunk_rows`` output cells
-    per gather-and-multiply bound the gathered buffer, which all chunks reuse (fresh
-    large buffers cost page faults)."""
-    padded = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
-    if taps.shape[0] <= chunk_rows:
-        gathered = F.embedding(taps.view(-1), padded).view(taps.shape[0], -1)
-        return gemm(gathered, matrix, bias)
-    out = rows.new_empty(taps.shape[0], matrix.shape[1])
-    buffer = rows.new_empty(chunk_rows * taps.shape[1], rows.shape[1])
-    for start in range(0, taps.shape[0], chunk_rows):
+    measured GEMM kernel (:func:`~mmdyn.ops.gemm.gemm_into`), then ReLU if ``relu``.
+    ``chunk_rows`` output cells per gather-and-multiply bound the gathered buffer, which
+    all chunks reuse; each chunk's product is written straight into its slice of the
+    output. The output comes from :func:`new_rows`, so the next conv gathers from it
+    without a copy. With ``buffers`` the gather buffer, and the output when
+    ``out_name`` is given (it must differ from the storage ``rows`` live on), are
+    taken from that :class:`RowBuffers`."""
+    padded = zero_padded(rows)
+    n = taps.shape[0]
+    out = new_rows(n, matrix.shape[1], rows, buffers, out_name)
+    chunk_rows = max(1, min(chunk_rows, n))
+    shape = (chunk_rows * taps.shape[1], rows.shape[1])
+    buffer = rows.new_empty(shape) if buffers is None else buffers.take('gather', shape, rows)
+    for start in range(0, n, chunk_rows):
         chunk = taps[start:start + chunk_rows]
         gathered = buffer[:chunk.numel()]
         torch.index_select(padded, 0, chunk.reshape(-1), out=gathered)
-        out[start:start + chunk.shape[0]] = gemm(gathered.view(chunk.shape[0], -1), matrix, bias)
+        gemm_into(out[start:start + chunk.shape[0]], gathered.view(chunk.shape[0], -1),
+                  matrix, bias, relu)
     return out
 
 

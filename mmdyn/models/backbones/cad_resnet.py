@@ -221,7 +221,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
         conv1, conv2, conv3 = (self._folded(block, i) for i in (1, 2, 3))
         hidden = conv1.rows(rows).relu_()
         taps = self._taps(source, target, conv2.dilation)
-        hidden = conv3x3_rows(hidden, taps, conv2.matrix, conv2.bias).relu_()
+        hidden = conv3x3_rows(hidden, taps, conv2.matrix, conv2.bias, relu=True)
         # The shortcut reads the input at the output cells (a strided 1x1 conv samples).
         identity = rows if source is target else rows.index_select(
             0, source.rows_at(target.positions))

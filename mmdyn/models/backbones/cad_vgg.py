@@ -17,8 +17,11 @@ conv output replaced by its cells' values. ``sparse`` execution computes only th
 active cells as rows (one gather of the nine taps and one matrix product per conv,
 :func:`~mmdyn.ops.multires.conv3x3_rows`, as in CAD-ResNet, chunked, with the GEMM
 kernel measured on the running CPU), the adaptive pools on rows
-(:func:`~mmdyn.ops.cell_pool.max_pool_rows`). Multiply-adds are counted per conv from
-the cells it computes.
+(:func:`~mmdyn.ops.cell_pool.max_pool_rows`). The products write straight into the
+output with the ReLU fused, the maps chain through a trailing zero row (the taps outside
+the image) and the large temporaries live on storage reused across forwards
+(:class:`~mmdyn.ops.multires.RowBuffers`). Multiply-adds are counted per conv from the
+cells it computes.
 """
 import torch
 from mmengine.registry import MODELS
@@ -27,8 +30,8 @@ from torch import Tensor
 from mmdyn.models.mask_sources.basic import build_mask_source, source_keep_masks
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
 from mmdyn.ops.cell_pool import max_pool_rows
-from mmdyn.ops.multires import (CellLayout, adaptive_downsample, block_grid, check_keep_mask,
-                                conv3x3_rows, fill_cells, rows_to_dense,
+from mmdyn.ops.multires import (CellLayout, RowBuffers, adaptive_downsample, block_grid,
+                                check_keep_mask, conv3x3_rows, fill_cells, rows_to_dense,
                                 step_levels)
 from .d2net_vgg import BLOCKS, D2NetVGG, check_output_stride
 from .dynamic import DynamicBackboneMixin
@@ -71,11 +74,16 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
         execution_mode: ``'sparse'`` (only the active cells) or ``'dense'`` (the
             reference on the full fine grid).
         chunk_rows: cells per gather-and-multiply in the sparse path (bounds memory).
+        reuse_buffers: keep the sparse path's large temporaries (the gather buffer, two
+            intermediate cell maps) between forwards instead of mapping them anew each
+            time (page faults); they stay allocated with the module. The returned
+            cells are always fresh memory. One forward at a time per module.
     """
     EXECUTION_MODES = ('dense', 'sparse')
 
     def __init__(self, output_stride: int = 1, mask_source=dict(type='FullResolutionMask'),
-                 execution_mode: str = 'sparse', chunk_rows: int = 16384, **kwargs):
+                 execution_mode: str = 'sparse', chunk_rows: int = 16384,
+                 reuse_buffers: bool = True, **kwargs):
         check_output_stride(output_stride, (4, 2, 1))
         if kwargs.get('d2net_pool3'):
             raise ValueError('CADVGG makes pool3 an adaptive max-pool; d2net_pool3 must '
@@ -90,6 +98,9 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise ValueError(f'chunk_rows={chunk_rows!r} must be a positive int')
         self.chunk_rows = chunk_rows
+        if not isinstance(reuse_buffers, bool):
+            raise ValueError(f'reuse_buffers={reuse_buffers!r} must be True or False')
+        self.row_buffers = RowBuffers() if reuse_buffers else None
         self.external_masks = None
         self.set_execution_mode(execution_mode)
 
@@ -150,7 +161,7 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
         inputs, sparse = x, self.execution_mode == 'sparse'
         static, records = {}, []
         layout = masks = None
-        self._taps_cache = {}
+        self._taps_cache, self._slot = {}, 1
         for block in BLOCKS:
             if block > 1:
                 step = self.step_of_pool(block - 1)
@@ -162,7 +173,7 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
                     if sparse:  # every pixel a row (a free view of a channels-last map)
                         pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
                         layout = CellLayout.from_levels(step_levels(full.levels, masks[0], 1))
-                        x = max_pool_rows(pixels, full, layout, 1)
+                        x = max_pool_rows(pixels, full, layout, 1, *self._out_storage())
                     else:
                         x, levels = adaptive_downsample(x, full.levels, masks[0], 1, 'max')
                         layout = CellLayout.from_levels(levels)
@@ -170,7 +181,7 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
                     levels = step_levels(layout.levels, masks[step - 1], step)
                     new_layout = CellLayout.from_levels(levels)
                     if sparse:
-                        x = max_pool_rows(x, layout, new_layout, step)
+                        x = max_pool_rows(x, layout, new_layout, step, *self._out_storage())
                     else:
                         x, _ = adaptive_downsample(x, layout.levels, masks[step - 1], step,
                                                    'max')
@@ -181,9 +192,9 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
                     x = self.activate(name, conv(x))
                     static[name] = float(x.shape[2] * x.shape[3] * self._macs(conv))
                     continue
-                if sparse:  # the conv output is fresh: activate in place
-                    x = self._conv_rows(conv, x, layout)
-                    x = x if self.is_last(name) and not self.final_relu else x.relu_()
+                if sparse:  # ReLU fused into the product's write
+                    relu = not self.is_last(name) or self.final_relu
+                    x = self._conv_rows(conv, x, layout, relu, final=self.is_last(name))
                 else:
                     x = fill_cells(self.activate(name, conv(x)), layout)
                 records.append(self._record(name, conv, layout, masks, block))
@@ -191,14 +202,25 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
         self.level_map = layout.levels  # [B, h, w] on the fine grid: 0 = full resolution
         return CellFeatures(x, layout) if sparse else x
 
-    def _conv_rows(self, conv, rows: Tensor, layout: CellLayout) -> Tensor:
+    def _out_storage(self, final: bool = False):
+        """``(buffers, name)`` for the next sparse map: the two reused storages in turn
+        (a map never shares one with the map it is computed from), none for the
+        returned one."""
+        if self.row_buffers is None or final:
+            return None, None
+        self._slot = 1 - self._slot
+        return self.row_buffers, f'cells{self._slot}'
+
+    def _conv_rows(self, conv, rows: Tensor, layout: CellLayout, relu: bool,
+                   final: bool) -> Tensor:
         folded = self._folded(conv)
         key = (id(layout), folded.dilation)
         if key not in self._taps_cache:
             self._taps_cache = {k: v for k, v in self._taps_cache.items() if k[0] == id(layout)}
             self._taps_cache[key] = layout.tap_rows(layout.positions, folded.dilation)
+        _, name = self._out_storage(final)
         return conv3x3_rows(rows, self._taps_cache[key], folded.matrix, folded.bias,
-                            self.chunk_rows)
+                            self.chunk_rows, relu, self.row_buffers, name)
 
     def _folded(self, conv):
         """The conv as a :class:`FoldedConv` (cached per weights version)."""

@@ -94,17 +94,31 @@ class SiftKeypointMask(KeypointMask):
                              'downsampling steps: give one dilation per step')
         saliency = self.saliency(inputs)
         stride = self.output_stride
-        return [blocks_any(separable_dilate(saliency, self.dilations[step])[:, ::stride, ::stride],
-                           grid, 2 ** (step + 1))
+        dilated = {}  # triplets repeat sizes (25, 51, 51): dilate once per size
+        for size in self.dilations[:len(grids)]:
+            if size not in dilated:
+                dilated[size] = separable_dilate(saliency, size)[:, ::stride, ::stride]
+        return [blocks_any(dilated[self.dilations[step]], grid, 2 ** (step + 1))
                 for step, grid in enumerate(grids)]
 
 
 def separable_dilate(pixels: Tensor, size: int) -> Tensor:
-    """Square dilation of a ``[B, h, w]`` bool map as a row max then a column max
-    (the same result as one ``size x size`` max-pool at 2 / size of its cost, which
-    matters at full resolution with dilations of 51)."""
+    """Square dilation of a ``[B, h, w]`` bool map (a ``size x size`` max-pool, cells
+    beyond the border ignored). On the CPU OpenCV's ``dilate``, whose rectangular
+    kernels cost O(1) per pixel (it matters at full resolution with dilations of 51);
+    elsewhere a row max then a column max (the same result at 2 / size of the square
+    pool's cost)."""
     if size == 1:
         return pixels
+    if pixels.device.type == 'cpu':
+        kernel = np.ones((size, size), np.uint8)
+        maps = pixels.numpy().astype(np.uint8)
+        return torch.from_numpy(np.stack([cv2.dilate(m, kernel) for m in maps]) > 0)
+    return dilate_rows_then_columns(pixels, size)
+
+
+def dilate_rows_then_columns(pixels: Tensor, size: int) -> Tensor:
+    """:func:`separable_dilate` in torch, on any device."""
     x = pixels.float().unsqueeze(1)
     x = F.max_pool2d(x, (size, 1), 1, (size // 2, 0))
     return F.max_pool2d(x, (1, size), 1, (0, size // 2))[:, 0] > 0.5
