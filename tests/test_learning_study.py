@@ -126,14 +126,14 @@ def test_bad_inputs(tmp_path):
 
 @pytest.mark.slow
 def test_ci_sized_study_learns_and_masks_prefer_ink(tmp_path):
-    """A static and a LAS-ResNet-18 (t = 0.5) trained on the digits with the study's own
-    schedule (20 epochs, seed 0: one run of the full study; at 10 epochs the masks had
-    not yet made a stage-level ink choice).
+    """A static and a LAS-ResNet-18 (t = 0.5) trained on the digits with the study's
+    schedule shortened to 15 epochs (seed 0; at 10 epochs the masks had not yet made a
+    stage-level ink choice).
     Bands (wide, so the test never flakes; chance is 10 %): both above 80 % top-1; the
     LAS FLOPs ratio within 0.5 +- 0.15 and its mean activation rate in (0.15, 0.8) (the
     FLOPs ratio counts the static stem and each block's halo, so activation sits below
     it); ink preference above 1 in at least one stage."""
-    epochs = 20
+    epochs = 15
     work, data = tmp_path / 'study', tmp_path / 'digits-64'
     build_digits_fixture(str(data), size=64)
     learning_study.main(['--work-dir', str(work), '--data-root', str(data),
