@@ -101,8 +101,8 @@ def test_config_benchmark_las_classifier_whole_model():
 
 
 def test_config_benchmark_cad_segmentor_with_its_own_masks_on_a_photo():
-    report = benchmark_config(str(CONFIGS / 'cad_resnet' /
-                                  'pspnet_cad-r101-d8-edge035-os16to8_4xb2-80k_cityscapes-512x1024.py'),
+    pspnet = 'pspnet_cad-r101-d8-edge035-os16to8_4xb2-80k_cityscapes-512x1024.py'
+    report = benchmark_config(str(CONFIGS / 'cad_resnet' / pspnet),
                               ['source', 0.0], (64, 96), threads=(1, ), part='backbone',
                               image='astronaut', warmup=0, repeats=1,
                               cfg_options={'model.backbone.depth': 50})

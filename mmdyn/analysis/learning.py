@@ -222,7 +222,7 @@ def save_mask_overlays(cfg, checkpoint, out_dir: str, num_images: int = 6) -> li
     model = build_classifier(cfg, checkpoint)
     loader = Runner.build_dataloader(cfg.test_dataloader)
     batch = next(iter(loader))
-    batch = dict(inputs=batch['inputs'][:num_images], data_samples=batch['data_samples'][:num_images])
+    batch = {key: batch[key][:num_images] for key in ('inputs', 'data_samples')}
     data = model.data_preprocessor(batch, False)
     model(**data, mode='predict')
     images = [img.permute(1, 2, 0).cpu().numpy() for img in batch['inputs']]
