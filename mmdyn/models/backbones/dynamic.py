@@ -131,6 +131,11 @@ class DynamicBlockMixin:
         self.owns_input = False  # set by a backbone that never reuses block inputs
         self._fold_cache = {}
 
+    def new_parts(self) -> tuple:
+        """What this block adds to the dense block it extends (gates, mask heads, kernel
+        widths): trainable even inside a frozen stage."""
+        return ()
+
     def use_sparse_path(self) -> bool:
         if self.execution_mode == 'sparse' and self.training:
             raise RuntimeError(

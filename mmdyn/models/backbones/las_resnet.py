@@ -54,6 +54,9 @@ class _LASBlockMixin(DynamicBlockMixin):
         self.masker = PatchMasker(self.conv1.in_channels, mask_init_bias)
         self.ran_densely = False  # the last forward took the dense route
 
+    def new_parts(self) -> tuple:
+        return (self.masker, )
+
     def decide(self, x, grid: PatchGrid):
         forced = self.forced_mask(x.shape[0], grid, x)
         if forced is not None:
@@ -396,17 +399,6 @@ class LASResNet(DynamicResNetMixin, ResNet):
         super().__init__(depth, num_stages=num_stages, **kwargs)
         self.granularity = tuple(tuple(g) for g in self._block_granularity)
         self.finish_dynamic_init(execution_mode, temperature)
-
-    def _freeze_stages(self):
-        """Frozen stages keep their dense weights frozen, but their maskers are new:
-        they train, and the blocks follow the backbone's mode (masked path in
-        training) while their BatchNorms stay in eval."""
-        super()._freeze_stages()
-        for stage in range(1, self.frozen_stages + 1):
-            for block in getattr(self, f'layer{stage}'):
-                block.training = self.training
-                block.masker.train(self.training)
-                block.masker.requires_grad_(True)
 
     def make_res_layer(self, block, inplanes, planes, num_blocks, stride=1, dilation=1,
                        avg_down=False, conv_cfg=None, norm_cfg=dict(type='BN'), **kwargs):

@@ -9,7 +9,8 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from mmdyn.ops import conv_macs
-from .dynamic import DynamicBackboneMixin, check_number, fold_cache_of, folded_cached
+from .dynamic import (DynamicBackboneMixin, DynamicBlockMixin, check_number, fold_cache_of,
+                      folded_cached)
 
 
 def build_shortcut(inplanes: int, out_channels: int, stride: int, avg_down: bool,
@@ -221,6 +222,22 @@ class DynamicResNetMixin(DynamicBackboneMixin):
         """mmdet's ResNet.train() returns None; keep nn.Module's ``return self``."""
         super().train(mode)
         return self
+
+    def _freeze_stages(self):
+        """Frozen stages keep their dense weights frozen, but the parts the dynamic
+        blocks add (:meth:`DynamicBlockMixin.new_parts`) train, and those blocks follow
+        the backbone's mode (masked path in training) while their BatchNorms stay in
+        eval."""
+        super()._freeze_stages()
+        for stage in range(1, self.frozen_stages + 1):
+            for block in getattr(self, f'layer{stage}').modules():
+                if not isinstance(block, DynamicBlockMixin):
+                    continue
+                block.training = self.training
+                for part in block.new_parts():
+                    if isinstance(part, nn.Module):
+                        part.train(self.training)
+                    part.requires_grad_(True)
 
     # -- DESIGN contract 7: benchmarkable from its config ----------------------------
 

@@ -147,6 +147,9 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
             dilation=self.dilation if kernel == 3 else 1, groups=self.groups, bias=False))
         self.add_module(f'norm{index}', build_norm_layer(self.norm_cfg, out_channels)[1])
 
+    def new_parts(self) -> tuple:
+        return (self.selector, )
+
     def finish_init(self):
         """After the convs: the shortcut projection (only when the width changes) and
         the block's region selector."""
@@ -487,17 +490,6 @@ class SARResNet(DynamicResNetMixin, ResNet):
                     f'{smallest[0]}x{smallest[1]} feature map for the minimum input '
                     f'{self.min_input_size[0]}x{self.min_input_size[1]} '
                     '(min_input_size); lower K or raise min_input_size')
-
-    def _freeze_stages(self):
-        """Frozen SAR stages keep their region selectors trainable (and the refine
-        blocks on the masked path in training), as LAS-ResNet does for its maskers."""
-        super()._freeze_stages()
-        for stage in range(1, min(self.frozen_stages, SAR_STAGES) + 1):
-            layer = getattr(self, f'layer{stage}')
-            for block in layer.refine:
-                block.training = self.training
-                block.selector.train(self.training)
-                block.selector.requires_grad_(True)
 
     def make_res_layer(self, block, inplanes, planes, num_blocks, stride=1, dilation=1,
                        avg_down=False, conv_cfg=None, norm_cfg=dict(type='BN'),

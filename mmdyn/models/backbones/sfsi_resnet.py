@@ -123,6 +123,9 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
 
     # -- sampling --------------------------------------------------------------------
 
+    def new_parts(self) -> tuple:
+        return (self.conv1_mask, self.conv2_mask, self.conv1_sigma, self.conv2_sigma)
+
     def sample(self, x: Tensor, out_hw):
         """The two sampling masks, conv1's on the input grid, conv2's on the output."""
         batch, _, height, width = x.shape
@@ -399,19 +402,6 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
         interval = check_grid_prior(interval)
         for block in self.dynamic_blocks():
             block.grid_prior_interval = interval
-
-    def _freeze_stages(self):
-        """Frozen stages keep their dense weights frozen; the mask heads and kernel
-        widths are new and train (the blocks follow the backbone's mode)."""
-        super()._freeze_stages()
-        for stage in range(1, self.frozen_stages + 1):
-            for block in getattr(self, f'layer{stage}'):
-                block.training = self.training
-                for part in (block.conv1_mask, block.conv2_mask):
-                    part.train(self.training)
-                    part.requires_grad_(True)
-                block.conv1_sigma.requires_grad_(True)
-                block.conv2_sigma.requires_grad_(True)
 
     def make_res_layer(self, block, inplanes, planes, num_blocks, stride=1, dilation=1,
                        avg_down=False, conv_cfg=None, norm_cfg=dict(type='BN'), **kwargs):
