@@ -59,10 +59,10 @@ def build_model_offline(config: str, checkpoint=None, cfg_options=None):
         raise TypeError(f'{config}: the backbone {type(model.backbone).__name__} is not an '
                         'mmdyn dynamic ResNet (no static_twin / prepare_for_timing)')
     model.eval()
-    return cfg, model
+    return model
 
 
-def input_batch(cfg, model, hw, batch: int = 1, image=None) -> torch.Tensor:
+def input_batch(model, hw, batch: int = 1, image=None) -> torch.Tensor:
     """``[batch, 3, H, W]`` channels-last input, normalised by the model's data
     preprocessor: a photo (a path, or a ``skimage.data`` name) resized to ``hw``, or
     seeded noise."""
@@ -138,8 +138,8 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
     and static call, their ratio, the backbone's executed multiply-adds (records of the
     timed input) over the static twin's (mmengine's FlopAnalyzer), and latency ratio /
     FLOPs ratio; ``gflops_dense_own`` is the backbone's own count with every mask on."""
-    cfg, model = build_model_offline(config, checkpoint, cfg_options)
-    x = input_batch(cfg, model, hw, batch, image)
+    model = build_model_offline(config, checkpoint, cfg_options)
+    x = input_batch(model, hw, batch, image)
     dynamic, static = prepare_pair(model, part)
     backbone = model.backbone
     twin = static if part == 'backbone' else static.backbone

@@ -12,7 +12,7 @@ rerun resumes after an interruption):
    trainings at a time, the CPU threads split between them;
 3. evaluates each checkpoint on the test split (top-1, executed backbone GMACs,
    activation rate, per-stage ink preference: mmdyn/analysis/learning.py);
-4. times each method's backbone (seed 0, BatchNorm folded, channels-last, the default
+4. times each method's backbone (the first seed, BatchNorm folded, channels-last, the default
    eval execution) against the static ResNet-18 on one batch of test digits,
    alternating in one process;
 5. writes ``study.json``, ``table.md`` (the tables), ``accuracy_vs_gmacs.png`` and mask
@@ -45,20 +45,21 @@ METHODS = {
 DATA_ROOT = ROOT / 'data' / 'digits-64'
 
 
-def schedule_options(epochs: int) -> list:
-    """``--cfg-options`` that shorten or lengthen the shared schedule consistently."""
-    return [f'train_cfg.max_epochs={epochs}', f'train_cfg.val_interval={epochs}',
-            f'default_hooks.checkpoint.interval={epochs}',
-            f'param_scheduler.1.T_max={max(epochs - 1, 1)}']
+def run_options(epochs: int, data_root: Path) -> dict:
+    """Config overrides that shorten or lengthen the shared schedule consistently and
+    point every split at ``data_root``."""
+    options = {'train_cfg.max_epochs': epochs, 'train_cfg.val_interval': epochs,
+               'default_hooks.checkpoint.interval': epochs,
+               'param_scheduler.1.T_max': max(epochs - 1, 1)}
+    options.update({f'{split}_dataloader.dataset.data_root': str(data_root)
+                    for split in ('train', 'val', 'test')})
+    return options
 
 
 def load_config(method: str, epochs: int, data_root: Path = DATA_ROOT):
     from mmengine.config import Config
     cfg = Config.fromfile(str(CONFIGS / METHODS[method][0]))
-    options = dict(option.split('=', 1) for option in schedule_options(epochs))
-    cfg.merge_from_dict({k: int(v) for k, v in options.items()})
-    for split in ('train', 'val', 'test'):
-        cfg[f'{split}_dataloader'].dataset.data_root = str(data_root)
+    cfg.merge_from_dict(run_options(epochs, data_root))
     return cfg
 
 
@@ -68,11 +69,10 @@ def train(method: str, seed: int, run_dir: Path, epochs: int, threads: int,
     if checkpoint.exists():
         return checkpoint
     run_dir.mkdir(parents=True, exist_ok=True)
-    options = schedule_options(epochs) + [f'randomness.seed={seed}'] + [
-        f'{split}_dataloader.dataset.data_root={data_root}' for split in ('train', 'val',
-                                                                          'test')]
+    options = {**run_options(epochs, data_root), 'randomness.seed': seed}
     args = [sys.executable, str(ROOT / 'tools' / 'train.py'), str(CONFIGS / METHODS[method][0]),
-            '--work-dir', str(run_dir), '--cfg-options', *options]
+            '--work-dir', str(run_dir), '--cfg-options',
+            *(f'{key}={value}' for key, value in options.items())]
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': str(threads)}
     with open(run_dir / 'train.log', 'w') as log:
         subprocess.run(args, cwd=ROOT, check=True, env=env, stdout=log,
@@ -117,15 +117,15 @@ def evaluate_all(runs, work: Path, epochs: int, data_root: Path) -> dict:
 
 
 def time_methods(methods, work: Path, epochs: int, data_root: Path, threads: int,
-                 warmup: int, repeats: int) -> dict:
-    """Backbone latency of every method (seed 0) and its ratio to the static one."""
+                 warmup: int, repeats: int, seed: int) -> dict:
+    """Backbone latency of every method (run ``seed``) and its ratio to the static one."""
     import torch
     torch.set_num_threads(threads)
     backbones, batch = {}, None
     for method in methods:
         cfg = load_config(method, epochs, data_root)
         model = learning.build_classifier(
-            cfg, str(work / method / 'seed0' / f'epoch_{epochs}.pth'))
+            cfg, str(work / method / f'seed{seed}' / f'epoch_{epochs}.pth'))
         if batch is None:
             batch = learning.test_batch(cfg, model)
         backbones[method] = learning.prepare_for_latency(model.backbone)
@@ -149,8 +149,11 @@ def main(argv=None):
     parser.add_argument('--latency-repeats', type=int, default=5)
     parser.add_argument('--no-latency', action='store_true')
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.jobs < 1 or args.threads < 1:
-        parser.error('--epochs, --jobs and --threads must be >= 1')
+    if args.epochs < 2:
+        parser.error(f'--epochs {args.epochs}: the schedule is one warm-up epoch and a '
+                     'cosine over the rest, so it needs at least 2')
+    if args.jobs < 1 or args.threads < 1:
+        parser.error('--jobs and --threads must be >= 1')
     data_root = Path(args.data_root)
     if not data_root.exists() and data_root.resolve() == DATA_ROOT.resolve():
         build_digits_fixture(str(data_root), size=64)  # the configs' default data_root
@@ -167,12 +170,12 @@ def main(argv=None):
     latency = {}
     if not args.no_latency:
         latency = time_methods(args.methods, work, args.epochs, data_root, args.threads,
-                               warmup=2, repeats=args.latency_repeats)
+                               warmup=2, repeats=args.latency_repeats, seed=args.seeds[0])
     for method in args.methods:
         if method != 'static':
             learning.save_mask_overlays(
                 load_config(method, args.epochs, data_root),
-                str(work / method / 'seed0' / f'epoch_{args.epochs}.pth'),
+                str(work / method / f'seed{args.seeds[0]}' / f'epoch_{args.epochs}.pth'),
                 str(work / 'overlays' / method))
     learning.plot_accuracy_vs_gmacs(rows, str(work / 'accuracy_vs_gmacs.png'),
                                     family_of=lambda m: METHODS[m][1])
