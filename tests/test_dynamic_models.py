@@ -134,6 +134,36 @@ def test_backbone_outputs_are_plain_nchw():
     assert all(o.is_contiguous() for o in outputs)
 
 
+def _sparse_backbones():
+    from test_cad_resnet import cad
+    from test_las_resnet import build as las
+    from test_sar_resnet import build as sar
+    from test_sfsi_resnet import build as sfsi
+    return {'las': lambda: las(granularity=(4, 2, 2, 1)), 'sar': lambda: sar(50),
+            'sfsi': lambda: sfsi(), 'cad': lambda: cad(16)}
+
+
+@pytest.mark.parametrize('name', ['las', 'sar', 'sfsi', 'cad'])
+def test_sparse_outputs_take_the_layout_the_dense_resnet_returns(name):
+    """NCHW in, plain NCHW out (what consumers such as mmcv's CPU RoIAlign assume);
+    channels-last in, channels-last out, as the static twin returns it (no conversion
+    a dense ResNet would not pay)."""
+    model = _sparse_backbones()[name]()
+    model.eval()
+    model.set_execution_mode('sparse')
+    model.set_forced_activation(0.5, seed=1)
+    twin = model.static_twin().to(memory_format=torch.contiguous_format)  # weights as ours
+    twin.eval()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(1, 3, 67, 83).contiguous(memory_format=layout)
+        with torch.no_grad():
+            ours, theirs = model(x), twin(x)
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            assert a.is_contiguous(memory_format=layout)
+            assert a.is_contiguous() == b.is_contiguous()
+
+
 def test_sliding_window_inference_counts_every_crop():
     model = small_segmentor('deeplabv3_las-r50-d8-s4444-t05_4xb4-20k_voc12aug-512x512.py')
     model.backbone.set_forced_activation(1.0)

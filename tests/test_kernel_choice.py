@@ -43,6 +43,46 @@ def test_every_gemm_kernel_computes_the_product(impl, shape, monkeypatch):
     assert_product(gemm(strided, matrix, bias), reference(strided, matrix, bias))
 
 
+ACC_IMPLS = sorted(GEMM_ACC.candidates)
+
+
+@pytest.mark.parametrize('impl', ACC_IMPLS)
+@pytest.mark.parametrize('with_bias', [False, True], ids=['no-bias', 'bias'])
+@pytest.mark.parametrize('relu', [False, True], ids=['linear', 'relu'])
+@pytest.mark.parametrize('shape', [(37, 64, 256), (999, 2304, 67), (0, 16, 8)])
+def test_every_gemm_acc_kernel_accumulates_bias_and_relu(impl, with_bias, relu, shape,
+                                                         monkeypatch):
+    """out = relu?(out + bias + rows @ matrix) in place, against a float64 product
+    (the fused oneDNN kernel reads and writes out in one pass)."""
+    monkeypatch.setenv(ENV_PINS, f'gemm_acc={impl}')
+    m, k, n = shape
+    rows, matrix = torch.randn(m, k), torch.randn(k, n)
+    bias = torch.randn(n) if with_bias else None
+    out = torch.randn(m, n)
+    want = out.double() + rows.double() @ matrix.double()
+    if with_bias:
+        want += bias.double()
+    if relu:
+        want = want.clamp_min(0)
+    assert gemm_acc(out, rows, matrix, bias, relu) is out
+    assert_product(out, want)
+
+
+@pytest.mark.parametrize('impl', ACC_IMPLS)
+def test_gemm_acc_follows_the_out_dtype_and_refuses_bad_outs(impl, monkeypatch):
+    monkeypatch.setenv(ENV_PINS, f'gemm_acc={impl}')
+    rows, matrix, bias = torch.randn(40, 32), torch.randn(32, 16), torch.randn(16)
+    out = torch.randn(40, 16).bfloat16()
+    want = (out.double() + rows.double() @ matrix.double() + bias.double()).clamp_min(0)
+    gemm_acc(out, rows, matrix, bias, True)
+    assert out.dtype == torch.bfloat16
+    assert float((out.double() - want).norm() / want.norm()) < 2e-2
+    with pytest.raises(ValueError, match='contiguous'):
+        gemm_acc(torch.zeros(16, 40).t(), rows, matrix)
+    with pytest.raises(ValueError, match=r'\[40, 16\]'):
+        gemm_acc(torch.zeros(40, 8), rows, matrix)
+
+
 def test_weights_follow_the_activation_dtype():
     rows = torch.randn(40, 32).bfloat16()
     out = gemm(rows, torch.randn(32, 16), torch.randn(16))
@@ -214,6 +254,31 @@ def _cad_outputs():
 def test_sparse_backbones_agree_with_their_reference_for_each_kernel(impl, outputs,
                                                                      monkeypatch):
     monkeypatch.setenv(ENV_PINS, f'gemm={impl},gemm_acc={impl},gemm_into={impl}')
+    reference_outputs, sparse = outputs()
+    for a, b in zip(sparse, reference_outputs):
+        assert a.shape == b.shape
+        assert relative_error(a, b) < 1e-4
+
+
+def _sfsi_outputs(conv3):
+    def outputs():
+        from test_sfsi_resnet import build, run
+        model = build(sparse_conv3=conv3)
+        model.set_forced_activation(0.4, seed=2)
+        x = torch.randn(1, 3, 67, 83)
+        return run(model, x, 'masked')[0], run(model, x, 'sparse')[0]
+    return outputs
+
+
+@pytest.mark.parametrize('impl', ACC_IMPLS)
+@pytest.mark.parametrize('outputs', [_las_outputs, _cad_outputs, _sfsi_outputs('dense'),
+                                     _sfsi_outputs('sampled')],
+                         ids=['las', 'cad', 'sfsi-conv3-dense', 'sfsi-conv3-sampled'])
+def test_sparse_backbones_agree_with_their_reference_for_each_accumulating_kernel(
+        impl, outputs, monkeypatch):
+    """The residual sums (LAS's scatter, CAD's and SFSI's conv3 onto the shortcut, ReLU
+    fused) with each gemm_acc kernel, the other products pinned to addmm."""
+    monkeypatch.setenv(ENV_PINS, f'gemm=addmm,gemm_into=addmm,gemm_acc={impl}')
     reference_outputs, sparse = outputs()
     for a, b in zip(sparse, reference_outputs):
         assert a.shape == b.shape

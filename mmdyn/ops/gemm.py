@@ -1,14 +1,16 @@
 """The products of the sparse executors, each with kernels chosen by measurement.
 
 ``gemm(rows, matrix, bias)`` is ``bias + rows @ matrix``, ``gemm_acc(out, rows,
-matrix)`` is ``out += rows @ matrix`` (in place) and ``gemm_into(out, rows, matrix,
+matrix, bias, relu)`` is ``out += bias + rows @ matrix`` in place (then ReLU if asked:
+a residual sum) and ``gemm_into(out, rows, matrix,
 bias, relu)`` writes ``bias + rows @ matrix`` (ReLU'd if asked) into a given ``out``
 (a slice of a larger buffer, so chunked products need no copy of their own), on
 channels-last pixel rows ``[M, K]`` and a ``[K, N]`` weight matrix
 (:class:`FoldedConv.matrix`). Two kernels compute each: MKL's ``addmm`` and oneDNN's
 1x1 ``conv2d`` on the rows viewed as a channels-last ``[1, K, M, 1]`` map (no copy);
-``gemm_into`` has a third where torch ships it, oneDNN's convolution with an ``add``
-post-op accumulating straight into the zeroed ``out`` (ReLU fused). Which is faster
+``gemm_acc`` and ``gemm_into`` have a third where torch ships it, oneDNN's convolution
+with an ``add`` post-op accumulating straight into ``out`` (zeroed first for
+``gemm_into``), ReLU fused: one pass over ``out`` instead of three. Which is faster
 depends on the CPU, so :mod:`mmdyn.ops.kernel_choice` measures it per shape class
 where the code runs.
 The weights follow the activations' dtype (CPU autocast hands bf16 rows to fp32
@@ -29,17 +31,22 @@ TIMING_ELEMENTS = 1 << 23
 
 
 def _conv_weight(matrix: Tensor) -> Tensor:
-    """``[N, K, 1, 1]`` conv weight of a ``[K, N]`` matrix, cached on the tensor (and
-    rebuilt when the matrix is modified in place)."""
+    """``[N, K, 1, 1]`` conv weight of a ``[K, N]`` matrix, cached on the tensor (on
+    its base when it is a view, such as ``grouped[0]``: a fresh view per call would
+    otherwise transpose the weights on every forward), rebuilt when the matrix is
+    modified in place."""
+    owner = matrix if matrix._base is None else matrix._base
     try:
-        version = matrix._version
+        version = owner._version
     except RuntimeError:  # inference tensors have no version counter
         version = None
-    cached = getattr(matrix, '_mmdyn_conv_weight', None)
+    cache = owner.__dict__.setdefault('_mmdyn_conv_weights', {})
+    view = (matrix.storage_offset(), tuple(matrix.shape), tuple(matrix.stride()))
+    cached = cache.get(view)
     if cached is None or cached[0] != version or version is None:
         weight = matrix.t().contiguous()
         cached = (version, weight.view(*weight.shape, 1, 1))
-        matrix._mmdyn_conv_weight = cached
+        cache[view] = cached
     return cached[1]
 
 
@@ -66,12 +73,16 @@ def _gemm_conv1x1(rows, matrix, bias):
     return _conv1x1(rows, matrix, bias)
 
 
-def _acc_addmm(out, rows, matrix):
-    return out.addmm_(rows, matrix)
+def _acc_addmm(out, rows, matrix, bias, relu):
+    out.addmm_(rows, matrix)
+    if bias is not None:
+        out.add_(bias)
+    return out.relu_() if relu else out
 
 
-def _acc_conv1x1(out, rows, matrix):
-    return out.add_(_conv1x1(rows, matrix, None))
+def _acc_conv1x1(out, rows, matrix, bias, relu):
+    out.add_(_conv1x1(rows, matrix, bias))
+    return out.relu_() if relu else out
 
 
 def _into_addmm(out, rows, matrix, bias, relu):
@@ -91,15 +102,24 @@ def _into_conv1x1(out, rows, matrix, bias, relu):
 _CONV_ADD_ = getattr(getattr(torch.ops, 'mkldnn', None), '_convolution_pointwise_', None)
 
 
+def _acc_conv1x1_add(out, rows, matrix, bias, relu):
+    """``out = relu?(out + bias + rows @ matrix)`` as one oneDNN convolution whose
+    ``add`` post-op reads and writes ``out`` (fp32 only; other dtypes take the
+    unfused convolution)."""
+    if rows.dtype != torch.float32:
+        return _acc_conv1x1(out, rows, matrix, bias, relu)
+    if rows.shape[0]:  # oneDNN refuses empty maps
+        _CONV_ADD_(_rows_as_map(out), _rows_as_map(rows), _conv_weight(matrix), bias,
+                   [0, 0], [1, 1], [1, 1], 1, 'add', 1.0, 'relu' if relu else None, [], None)
+    return out
+
+
 def _into_conv1x1_add(out, rows, matrix, bias, relu):
     if rows.shape[0] == 0:
         return out
     if rows.dtype != torch.float32:  # the fused op is used for fp32 only
         return _into_conv1x1(out, rows, matrix, bias, relu)
-    out.zero_()
-    _CONV_ADD_(_rows_as_map(out), _rows_as_map(rows), _conv_weight(matrix), bias, [0, 0],
-               [1, 1], [1, 1], 1, 'add', 1.0, 'relu' if relu else None, [], None)
-    return out
+    return _acc_conv1x1_add(out.zero_(), rows, matrix, bias, relu)
 
 
 def _has_conv_add() -> bool:
@@ -108,9 +128,11 @@ def _has_conv_add() -> bool:
         return False
     try:
         rows, matrix, bias = torch.randn(5, 3), torch.randn(3, 4), torch.randn(4)
-        out = torch.empty(5, 4)
-        _into_conv1x1_add(out, rows, matrix, bias, True)
-        return bool(torch.allclose(out, torch.addmm(bias, rows, matrix).relu(), atol=1e-5))
+        start = torch.randn(5, 4)
+        out = start.clone()
+        _acc_conv1x1_add(out, rows, matrix, bias, True)
+        return bool(torch.allclose(out, torch.addmm(bias + start, rows, matrix).relu(),
+                                   atol=1e-5))
     except (RuntimeError, TypeError):
         return False
 
@@ -133,18 +155,19 @@ def _timing_inputs(with_out: bool, into: bool = False):
         if into:
             return torch.empty(rows, n, dtype=dtype), x, matrix, torch.zeros(n, dtype=dtype), True
         if with_out:
-            return torch.zeros(rows, n, dtype=dtype), x, matrix
+            return torch.zeros(rows, n, dtype=dtype), x, matrix, None, False
         return x, matrix, torch.zeros(n, dtype=dtype)
     return make
 
 
 GEMM = CHOOSER.register(KernelOp('gemm', {'addmm': _gemm_addmm, 'conv1x1': _gemm_conv1x1},
                                  _timing_inputs(with_out=False)))
-GEMM_ACC = CHOOSER.register(KernelOp('gemm_acc', {'addmm': _acc_addmm, 'conv1x1': _acc_conv1x1},
-                                     _timing_inputs(with_out=True)))
+_ACC_CANDIDATES = {'addmm': _acc_addmm, 'conv1x1': _acc_conv1x1}
 _INTO_CANDIDATES = {'addmm': _into_addmm, 'conv1x1': _into_conv1x1}
 if _has_conv_add():
+    _ACC_CANDIDATES['conv1x1_add'] = _acc_conv1x1_add
     _INTO_CANDIDATES['conv1x1_add'] = _into_conv1x1_add
+GEMM_ACC = CHOOSER.register(KernelOp('gemm_acc', _ACC_CANDIDATES, _timing_inputs(with_out=True)))
 GEMM_INTO = CHOOSER.register(KernelOp('gemm_into', _INTO_CANDIDATES,
                                       _timing_inputs(with_out=True, into=True)))
 
@@ -167,12 +190,17 @@ def gemm(rows: Tensor, matrix: Tensor, bias: Optional[Tensor]) -> Tensor:
     return GEMM.candidates[impl](rows, matrix, bias)
 
 
-def gemm_acc(out: Tensor, rows: Tensor, matrix: Tensor) -> Tensor:
-    """``out += rows @ matrix`` in place; returns ``out``."""
+def gemm_acc(out: Tensor, rows: Tensor, matrix: Tensor, bias: Optional[Tensor] = None,
+             relu: bool = False) -> Tensor:
+    """``out += bias + rows @ matrix`` in place (then ReLU if ``relu``: a residual sum
+    and its activation in one call); ``out`` ``[M, N]`` contiguous; returns ``out``."""
+    if not out.is_contiguous() or out.shape != (rows.shape[0], matrix.shape[1]):
+        raise ValueError(f'gemm_acc: out must be a contiguous [{rows.shape[0]}, '
+                         f'{matrix.shape[1]}] tensor, got {tuple(out.shape)}')
     rows = _follow(out, rows.contiguous())
-    matrix = _follow(out, matrix)
+    matrix, bias = _follow(out, matrix), _follow(out, bias)
     impl = CHOOSER.choose('gemm_acc', _shape_class(rows, matrix))
-    return GEMM_ACC.candidates[impl](out, rows, matrix)
+    return GEMM_ACC.candidates[impl](out, rows, matrix, bias, relu)
 
 
 def gemm_into(out: Tensor, rows: Tensor, matrix: Tensor, bias: Optional[Tensor],

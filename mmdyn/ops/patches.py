@@ -156,11 +156,12 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
     updated = F.embedding(pixels, pixel_rows(base))  # a row gather, faster than index_select
     if pointwise is None:
         updated.add_(values)  # in-place add promotes across float dtypes
+        if relu:
+            updated.relu_()
     else:
-        pointwise.accumulate_(updated, values)
+        pointwise.accumulate_(updated, values, relu=relu)  # ReLU fused into the product
     if relu:
         out = base.relu_() if inplace else F.relu(base)
-        updated.relu_()
     else:
         out = base if inplace else base.clone()
     pixel_rows(out).index_copy_(0, pixels, updated.to(out.dtype))

@@ -127,6 +127,47 @@ class PixelMaskHead(nn.Module):
     def macs(self, out_pixels: int) -> int:
         return out_pixels * self.weight.shape[1] * 9
 
+    def tap_matrix(self) -> Tensor:
+        """``[C, 9]``: the weights of each of the 9 taps (kernel-row, kernel-col)."""
+        return self.weight.detach()[0].reshape(self.weight.shape[1], 9)
+
+
+def shifted_tap_sum(taps: Tensor, bias: Tensor, stride: int) -> Tensor:
+    """A 3x3 one-channel conv (padding 1, ``stride``) from its per-tap products
+    ``taps`` ``[B, 9, H, W]`` (tap t of pixel p: the input at p times tap t's weights,
+    summed over channels): ``out[y, x] = bias + sum_t taps[t, s*y + ky - 1, s*x + kx - 1]``.
+    Returns ``[B, 1, H_out, W_out]``."""
+    batch, _, height, width = taps.shape
+    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+    padded = F.pad(taps, (1, 1, 1, 1))
+    out = bias.view(1, 1, 1, 1).expand(batch, 1, out_h, out_w).contiguous()
+    for ky in range(3):
+        for kx in range(3):
+            t = ky * 3 + kx
+            out.add_(padded[:, t:t + 1, ky:ky + stride * (out_h - 1) + 1:stride,
+                            kx:kx + stride * (out_w - 1) + 1:stride])
+    return out
+
+
+def mask_head_logits(x: Tensor, heads, matrix: Optional[Tensor] = None) -> list:
+    """The logits of several :class:`PixelMaskHead` on the same channels-last input
+    ``x``. The stride-1 heads run as one GEMM of ``x``'s pixel rows with all their tap
+    weights (``[C, 9 * heads]``, ``matrix`` when cached) and shifted sums of the tap
+    maps: ``x`` is read once, and a GEMM keeps its speed where a one-output-channel
+    convolution does not (oneDNN runs it far below peak). Strided heads keep their
+    convolution (a GEMM at every input pixel would compute 4x its products)."""
+    flat = [h for h in heads if h.stride == 1]
+    logits = {}
+    if flat:
+        if matrix is None:
+            matrix = torch.cat([h.tap_matrix() for h in flat], dim=1)
+        rows = gemm(pixel_rows_view(x), matrix.to(x.dtype), None)
+        taps = rows.view(x.shape[0], x.shape[2], x.shape[3], -1).permute(0, 3, 1, 2)
+        for k, head in enumerate(flat):
+            logits[id(head)] = shifted_tap_sum(taps[:, 9 * k:9 * k + 9],
+                                               head.bias.detach().to(x.dtype), 1)
+    return [logits[id(h)] if id(h) in logits else h(x) for h in heads]
+
 
 # -- interpolation ----------------------------------------------------------------------
 
@@ -197,13 +238,15 @@ def blur_macs(pixels: int, channels: int, size: int) -> int:
 
 
 def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width: Tensor,
-                     size: int, eps: float = 1e-5, base: Optional[Tensor] = None) -> Tensor:
+                     size: int, eps: float = 1e-5, base: Optional[Tensor] = None,
+                     out: Optional[Tensor] = None) -> Tensor:
     """Eq. 3 from the sampled rows only: ``rows`` ``[n, C]`` are the (already gated)
     features of the pixels ``index`` (flat ids into ``[B * H * W]``) of the binary
     ``support`` ``[B, 1, H, W]``. Scatter, blur separably, normalise, and put the
     sampled rows back. Returns a dense channels-last ``[B, C, H, W]`` map, plus
     ``base`` (a dense channels-last map, e.g. the residual) when given: the addition
-    is fused into the normalisation."""
+    is fused into the normalisation. Without ``base`` the result is written into
+    ``out`` when given (a channels-last map, e.g. from :func:`map_with_zero_row`)."""
     batch, _, height, width = support.shape
     channels = rows.shape[1]
     # The zero-filled map of the sampled rows in one gather pass: every pixel reads its
@@ -216,7 +259,9 @@ def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width
     kernel = gaussian_kernel_1d(inverse_width.detach(), size)
     numerator = separable_blur(canvas, kernel)
     denominator = separable_blur(support, kernel).add_(eps)
-    if base is None:
+    if base is None and out is not None:
+        torch.div(numerator, denominator, out=out)
+    elif base is None:
         out = numerator.contiguous(memory_format=torch.channels_last).div_(denominator)
     else:
         out = torch.addcdiv(base, numerator, denominator)
@@ -239,6 +284,17 @@ def sampled_pixels(mask: Tensor) -> Tensor:
     """Flat ids ``[n]`` (into ``[B * H * W]``, sorted) of the pixels where ``mask``
     ``[B, 1, H, W]`` is on."""
     return torch.nonzero(mask.detach().reshape(-1) > 0.5).view(-1)
+
+
+def map_with_zero_row(batch: int, channels: int, height: int, width: int,
+                      like: Tensor):
+    """``(map, table)``: an uninitialised channels-last ``[B, C, H, W]`` map and the
+    ``[B * H * W + 1, C]`` pixel table it is a view of, whose last row is zero (what
+    :func:`with_zero_row` appends): a conv that gathers tap rows from the map reads
+    the table without copying it."""
+    table = like.new_empty(batch * height * width + 1, channels)
+    table[-1].zero_()
+    return table[:-1].view(batch, height, width, channels).permute(0, 3, 1, 2), table
 
 
 def with_zero_row(rows: Tensor) -> Tensor:

@@ -78,11 +78,11 @@ class FoldedConv:
         folded = self.cast(rows.dtype)
         return gemm(rows, folded.matrix, folded.bias)
 
-    def accumulate_(self, out: Tensor, rows: Tensor) -> Tensor:
-        """``out += conv(rows)`` in place for a 1x1 conv on pixel rows, in ``out``'s
-        dtype (in-place ops are not autocast)."""
+    def accumulate_(self, out: Tensor, rows: Tensor, relu: bool = False) -> Tensor:
+        """``out += conv(rows)`` in place for a 1x1 conv on pixel rows (then ReLU if
+        ``relu``), in ``out``'s dtype (in-place ops are not autocast)."""
         folded = self.cast(out.dtype)
-        return gemm_acc(out.add_(folded.bias), rows, folded.matrix)
+        return gemm_acc(out, rows, folded.matrix, folded.bias, relu)
 
     @property
     def out_channels(self) -> int:

@@ -60,7 +60,7 @@ def parse_args():
                         help='default: 101 for LAS and SFSI, 50 for SAR')
     parser.add_argument('--grid-prior', default='11',
                         help='SFSI: grid-prior step, or "none"')
-    parser.add_argument('--sparse-conv3', choices=('sampled', 'dense'), default='sampled',
+    parser.add_argument('--sparse-conv3', choices=('sampled', 'dense'), default='dense',
                         help='SFSI: conv3 on the sampled pixels or on every pixel')
     parser.add_argument('--profile', action='store_true',
                         help='SFSI: torch.profiler breakdown of the sparse forward per rate')

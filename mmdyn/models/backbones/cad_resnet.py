@@ -26,8 +26,8 @@ from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs
 from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
                                 dense_to_rows, fill_cells, rows_to_dense, step_levels)
 from .dynamic import check_number, fold_cache_of, folded_cached
-from .resnet_parts import (DynamicResNetMixin, plain_block_flops, plain_res_layer,
-                           reject_unsupported, run_static_layer)
+from .resnet_parts import (DynamicResNetMixin, output_memory_format, plain_block_flops,
+                           plain_res_layer, reject_unsupported, run_static_layer)
 
 OS8_STRIDES, OS8_DILATIONS = (1, 2, 1, 1), (1, 1, 2, 4)
 #: base output stride -> the stages whose downsampling step is adaptive
@@ -150,7 +150,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
                 for s, (m, g) in enumerate(zip(masks, grids))]
 
     def forward(self, x):
-        inputs = x
+        inputs, out_format = x, output_memory_format(x)
         sparse = self.sparse()
         x, stem_flops = self.stem_forward(x)
         static, outs, records = {'stem': stem_flops}, [], []
@@ -186,7 +186,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
                         records)
             if i in self.out_indices:
                 out = rows_to_dense(x, layout) if sparse and i >= min(self.adaptive_stages) else x
-                outs.append(out.contiguous())
+                outs.append(out.contiguous(memory_format=out_format))  # as the dense ResNet
         self.store_forward_record(ForwardRecord(static, records))
         return tuple(outs)
 
@@ -228,7 +228,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
         if block.downsample is not None:
             shortcut = self._folded(block, 'downsample')
             identity = shortcut.rows(identity)  # a fresh tensor
-            return conv3.accumulate_(identity, hidden).relu_()
+            return conv3.accumulate_(identity, hidden, relu=True)
         return conv3.rows(hidden).add_(identity).relu_()
 
     def _taps(self, source, target, dilation):

@@ -33,7 +33,8 @@ from mmdyn.ops.multires import conv3x3_rows
 from .dense_fallback import measure_crossover, runs_densely, size_class
 from .dynamic import (DynamicBlockMixin, check_granularity, check_number, draw_forced_mask,
                       fold_sources)
-from .resnet_parts import DynamicResNetMixin, check_norm_cfg, plain_res_layer
+from .resnet_parts import (DynamicResNetMixin, check_norm_cfg, output_memory_format,
+                           plain_res_layer)
 
 
 def _out_size(size: int, stride: int) -> int:
@@ -417,6 +418,7 @@ class LASResNet(DynamicResNetMixin, ResNet):
             if block is LASBasicBlock else {}
 
     def forward(self, x):
+        layout = output_memory_format(x)
         x, stem_flops = self.stem_forward(x)
         outs, records = [], []
         for i, layer_name in enumerate(self.res_layers):
@@ -424,9 +426,6 @@ class LASResNet(DynamicResNetMixin, ResNet):
                 x = block(x)
                 records.append(block.record)
             if i in self.out_indices:
-                # Plain NCHW outputs, as the dense ResNet returns: the sparse path works
-                # channels-last, and some consumers (mmcv's CPU RoIAlign) read raw
-                # memory assuming NCHW.
-                outs.append(x.contiguous())
+                outs.append(x.contiguous(memory_format=layout))  # as the dense ResNet
         self.store_forward_record(ForwardRecord({'stem': stem_flops}, records))
         return tuple(outs)

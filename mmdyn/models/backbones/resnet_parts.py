@@ -88,6 +88,17 @@ def check_norm_cfg(backbone: str, norm_cfg):
                          f'{FOLDABLE_NORMS}')
 
 
+def output_memory_format(x: torch.Tensor):
+    """The layout a dense ResNet returns for the input ``x``: channels-last for a
+    channels-last input (torch's convolutions keep it), plain NCHW otherwise (the
+    sparse paths work channels-last inside; some consumers, mmcv's CPU RoIAlign, read
+    raw memory assuming NCHW, and mmdet/mmseg data preprocessors give NCHW)."""
+    if x.dim() == 4 and not x.is_contiguous() and \
+            x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def run_resnet_stem(backbone, x, fold: bool = False):
     """The stem of an mmdet/mmseg ResNet (deep or not), before the max-pool; with
     ``fold`` its BatchNorms are folded into the convs (inference)."""

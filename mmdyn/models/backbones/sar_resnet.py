@@ -44,7 +44,7 @@ from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_pat
                        patch_pixels, pixel_rows, upsample_patch_mask)
 from .dynamic import DynamicBlockMixin, check_number, fold_cache_of
 from .resnet_parts import (DynamicResNetMixin, build_shortcut, first_block_dilation,
-                           plain_block_flops, plain_res_layer, reject_unsupported,
+                           output_memory_format, plain_block_flops, plain_res_layer, reject_unsupported,
                            run_folded_block, run_folded_sequence, run_static_layer)
 
 SAR_STAGES = 3  # stages 1-3 are SAR modules (the paper's 4-stage ImageNet models)
@@ -561,6 +561,7 @@ class SARResNet(DynamicResNetMixin, ResNet):
                               common['norm_cfg'])
 
     def forward(self, x):
+        layout = output_memory_format(x)
         x, stem_flops = self.stem_forward(x)
         fold = self.folds_static_parts()
         static = {'stem': stem_flops}
@@ -580,6 +581,6 @@ class SARResNet(DynamicResNetMixin, ResNet):
                 static[layer_name] = flops
                 x = run_static_layer(layer, x, fold)
             if i in self.out_indices:
-                outs.append(x.contiguous())  # plain NCHW, as the dense ResNet returns
+                outs.append(x.contiguous(memory_format=layout))  # as the dense ResNet
         self.store_forward_record(ForwardRecord(static, records))
         return tuple(outs)

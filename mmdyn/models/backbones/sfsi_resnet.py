@@ -21,14 +21,17 @@ The block is  y = relu(x_identity + BN3(conv3(F2'))).  ``masked`` execution comp
 every conv densely and multiplies (training, the reference). ``sparse`` execution
 computes conv1 (one pixel-row gather + GEMM) and conv2 (tap-row gather + GEMM, or
 bilinear deformable taps with DCN) only at the sampled pixels, interpolates conv1's
-result with a separable blur, and (``sparse_conv3='sampled'``) moves conv3 before the
-second interpolation: conv3 acts on channels and Eq. 3 on space, both linearly, so
+result with a separable blur and, with ``sparse_conv3='dense'`` (the default, the
+reference order), interpolates conv2's output and runs conv3 over every pixel as one
+product accumulating onto the residual (bias and ReLU fused). ``sparse_conv3='sampled'``
+moves conv3 before the second interpolation instead: conv3 acts on channels and Eq. 3
+on space, both linearly, so
 
     W3 F2' = M2 * (W3 F2) + (1 - M2) * (G * (M2 * W3 F2)) / (G * M2 + eps)
 
 exactly, and conv3 too runs on the sampled pixels only (its bias rides on the
-residual). ``sparse_conv3='dense'`` keeps the reference order (interpolate conv2's
-output, one GEMM for conv3 over every pixel, accumulated onto the residual).
+residual); fewer FLOPs, but the interpolation then runs on the 4x wider map, which
+measured slower on CPU (docs/benchmarks.md).
 
 Sparse loss of a block (the reference's): 0.25 * mean(p_1) + 0.75 * mean(p_2).
 Module tree and parameter names are mmdet's ``ResNet`` / ``ResNeXt`` (plus
@@ -47,17 +50,18 @@ from torch.profiler import record_function
 
 from mmdyn.ops import (BlockRecord, FoldedConv, ForwardRecord, PatchGrid, conv_macs,
                        pixel_rows)
-from mmdyn.ops.gemm import gemm
+from mmdyn.ops.gemm import gemm, gemm_acc
 from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
                                       blur_macs, check_grid_prior, check_kernel_size,
                                       check_sampling_variant, conv_matrix, conv_rows,
                                       conv_tap_rows, grouped_matmul, interpolate_dense,
-                                      interpolate_rows, pixel_rows_view, sample_mask,
-                                      sampled_pixels, with_zero_row)
+                                      interpolate_rows, map_with_zero_row,
+                                      mask_head_logits, pixel_rows_view, sample_mask,
+                                      sampled_pixels)
 
 from .dynamic import DynamicBlockMixin, check_number, draw_forced_mask
 from .resnet_parts import (DynamicResNetMixin, check_norm_cfg, check_resnet_sizes,
-                           check_resnext_width, plain_res_layer)
+                           check_resnext_width, output_memory_format, plain_res_layer)
 
 
 SPARSE_CONV3 = ('sampled', 'dense')
@@ -99,7 +103,7 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
     def __init__(self, *args, block_name: str = '', sampling: str = 'stochastic',
                  grid_prior_interval: Optional[int] = 11, interpolation_kernel: int = 7,
                  init_sigma: float = 3.0, mask_init_bias: float = 3.0,
-                 test_temperature: float = 0.01, sparse_conv3: str = 'sampled', **kwargs):
+                 test_temperature: float = 0.01, sparse_conv3: str = 'dense', **kwargs):
         super().__init__(*args, **kwargs)
         if self.style != 'pytorch':
             raise ValueError(f"{block_name}: SFSIResNet needs style='pytorch' (stride on "
@@ -126,28 +130,42 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
     def new_parts(self) -> tuple:
         return (self.conv1_mask, self.conv2_mask, self.conv1_sigma, self.conv2_sigma)
 
-    def sample(self, x: Tensor, out_hw):
-        """The two sampling masks, conv1's on the input grid, conv2's on the output."""
-        batch, _, height, width = x.shape
-        grids = (PatchGrid(height, width, 1), PatchGrid(*out_hw, 1))
-        if self.forced_rate is not None:  # benchmarks and tests: exact random rates
-            masks = []
-            for k, grid in enumerate(grids):
-                # in the input's dtype, as the mask heads' masks (bf16 stays bf16)
-                mask = draw_forced_mask(batch, grid, self.forced_rate,
-                                        self.forced_seed * 2 + k, x.device).to(x.dtype)
-                mask = apply_grid_prior(mask, self.grid_prior_interval)
-                masks.append(SampledMask(mask, mask, mask))
-            return masks
+    def sample(self, x: Tensor, out_hw, sparse: bool = False):
+        """The two sampling masks, conv1's on the input grid, conv2's on the output
+        (``sparse``: the heads' logits from one tap GEMM on the channels-last ``x``).
+        Forced rates (benchmarks and tests) replace the sampled masks, after the mask
+        heads and the sampling have run as they would: their cost stays in a timing."""
         tau = self.temperature if self.training else self.test_temperature
+        heads = (self.conv1_mask, self.conv2_mask)
+        if sparse:
+            flat = [h for h in heads if h.stride == 1]
+            matrix = self.cached('mask-head-taps', [h.weight for h in flat], lambda: torch.cat(
+                [h.tap_matrix() for h in flat], dim=1))
+            all_logits = mask_head_logits(x, heads, matrix)
+        else:
+            all_logits = [head(x) for head in heads]
         masks = []
-        for head in (self.conv1_mask, self.conv2_mask):
-            hard, value, soft = sample_mask(head(x), self.sampling, tau, self.training,
+        for logits in all_logits:
+            hard, value, soft = sample_mask(logits, self.sampling, tau, self.training,
                                             self.generator)
             masks.append(SampledMask(apply_grid_prior(hard, self.grid_prior_interval),
                                      apply_grid_prior(value, self.grid_prior_interval),
                                      soft))
-        return masks
+        if self.forced_rate is None:
+            return masks
+        grids = (PatchGrid(x.shape[2], x.shape[3], 1), PatchGrid(*out_hw, 1))
+        key = (x.shape[0], grids, self.forced_rate, self.forced_seed, self.grid_prior_interval,
+               x.device, x.dtype)
+        if getattr(self, '_forced_masks', (None,))[0] != key:  # drawn once per setting
+            forced = []
+            for k, grid in enumerate(grids):
+                # in the input's dtype, as the mask heads' masks (bf16 stays bf16)
+                mask = draw_forced_mask(x.shape[0], grid, self.forced_rate,
+                                        self.forced_seed * 2 + k, x.device).to(x.dtype)
+                mask = apply_grid_prior(mask, self.grid_prior_interval)
+                forced.append(SampledMask(mask, mask, mask))
+            self._forced_masks = (key, forced)
+        return self._forced_masks[1]
 
     # -- execution -------------------------------------------------------------------
 
@@ -155,8 +173,10 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         stride = self.conv2_stride
         out_hw = ((x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1)
         sparse = self.use_sparse_path()
+        if sparse:
+            x = x.contiguous(memory_format=torch.channels_last)
         with record_function('sfsi.mask_heads'):
-            mask1, mask2 = self.sample(x, out_hw)
+            mask1, mask2 = self.sample(x, out_hw, sparse)
         if sparse:
             out = self._forward_sparse(x, out_hw, mask1, mask2)
         else:
@@ -178,8 +198,7 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
     def _forward_sparse(self, x, out_hw, mask1, mask2):
         """Only the sampled pixels are computed (the record_function labels name the
         parts for :func:`mmdyn.analysis.sfsi.profile_sparse_parts`)."""
-        x = x.contiguous(memory_format=torch.channels_last)
-        batch, _, height, width = x.shape
+        batch, _, height, width = x.shape  # x is channels-last (forward)
         with record_function('sfsi.conv1'):
             # conv1 (1x1) on the sampled pixels: a row gather and one GEMM.
             pixels1 = sampled_pixels(mask1.hard)
@@ -189,9 +208,10 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
             if self.sampling == 'relu':
                 hidden1.mul_(pixel_rows(mask1.value).index_select(0, pixels1))
         with record_function('sfsi.interp1'):
-            out1 = interpolate_rows(hidden1, pixels1, mask1.hard, self.conv1_sigma.detach(),
-                                    self.kernel_size)                            # Eq. 3
-            table = with_zero_row(pixel_rows(out1))
+            # written straight into conv2's gather table (its zero row appended)
+            out1, table = map_with_zero_row(batch, hidden1.shape[1], height, width, hidden1)
+            interpolate_rows(hidden1, pixels1, mask1.hard, self.conv1_sigma.detach(),
+                             self.kernel_size, out=out1)                         # Eq. 3
         with record_function('sfsi.conv2'):
             # conv2 (3x3, strided / dilated / grouped / deformable) on its sampled pixels.
             pixels2 = sampled_pixels(mask2.hard)
@@ -207,21 +227,21 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
                 hidden2.mul_(pixel_rows(mask2.value).index_select(0, pixels2))
         with record_function('sfsi.conv3_interp2'):
             conv3 = self.folded('conv3', self.conv3, self.norm3)
-            residual = self._residual_sparse(x, conv3.bias)       # identity + conv3's bias
             if self.sparse_conv3 == 'sampled':
                 # conv3 before the interpolation (exact: both linear), on sampled pixels.
+                residual, _ = self._residual_sparse(x, conv3.bias)  # identity + conv3's bias
                 out = interpolate_rows(gemm(hidden2, conv3.matrix, None), pixels2, mask2.hard,
                                        self.conv2_sigma.detach(), self.kernel_size,
                                        base=residual)                            # Eq. 3
-            else:
-                # the reference order: interpolate conv2's output, conv3 on every pixel
-                # (one GEMM accumulating onto the residual).
-                out2 = interpolate_rows(hidden2, pixels2, mask2.hard,
-                                        self.conv2_sigma.detach(), self.kernel_size)
-                rows = gemm(pixel_rows_view(out2), conv3.matrix, None).add_(
-                    pixel_rows_view(residual))
-                out = rows.view(batch, *out_hw, -1).permute(0, 3, 1, 2)
-        return out.relu_()
+                return out.relu_()
+            # the reference order: interpolate conv2's output, then conv3 on every pixel
+            # as one product accumulating onto the residual, bias and ReLU fused.
+            out2 = interpolate_rows(hidden2, pixels2, mask2.hard,
+                                    self.conv2_sigma.detach(), self.kernel_size)
+            residual, bias = self._residual_sparse(x, conv3.bias, defer_bias=True)
+            gemm_acc(pixel_rows_view(residual), pixel_rows_view(out2), conv3.matrix, bias,
+                     relu=True)
+            return residual
 
     def _matrix(self, name):
         """conv2's BN-folded weights as grouped tap matrices (cached)."""
@@ -251,21 +271,25 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         folded = self.folded('conv2', conv, self.norm2)
         return grouped_matmul(samples, self._matrix('conv2'), folded.bias)
 
-    def _residual_sparse(self, x, conv3_bias):
-        """identity + conv3's folded bias, channels-last: the bias rides on the
-        shortcut conv's bias, or is added to the block input (in place when the
-        backbone never reads that input again)."""
+    def _residual_sparse(self, x, conv3_bias, defer_bias: bool = False):
+        """``(residual, bias still to add)``: the shortcut as a channels-last map the
+        block may write to, with conv3's folded bias riding on the shortcut conv's
+        bias, or added to the identity (or, with ``defer_bias``, returned for a fused
+        product to add). The identity is the block input itself, updated in place,
+        when the backbone never reads that input again."""
         if self.downsample is None:
-            if self.owns_input and not torch.is_grad_enabled():
-                return x.add_(conv3_bias.view(1, -1, 1, 1))
-            return x + conv3_bias.view(1, -1, 1, 1)
+            reuse = self.owns_input and not torch.is_grad_enabled()
+            if defer_bias:
+                return (x if reuse else x.clone(memory_format=torch.channels_last)), conv3_bias
+            bias = conv3_bias.view(1, -1, 1, 1)
+            return (x.add_(bias) if reuse else x + bias), None
         *pools, conv, bn = self.downsample
         for pool in pools:
             x = pool(x)
         shortcut = self.folded('downsample', conv, bn)
         biased = self.cached('downsample+bias', (shortcut.weight, conv3_bias), lambda: FoldedConv(
             shortcut.weight, shortcut.bias + conv3_bias, shortcut.stride))
-        return biased(x).contiguous(memory_format=torch.channels_last)
+        return biased(x).contiguous(memory_format=torch.channels_last), None
 
     # -- records ---------------------------------------------------------------------
 
@@ -317,10 +341,11 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
         temperature / test_temperature: Gumbel temperature in training (hooks change
             it) and at inference.
         sampling_seed: seed of the inference-time sampling noise (None: torch's RNG).
-        sparse_conv3: how the sparse path runs conv3: ``'sampled'`` (on the sampled
-            pixels, then the interpolation of its 4x wider output) or ``'dense'`` (the
-            reference order: interpolate conv2's output, conv3 on every pixel). Both
-            equal the masked network; they differ in cost (see docs/sfsi_resnet.md).
+        sparse_conv3: how the sparse path runs conv3: ``'dense'`` (default; the
+            reference order: interpolate conv2's output, conv3 on every pixel) or
+            ``'sampled'`` (on the sampled pixels, then the interpolation of its 4x
+            wider output: fewer FLOPs, slower on the CPUs measured). Both equal the
+            masked network; they differ in cost (see docs/benchmarks.md).
         execution_mode: ``'auto'`` (masked in training, sparse in eval), ``'masked'``
             or ``'sparse'`` (inference only).
         contract_dilation: mmseg ``ResNetV1c`` semantics.
@@ -336,7 +361,7 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
                  interpolation_kernel: int = 7, init_sigma: float = 3.0,
                  mask_init_bias: float = 3.0, temperature: float = 1.0,
                  test_temperature: float = 0.01, sampling_seed: Optional[int] = None,
-                 sparse_conv3: str = 'sampled',
+                 sparse_conv3: str = 'dense',
                  execution_mode: str = 'auto', contract_dilation: bool = False,
                  multi_grid=None, num_stages: int = 4, dcn=None, **kwargs):
         if depth not in self.arch_settings:
@@ -415,6 +440,7 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
             per_block=lambda k: dict(block_name=f'layer{stage + 1}.{k}'))
 
     def forward(self, x):
+        layout = output_memory_format(x)
         x, stem_flops = self.stem_forward(x)
         outs, records = [], []
         for i, layer_name in enumerate(self.res_layers):
@@ -422,6 +448,6 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
                 x = block(x)
                 records.append(block.record)
             if i in self.out_indices:
-                outs.append(x.contiguous())  # plain NCHW, as the dense ResNet returns
+                outs.append(x.contiguous(memory_format=layout))  # as the dense ResNet
         self.store_forward_record(ForwardRecord({'stem': stem_flops}, records))
         return tuple(outs)
