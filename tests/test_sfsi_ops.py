@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmdyn.ops.pixel_sampling import (apply_grid_prior, bilinear_tap_rows, check_grid_prior,
+from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
+                                      check_grid_prior, mask_head_logits,
                                       check_kernel_size, check_sampling_variant, conv_matrix,
                                       conv_rows, conv_tap_rows, gaussian_kernel_1d,
                                       gaussian_kernel_2d, interpolate_dense, interpolate_rows,
@@ -149,3 +150,23 @@ def test_grid_prior_forces_every_kth_pixel():
 def test_bad_settings_are_rejected_clearly(check, bad, name):
     with pytest.raises(ValueError, match=name):
         check(bad)
+
+
+@pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last],
+                         ids=['nchw', 'channels-last'])
+@pytest.mark.parametrize('size', [(1, 1), (2, 5), (13, 8)])
+def test_mask_head_logits_equal_the_heads_convolutions(layout, size):
+    """The tap-GEMM form of the mask heads (stride 1) and the strided head's own conv,
+    against F.conv2d with each head's weights (odd sizes, a 1x1 map)."""
+    torch.manual_seed(0)
+    heads = [PixelMaskHead(24, 1), PixelMaskHead(24, 2), PixelMaskHead(24, 1)]
+    for head in heads:
+        head.weight.data.normal_()
+        head.bias.data.normal_()
+    x = torch.randn(2, 24, *size).contiguous(memory_format=layout)
+    with torch.no_grad():
+        got = mask_head_logits(x, heads)
+    for head, logits in zip(heads, got):
+        want = F.conv2d(x, head.weight, head.bias, stride=head.stride, padding=1)
+        assert logits.shape == want.shape
+        torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)

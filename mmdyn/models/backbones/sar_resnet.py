@@ -44,8 +44,9 @@ from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_pat
                        patch_pixels, pixel_rows, upsample_patch_mask)
 from .dynamic import DynamicBlockMixin, check_number, fold_cache_of
 from .resnet_parts import (DynamicResNetMixin, build_shortcut, first_block_dilation,
-                           output_memory_format, plain_block_flops, plain_res_layer, reject_unsupported,
-                           run_folded_block, run_folded_sequence, run_static_layer)
+                           output_memory_format, plain_block_flops, plain_res_layer,
+                           reject_unsupported, run_folded_block, run_folded_sequence,
+                           run_static_layer)
 
 SAR_STAGES = 3  # stages 1-3 are SAR modules (the paper's 4-stage ImageNet models)
 _SETTING = re.compile(r'^G(\d+)s(\d+)a(\d+)(?:b(\d+(?:\.\d+)?))?$')

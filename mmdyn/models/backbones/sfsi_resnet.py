@@ -130,14 +130,15 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
     def new_parts(self) -> tuple:
         return (self.conv1_mask, self.conv2_mask, self.conv1_sigma, self.conv2_sigma)
 
-    def sample(self, x: Tensor, out_hw, sparse: bool = False):
-        """The two sampling masks, conv1's on the input grid, conv2's on the output
-        (``sparse``: the heads' logits from one tap GEMM on the channels-last ``x``).
+    def sample(self, x: Tensor, out_hw):
+        """The two sampling masks, conv1's on the input grid, conv2's on the output.
+        In eval mode the heads' logits come from one tap GEMM (:func:`mask_head_logits`)
+        in both executions, so masked and sparse sample the same masks for a seed.
         Forced rates (benchmarks and tests) replace the sampled masks, after the mask
         heads and the sampling have run as they would: their cost stays in a timing."""
         tau = self.temperature if self.training else self.test_temperature
         heads = (self.conv1_mask, self.conv2_mask)
-        if sparse:
+        if not self.training:
             flat = [h for h in heads if h.stride == 1]
             matrix = self.cached('mask-head-taps', [h.weight for h in flat], lambda: torch.cat(
                 [h.tap_matrix() for h in flat], dim=1))
@@ -176,7 +177,7 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         if sparse:
             x = x.contiguous(memory_format=torch.channels_last)
         with record_function('sfsi.mask_heads'):
-            mask1, mask2 = self.sample(x, out_hw, sparse)
+            mask1, mask2 = self.sample(x, out_hw)
         if sparse:
             out = self._forward_sparse(x, out_hw, mask1, mask2)
         else:
