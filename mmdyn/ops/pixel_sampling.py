@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .gemm import gemm
+from .native import native_kernels
 
 SAMPLING_VARIANTS = ('stochastic', 'deterministic', 'relu')
 
@@ -247,17 +248,30 @@ def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width
     sampled rows back. Returns a dense channels-last ``[B, C, H, W]`` map, plus
     ``base`` (a dense channels-last map, e.g. the residual) when given: the addition
     is fused into the normalisation. Without ``base`` the result is written into
-    ``out`` when given (a channels-last map, e.g. from :func:`map_with_zero_row`)."""
+    ``out`` when given (a channels-last map, e.g. from :func:`map_with_zero_row`).
+
+    Without ``base``, float32 rows without gradient take the native one-pass kernel
+    when it is built (:mod:`mmdyn.ops.native`; the same values to float rounding)."""
     batch, _, height, width = support.shape
     channels = rows.shape[1]
-    # The zero-filled map of the sampled rows in one gather pass: every pixel reads its
-    # row, or the appended zero row.
+    # Each pixel's row, or rows.shape[0] (unsampled: the zero row appended below).
     lookup = torch.full((batch * height * width,), rows.shape[0], dtype=torch.long,
                         device=rows.device)
     lookup[index] = torch.arange(rows.shape[0], device=rows.device)
+    kernel = gaussian_kernel_1d(inverse_width.detach(), size)
+    kernels = native_kernels() if base is None and rows.dtype == torch.float32 and \
+        rows.device.type == 'cpu' and not (rows.requires_grad and torch.is_grad_enabled()) \
+        else None
+    if kernels is not None:
+        if out is None:
+            out = rows.new_empty(batch, height, width, channels).permute(0, 3, 1, 2)
+        kernels.interpolate_sampled_rows(rows.detach().contiguous(), lookup,
+                                         kernel.float().contiguous(), eps,
+                                         pixel_rows_view(out), batch, height, width)
+        return out
+    # The zero-filled map of the sampled rows in one gather pass.
     canvas = F.embedding(lookup, with_zero_row(rows))
     canvas = canvas.view(batch, height, width, channels).permute(0, 3, 1, 2)
-    kernel = gaussian_kernel_1d(inverse_width.detach(), size)
     numerator = separable_blur(canvas, kernel)
     denominator = separable_blur(support, kernel).add_(eps)
     if base is None and out is not None:

@@ -1,0 +1,96 @@
+"""The native route (mmdyn/ops/native, built by `make native`) against the pure-PyTorch
+reference, both routes of the SFSI sparse path, and the fallback when the extension is
+missing, stale or switched off."""
+import warnings
+
+import pytest
+import torch
+
+from mmdyn.ops import native
+from mmdyn.ops.pixel_sampling import (interpolate_dense, interpolate_rows, map_with_zero_row,
+                                      sampled_pixels)
+
+
+def require_native():
+    """The Makefile's `native` step runs before the tests: the route must be there."""
+    failure = native.BUILD_FAILURE.read_text() if native.BUILD_FAILURE.exists() else None
+    assert native.native_kernels() is not None, \
+        f'native kernels not available (build failure: {failure}); run `make native`'
+
+
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+
+@pytest.mark.parametrize('route', ['native', 'torch'])
+@pytest.mark.parametrize('shape', [(2, 5, 13, 17), (1, 64, 31, 1), (1, 3, 1, 1), (2, 40, 9, 23)])
+@pytest.mark.parametrize('rate', [0.0, 0.35, 1.0])
+def test_interpolation_routes_equal_the_dense_reference(route, shape, rate, monkeypatch):
+    """Eq. 3 from sampled rows, each route against interpolate_dense (a 7x7 depthwise
+    conv on the masked map): odd sizes, one-pixel maps, empty and full masks, the
+    ``out=`` table view."""
+    monkeypatch.setenv(native.ENV_SWITCH, '1' if route == 'native' else '0')
+    if route == 'native':
+        require_native()
+    batch, channels, height, width = shape
+    generator = torch.Generator().manual_seed(3)
+    support = (torch.rand(batch, 1, height, width, generator=generator) < rate).float()
+    features = torch.randn(batch, channels, height, width, generator=generator)
+    index = sampled_pixels(support)
+    rows = features.permute(0, 2, 3, 1).reshape(-1, channels)[index].contiguous()
+    sigma = torch.tensor(1.3)
+    want = interpolate_dense(features, support, sigma, 7)
+    got = interpolate_rows(rows, index, support, sigma, 7)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(got, want) < 1e-5 or float(want.abs().max()) == 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    view, table = map_with_zero_row(batch, channels, height, width, rows)
+    assert interpolate_rows(rows, index, support, sigma, 7, out=view) is view
+    torch.testing.assert_close(view, want, rtol=1e-4, atol=1e-5)
+    assert torch.equal(table[-1], torch.zeros(channels))
+
+
+@pytest.mark.parametrize('route', ['native', 'torch'])
+@pytest.mark.parametrize('conv3', ['dense', 'sampled'])
+def test_sfsi_sparse_path_equals_masked_on_both_routes(route, conv3, monkeypatch):
+    from test_sfsi_resnet import build, run
+    monkeypatch.setenv(native.ENV_SWITCH, '1' if route == 'native' else '0')
+    if route == 'native':
+        require_native()
+    model = build(sparse_conv3=conv3)
+    x = torch.randn(2, 3, 67, 83)
+    masked, _ = run(model, x, 'masked')
+    sparse, _ = run(model, x, 'sparse')
+    for a, b in zip(sparse, masked):
+        assert relative_error(a, b) < 1e-4
+
+
+def test_missing_stale_or_switched_off_kernels_fall_back_with_one_warning(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv(native.ENV_SWITCH, '0')
+    assert native.native_kernels() is None
+    monkeypatch.setenv(native.ENV_SWITCH, '1')
+    for setup, reason in [(lambda: None, 'not built'),
+                          (lambda: (tmp_path / 'build-failed.txt').write_text('no g++'),
+                           r'the build failed \(no g\+\+\)'),
+                          (lambda: ((tmp_path / f'{native.NAME}.so').write_bytes(b'\0'),
+                                    (tmp_path / 'sources.sha256').write_text('old')),
+                           'stale'),
+                          (lambda: (tmp_path / 'sources.sha256').write_text(
+                              native.source_digest()), 'failed to load')]:
+        setup()
+        monkeypatch.setattr(native, 'BUILD_DIR', tmp_path)
+        monkeypatch.setattr(native, 'SOURCE_STAMP', tmp_path / 'sources.sha256')
+        monkeypatch.setattr(native, 'BUILD_FAILURE', tmp_path / 'build-failed.txt')
+        monkeypatch.setattr(native, '_loaded', {})
+        with pytest.warns(UserWarning, match=reason):
+            assert native.native_kernels() is None
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')  # said once
+            assert native.native_kernels() is None
+        # the torch route still computes Eq. 3
+        support = torch.ones(1, 1, 3, 4)
+        rows = torch.randn(12, 2)
+        out = interpolate_rows(rows, sampled_pixels(support), support, torch.tensor(2.0), 3)
+        torch.testing.assert_close(out.permute(0, 2, 3, 1).reshape(-1, 2), rows)
+        (tmp_path / 'build-failed.txt').unlink(missing_ok=True)
