@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from mmdyn.ops import native
+from mmdyn.ops.gemm import GATHER_GEMM, gather_gemm
+from mmdyn.ops.kernel_choice import ENV_PINS
 from mmdyn.ops.pixel_sampling import (interpolate_dense, interpolate_rows, map_with_zero_row,
                                       sampled_pixels)
 
@@ -94,3 +96,36 @@ def test_missing_stale_or_switched_off_kernels_fall_back_with_one_warning(tmp_pa
         out = interpolate_rows(rows, sampled_pixels(support), support, torch.tensor(2.0), 3)
         torch.testing.assert_close(out.permute(0, 2, 3, 1).reshape(-1, 2), rows)
         (tmp_path / 'build-failed.txt').unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize('impl', sorted(GATHER_GEMM.candidates))
+@pytest.mark.parametrize('shape', [(0, 9, 8, 5), (1, 1, 3, 4), (37, 9, 16, 24), (600, 9, 64, 64),
+                                   (300, 1, 256, 64)])
+def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, monkeypatch):
+    """bias + concat(table[taps]) @ matrix against a float64 reference, tiles of 256
+    rows crossed (600 rows), taps on the zero row, one-tap (1x1) and 9-tap convs."""
+    monkeypatch.setenv(ENV_PINS, f'gather_gemm={impl}')
+    if impl == 'native':
+        require_native()
+    rows, taps, channels, out_channels = shape
+    generator = torch.Generator().manual_seed(1)
+    table = torch.cat([torch.randn(50, channels, generator=generator),
+                       torch.zeros(1, channels)])
+    index = torch.randint(0, 51, (rows, taps), generator=generator)
+    matrix = torch.randn(taps * channels, out_channels, generator=generator)
+    bias = torch.randn(out_channels, generator=generator)
+    want = table.double()[index].reshape(rows, taps * channels) @ matrix.double() + bias.double()
+    got = gather_gemm(table, index, matrix, bias)
+    assert got.shape == (rows, out_channels) and got.dtype == torch.float32
+    if rows:
+        assert float((got.double() - want).norm() / want.norm()) < 1e-6
+
+
+def test_gather_gemm_rejects_bad_shapes_and_indices():
+    require_native()
+    table, matrix = torch.randn(10, 4), torch.randn(8, 3)
+    with pytest.raises(ValueError, match='taps x channels'):
+        gather_gemm(table, torch.zeros(5, 3, dtype=torch.long), matrix, None)
+    with pytest.raises(RuntimeError, match='outside the table'):
+        native.native_kernels().gather_gemm(table, torch.full((5, 2), 10), matrix, None,
+                                            False, 256)

@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmdyn.models.backbones import SFSIResNet
 from mmdyn.models.losses import SFSISparseLoss
+from mmdyn.ops import native
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -171,7 +172,9 @@ class MacCounter(TorchDispatchMode):
 @pytest.mark.parametrize('conv3', ['sampled', 'dense'])
 @pytest.mark.parametrize('case', [dict(), dict(groups=4, base_width=4, **MMSEG_V1C)],
                          ids=['resnet', 'resnext-v1c'])
-def test_executed_flops_match_an_operator_level_count(case, conv3):
+def test_executed_flops_match_an_operator_level_count(case, conv3, monkeypatch):
+    # the PyTorch route: the native kernels' products run in C++ (tested equal to it)
+    monkeypatch.setenv(native.ENV_SWITCH, '0')
     model = build(sparse_conv3=conv3, **case)
     model.set_execution_mode('sparse')
     x = torch.randn(2, 3, 61, 77)

@@ -31,7 +31,11 @@ def stage_flops(record, parts):
 def keep_freed_memory():
     """Let glibc reuse freed buffers instead of returning them to the OS, so that
     neither network pays page faults on every forward (PyTorch's CPU tuning guide
-    recommends the same through jemalloc/tcmalloc). Applies to both networks."""
+    recommends the same through jemalloc/tcmalloc). Applies to both networks. Kernel
+    choices made afterwards are cached apart from the default process's: the
+    allocator changes which kernel is faster (big temporaries stop costing page faults)."""
+    from mmdyn.ops.kernel_choice import mark_allocator_tuned
+    mark_allocator_tuned()
     libc = ctypes.CDLL(ctypes.util.find_library('c'))
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
     libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)

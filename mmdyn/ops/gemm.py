@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .kernel_choice import CHOOSER, KernelOp
+from .native import native_kernels
 
 #: row-count classes: a choice is measured once per (class, K, N, dtype)
 ROW_CLASSES = (1024, 8192, 32768)
@@ -170,6 +171,59 @@ if _has_conv_add():
 GEMM_ACC = CHOOSER.register(KernelOp('gemm_acc', _ACC_CANDIDATES, _timing_inputs(with_out=True)))
 GEMM_INTO = CHOOSER.register(KernelOp('gemm_into', _INTO_CANDIDATES,
                                       _timing_inputs(with_out=True, into=True)))
+
+
+def _gather_then_gemm(table, taps, matrix, bias):
+    gathered = F.embedding(taps.reshape(-1), table)  # one row gather, [n * T, C]
+    return gemm(gathered.view(taps.shape[0], matrix.shape[0]), matrix, bias)
+
+
+def _gather_gemm_native(table, taps, matrix, bias):
+    """The gather fused into the product, tile by tile (mmdyn/ops/native); the PyTorch
+    route where the native kernels are not built or the dtype is not float32."""
+    kernels = native_kernels()
+    if kernels is None or table.dtype != torch.float32:
+        return _gather_then_gemm(table, taps, matrix, bias)
+    return kernels.gather_gemm(table, taps, matrix, bias, False, GATHER_TILE)
+
+
+def _gather_timing_inputs(shape_class):
+    """At the class's row count (the gathered matrix capped at 128 MB), from a table
+    2.5x as tall: whether the gathered rows still fit in cache is what decides between
+    the two kernels, so the inputs are not shrunk to cache size."""
+    dtype, rows, k, n, taps = shape_class
+    rows = max(64, min(rows, (1 << 25) // k))  # the gathered matrix below 128 MB
+    channels = k // taps
+    generator = torch.Generator().manual_seed(0)
+    dtype = getattr(torch, dtype)
+    table = torch.randn(5 * rows // 2 + 1, channels, generator=generator).to(dtype)
+    index = torch.randint(0, table.shape[0], (rows, taps), generator=generator)
+    matrix = torch.randn(k, n, generator=generator).to(dtype)
+    return table, index, matrix, torch.zeros(n, dtype=dtype)
+
+
+#: output rows per task of the native gather-GEMM (its buffer: rows x T*C floats)
+GATHER_TILE = 256
+GATHER_GEMM = CHOOSER.register(KernelOp(
+    'gather_gemm', {'torch': _gather_then_gemm, 'native': _gather_gemm_native},
+    _gather_timing_inputs))
+
+
+def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``bias + concat_t(table[taps[:, t]]) @ matrix`` -> ``[n, N]``: a convolution on
+    gathered tap rows (``table`` ``[rows, C]``, ``taps`` ``[n, T]`` row ids, ``matrix``
+    ``[T * C, N]``). Either the gather then one GEMM, or the native kernel gathering a
+    tile at a time into a buffer that stays in cache; chosen by measurement per shape
+    class like the other products."""
+    if matrix.shape[0] != taps.shape[1] * table.shape[1]:
+        raise ValueError(f'gather_gemm: matrix has {matrix.shape[0]} rows, taps x channels '
+                         f'is {taps.shape[1]} x {table.shape[1]}')
+    table = table.contiguous()
+    matrix, bias = _follow(table, matrix).contiguous(), _follow(table, bias)
+    shape = (str(table.dtype).replace('torch.', ''), row_class(taps.shape[0]),
+             matrix.shape[0], matrix.shape[1], taps.shape[1])
+    impl = CHOOSER.choose('gather_gemm', shape)
+    return GATHER_GEMM.candidates[impl](table, taps.contiguous(), matrix, bias)
 
 
 def _shape_class(rows: Tensor, matrix: Tensor) -> tuple:

@@ -48,6 +48,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+_ALLOCATOR = {'tuned': False}
+
+
+def mark_allocator_tuned():
+    """Say that this process tuned glibc's allocator (mmdyn.analysis.keep_freed_memory):
+    its measurements go to a cache of their own."""
+    _ALLOCATOR['tuned'] = True
+
+
+def native_digest() -> str:
+    from .native import native_kernels, source_digest
+    return source_digest() if native_kernels() is not None else ''
+
+
 def machine_key() -> dict:
     """What a measured choice depends on."""
     return {
@@ -56,6 +70,8 @@ def machine_key() -> dict:
         'threads': torch.get_num_threads(),
         'torch': torch.__version__,
         'isa_caps': {name: os.environ.get(name, '') for name in ISA_CAP_VARIABLES},
+        'native': native_digest(),  # the native kernels in use (their sources), or ''
+        'allocator': 'tuned' if _ALLOCATOR['tuned'] else 'default',
         'format': FORMAT_VERSION,
     }
 

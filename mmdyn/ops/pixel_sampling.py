@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gemm import gemm
+from .gemm import gather_gemm, gemm
 from .native import native_kernels
 
 SAMPLING_VARIANTS = ('stochastic', 'deterministic', 'relu')
@@ -346,7 +346,10 @@ def conv_matrix(weight: Tensor, groups: int = 1) -> Tensor:
 def conv_rows(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tensor]) -> Tensor:
     """A conv on gathered tap rows: ``table`` ``[N + 1, C]`` (zero row last), ``taps``
     ``[n, T]`` from :func:`conv_tap_rows`, ``matrix`` from :func:`conv_matrix`.
-    Returns ``[n, C_out]``."""
+    Returns ``[n, C_out]``. One group: :func:`~mmdyn.ops.gemm.gather_gemm` (the gather
+    fused into the product where that measures faster)."""
+    if matrix.shape[0] == 1 and not (torch.is_grad_enabled() and table.requires_grad):
+        return gather_gemm(table, taps, matrix[0], bias)
     gathered = F.embedding(taps.reshape(-1), table)            # one row gather
     return grouped_matmul(gathered.view(taps.shape[0], taps.shape[1], table.shape[1]), matrix,
                           bias)

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from mmdet.models.backbones.resnet import ResNet
 from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 from mmengine.registry import MODELS
@@ -50,7 +49,7 @@ from torch.profiler import record_function
 
 from mmdyn.ops import (BlockRecord, FoldedConv, ForwardRecord, PatchGrid, conv_macs,
                        pixel_rows)
-from mmdyn.ops.gemm import gemm, gemm_acc
+from mmdyn.ops.gemm import gather_gemm, gemm, gemm_acc
 from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
                                       blur_macs, check_grid_prior, check_kernel_size,
                                       check_sampling_variant, conv_matrix, conv_rows,
@@ -201,11 +200,11 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         parts for :func:`mmdyn.analysis.sfsi.profile_sparse_parts`)."""
         batch, _, height, width = x.shape  # x is channels-last (forward)
         with record_function('sfsi.conv1'):
-            # conv1 (1x1) on the sampled pixels: a row gather and one GEMM.
+            # conv1 (1x1) on the sampled pixels: a row gather and one GEMM (fused natively).
             pixels1 = sampled_pixels(mask1.hard)
             conv1 = self.folded('conv1', self.conv1, self.norm1)
-            rows = F.embedding(pixels1, pixel_rows(x))
-            hidden1 = gemm(rows, conv1.matrix, conv1.bias).relu_()
+            hidden1 = gather_gemm(pixel_rows(x), pixels1.view(-1, 1), conv1.matrix,
+                                  conv1.bias).relu_()
             if self.sampling == 'relu':
                 hidden1.mul_(pixel_rows(mask1.value).index_select(0, pixels1))
         with record_function('sfsi.interp1'):

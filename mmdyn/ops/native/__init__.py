@@ -7,6 +7,7 @@ The pure-PyTorch executors stay the reference and the automatic fallback:
 other sources (stale), fails to load (another torch, a broken file), or when
 ``MMDYN_NATIVE=0``; the reason is said once, as a warning. Tests run both routes.
 """
+import functools
 import hashlib
 import importlib.util
 import os
@@ -27,7 +28,9 @@ def sources() -> list:
     return sorted(CSRC.glob('*.cpp'))
 
 
+@functools.lru_cache(maxsize=1)
 def source_digest() -> str:
+    """SHA-256 of the C++ sources (read once per process)."""
     digest = hashlib.sha256()
     for path in sources():
         digest.update(path.name.encode() + b'\0' + path.read_bytes())

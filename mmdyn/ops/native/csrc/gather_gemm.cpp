@@ -1,0 +1,76 @@
+// A convolution on gathered rows with the gather fused into the product (the native
+// route of mmdyn.ops.pixel_sampling.conv_rows for one group):
+//
+//     out[i] = bias + concat_t(table[taps[i, t]]) @ matrix      (then ReLU if asked)
+//
+// The PyTorch route gathers every tap row of every output row into one [n, T*C]
+// matrix in memory and multiplies it afterwards; for a 3x3 conv that matrix is 9x the
+// input's size. Here each task gathers a tile of output rows into a buffer that stays
+// in cache and multiplies it at once (ATen's matmul, one thread per task).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
+                       const at::Tensor& matrix, const c10::optional<at::Tensor>& bias,
+                       bool relu, int64_t tile) {
+  TORCH_CHECK(table.dim() == 2 && table.scalar_type() == at::kFloat && table.is_contiguous(),
+              "table must be a contiguous float32 [N, C] tensor");
+  TORCH_CHECK(taps.dim() == 2 && taps.scalar_type() == at::kLong && taps.is_contiguous(),
+              "taps must be a contiguous int64 [n, T] tensor");
+  const int64_t rows = taps.size(0), count = taps.size(1), channels = table.size(1);
+  TORCH_CHECK(matrix.dim() == 2 && matrix.scalar_type() == at::kFloat &&
+                  matrix.is_contiguous() && matrix.size(0) == count * channels,
+              "matrix must be a contiguous float32 [T*C, C_out] tensor");
+  TORCH_CHECK(tile >= 1, "tile must be >= 1");
+  const int64_t width = count * channels, out_channels = matrix.size(1);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels &&
+                    bias->scalar_type() == at::kFloat,
+                "bias must be a float32 [C_out] tensor");
+  }
+  const int64_t table_rows = table.size(0);
+  const int64_t* __restrict__ ids = taps.data_ptr<int64_t>();
+  TORCH_CHECK(rows == 0 || (taps.min().item<int64_t>() >= 0 &&
+                            taps.max().item<int64_t>() < table_rows),
+              "taps index rows outside the table");
+  const float* __restrict__ source = table.data_ptr<float>();
+  at::Tensor out = at::empty({rows, out_channels}, table.options());
+  const int64_t tiles = (rows + tile - 1) / tile;
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buffer(tile * width);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t first = t * tile, size = std::min(tile, rows - first);
+      for (int64_t r = 0; r < size; ++r) {
+        float* dst = buffer.data() + r * width;
+        const int64_t* row_ids = ids + (first + r) * count;
+        for (int64_t k = 0; k < count; ++k) {
+          const float* src = source + row_ids[k] * channels;
+          std::copy(src, src + channels, dst + k * channels);
+        }
+      }
+      at::Tensor gathered = at::from_blob(buffer.data(), {size, width}, table.options());
+      at::Tensor slice = out.narrow(0, first, size);
+      if (bias.has_value()) {
+        at::addmm_out(slice, *bias, gathered, matrix);
+      } else {
+        at::mm_out(slice, gathered, matrix);
+      }
+      if (relu) slice.clamp_min_(0);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+
+void register_gather_gemm(pybind11::module& m) {
+  m.def("gather_gemm", &gather_gemm, "bias + gathered tap rows @ matrix (see gather_gemm.cpp)",
+        pybind11::arg("table"), pybind11::arg("taps"), pybind11::arg("matrix"),
+        pybind11::arg("bias"), pybind11::arg("relu"), pybind11::arg("tile") = 256);
+}
