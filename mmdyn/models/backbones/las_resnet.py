@@ -26,7 +26,7 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmengine.registry import MODELS
 
 from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
-                       conv_macs, conv_tap_rows, gather_windows, patch_extents,
+                       conv_macs, conv_tap_rows, gather_windows, gemm_acc, patch_extents,
                        patch_halo_pixels, pixel_rows, sampled_pixels, scatter_add_patches,
                        upsample_patch_mask)
 from mmdyn.ops.multires import conv3x3_rows
@@ -180,8 +180,8 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         if self.takes_dense_route(
                 x, mask, grid,
                 lambda m: self._residual_sparse(x, out1, identity.clone(), active_patches(m), grid),
-                lambda m: self._residual_dense(out1, identity, m, grid)):
-            return self._residual_dense(out1, identity, mask, grid), mask
+                lambda m: self._residual_dense(x, out1, identity.clone(), m, grid)):
+            return self._residual_dense(x, out1, identity, mask, grid), mask
         return self._residual_sparse(x, out1, identity, active_patches(mask), grid), mask
 
     def _residual_sparse(self, x, out1, identity, index, grid):
@@ -193,11 +193,25 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         conv3 = self.folded('conv3', self.conv3, self.norm3)  # fused into the scatter-add
         return self.sparse_output(x, identity, hidden, index, grid, pointwise=conv3)
 
-    def _residual_dense(self, out1, identity, mask, grid):
-        """relu(identity + M * conv3(conv2(out1))), conv2/conv3 dense, BatchNorm folded."""
+    def _residual_dense(self, x, out1, identity, mask, grid):
+        """relu(identity + M * conv3(conv2(out1))), conv2/conv3 dense, BatchNorm folded:
+        conv3 accumulates onto the identity with its bias and the ReLU fused
+        (``gemm_acc``). A partial mask multiplies conv2's output (4x narrower than
+        conv3's) and conv3's bias enters as M * b:  M (W h + b) = W (M h) + M b."""
         hidden = self.folded('conv2', self.conv2, self.norm2)(F.relu(out1)).relu_()
-        residual = self.folded('conv3', self.conv3, self.norm3)(hidden)
-        return self.masked_output(identity, residual, mask, grid)
+        hidden = hidden.contiguous(memory_format=torch.channels_last)
+        conv3 = self.folded('conv3', self.conv3, self.norm3).cast(hidden.dtype)
+        reuse = identity is not x or (self.owns_input and not torch.is_grad_enabled())
+        out = identity if reuse else identity.clone()
+        out = out.contiguous(memory_format=torch.channels_last)
+        bias = conv3.bias
+        if bool((mask < 1).any()):
+            full = upsample_patch_mask(mask, grid).to(hidden.dtype)
+            hidden.mul_(full)
+            out.addcmul_(full, bias.view(1, -1, 1, 1).to(out.dtype))
+            bias = None
+        gemm_acc(pixel_rows(out), pixel_rows(hidden), conv3.matrix, bias, relu=True)
+        return out
 
     def fused_conv1_gate(self):
         """Weight and bias of conv1 (BatchNorm folded) with the gate's logit
