@@ -16,6 +16,8 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.8',
     packages=find_packages(include=['mmdyn', 'mmdyn.*']),
+    # the native kernels' sources, compiled on the user's machine (make native)
+    package_data={'mmdyn.ops.native': ['csrc/*.cpp']},
     install_requires=[
         'torch>=2.0',
         'numpy',

@@ -133,20 +133,18 @@ class PixelMaskHead(nn.Module):
         return self.weight.detach()[0].reshape(self.weight.shape[1], 9)
 
 
-def shifted_tap_sum(taps: Tensor, bias: Tensor, stride: int) -> Tensor:
-    """A 3x3 one-channel conv (padding 1, ``stride``) from its per-tap products
-    ``taps`` ``[B, 9, H, W]`` (tap t of pixel p: the input at p times tap t's weights,
-    summed over channels): ``out[y, x] = bias + sum_t taps[t, s*y + ky - 1, s*x + kx - 1]``.
-    Returns ``[B, 1, H_out, W_out]``."""
+def shifted_tap_sum(taps: Tensor, bias: Tensor) -> Tensor:
+    """A 3x3 one-channel conv (padding 1, stride 1) from its per-tap products ``taps``
+    ``[B, 9, H, W]`` (tap t of pixel p: the input at p times tap t's weights, summed
+    over channels): ``out[y, x] = bias + sum_t taps[t, y + ky - 1, x + kx - 1]``.
+    Returns ``[B, 1, H, W]``."""
     batch, _, height, width = taps.shape
-    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
     padded = F.pad(taps, (1, 1, 1, 1))
-    out = bias.view(1, 1, 1, 1).expand(batch, 1, out_h, out_w).contiguous()
+    out = bias.view(1, 1, 1, 1).expand(batch, 1, height, width).contiguous()
     for ky in range(3):
         for kx in range(3):
             t = ky * 3 + kx
-            out.add_(padded[:, t:t + 1, ky:ky + stride * (out_h - 1) + 1:stride,
-                            kx:kx + stride * (out_w - 1) + 1:stride])
+            out.add_(padded[:, t:t + 1, ky:ky + height, kx:kx + width])
     return out
 
 
@@ -167,7 +165,7 @@ def mask_head_logits(x: Tensor, heads, matrix: Optional[Tensor] = None) -> list:
         taps = rows.view(x.shape[0], x.shape[2], x.shape[3], -1).permute(0, 3, 1, 2)
         for k, head in enumerate(flat):
             logits[id(head)] = shifted_tap_sum(taps[:, 9 * k:9 * k + 9],
-                                               head.bias.detach().to(x.dtype), 1)
+                                               head.bias.detach().to(x.dtype))
     return [logits[id(h)] if id(h) in logits else h(x) for h in heads]
 
 
