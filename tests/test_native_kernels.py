@@ -1,6 +1,7 @@
 """The native route (mmdyn/ops/native, built by `make native`) against the pure-PyTorch
 reference, both routes of the SFSI sparse path, and the fallback when the extension is
 missing, stale or switched off."""
+import importlib
 import warnings
 
 import pytest
@@ -20,6 +21,35 @@ def require_native():
         f'native kernels not available (build failure: {failure}); run `make native`'
 
 
+class KernelSpy:
+    """The native module with its calls counted (proves which route ran)."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, []
+
+    def __getattr__(self, name):
+        function = getattr(self.module, name)
+
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return function(*args, **kwargs)
+        return counted
+
+
+def spy_on_native(monkeypatch, route):
+    """Route ``'native'`` or ``'torch'`` for the ops that read native_kernels()."""
+    gemm_module = importlib.import_module('mmdyn.ops.gemm')  # mmdyn.ops.gemm is a function
+    pixel_sampling = importlib.import_module('mmdyn.ops.pixel_sampling')
+    monkeypatch.setenv(native.ENV_SWITCH, '1' if route == 'native' else '0')
+    if route != 'native':
+        return None
+    require_native()
+    spy = KernelSpy(native.native_kernels())
+    for module in (pixel_sampling, gemm_module):
+        monkeypatch.setattr(module, 'native_kernels', lambda: spy)
+    return spy
+
+
 def relative_error(a, b):
     return float((a - b).norm() / b.norm().clamp(min=1e-12))
 
@@ -31,9 +61,7 @@ def test_interpolation_routes_equal_the_dense_reference(route, shape, rate, monk
     """Eq. 3 from sampled rows, each route against interpolate_dense (a 7x7 depthwise
     conv on the masked map): odd sizes, one-pixel maps, empty and full masks, the
     ``out=`` table view."""
-    monkeypatch.setenv(native.ENV_SWITCH, '1' if route == 'native' else '0')
-    if route == 'native':
-        require_native()
+    spy = spy_on_native(monkeypatch, route)
     batch, channels, height, width = shape
     generator = torch.Generator().manual_seed(3)
     support = (torch.rand(batch, 1, height, width, generator=generator) < rate).float()
@@ -50,21 +78,23 @@ def test_interpolation_routes_equal_the_dense_reference(route, shape, rate, monk
     assert interpolate_rows(rows, index, support, sigma, 7, out=view) is view
     torch.testing.assert_close(view, want, rtol=1e-4, atol=1e-5)
     assert torch.equal(table[-1], torch.zeros(channels))
+    assert spy is None or spy.calls == ['interpolate_sampled_rows'] * 2
 
 
 @pytest.mark.parametrize('route', ['native', 'torch'])
 @pytest.mark.parametrize('conv3', ['dense', 'sampled'])
 def test_sfsi_sparse_path_equals_masked_on_both_routes(route, conv3, monkeypatch):
     from test_sfsi_resnet import build, run
-    monkeypatch.setenv(native.ENV_SWITCH, '1' if route == 'native' else '0')
-    if route == 'native':
-        require_native()
+    spy = spy_on_native(monkeypatch, route)
+    monkeypatch.setenv(ENV_PINS, f'gather_gemm={route}')
     model = build(sparse_conv3=conv3)
     x = torch.randn(2, 3, 67, 83)
     masked, _ = run(model, x, 'masked')
     sparse, _ = run(model, x, 'sparse')
     for a, b in zip(sparse, masked):
         assert relative_error(a, b) < 1e-4
+    if spy is not None:  # both native kernels ran (interpolation once in 'sampled')
+        assert {'interpolate_sampled_rows', 'gather_gemm'} <= set(spy.calls)
 
 
 def test_missing_stale_or_switched_off_kernels_fall_back_with_one_warning(tmp_path,
@@ -105,8 +135,7 @@ def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, mon
     """bias + concat(table[taps]) @ matrix against a float64 reference, tiles of 256
     rows crossed (600 rows), taps on the zero row, one-tap (1x1) and 9-tap convs."""
     monkeypatch.setenv(ENV_PINS, f'gather_gemm={impl}')
-    if impl == 'native':
-        require_native()
+    spy = spy_on_native(monkeypatch, impl)
     rows, taps, channels, out_channels = shape
     generator = torch.Generator().manual_seed(1)
     table = torch.cat([torch.randn(50, channels, generator=generator),
@@ -119,6 +148,7 @@ def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, mon
     assert got.shape == (rows, out_channels) and got.dtype == torch.float32
     if rows:
         assert float((got.double() - want).norm() / want.norm()) < 1e-6
+    assert spy is None or spy.calls == ['gather_gemm']
 
 
 def test_gather_gemm_rejects_bad_shapes_and_indices():
