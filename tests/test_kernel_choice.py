@@ -270,23 +270,17 @@ def _sfsi_outputs(conv3):
     return outputs
 
 
-def _las_dense_route_outputs():
-    import os
-    os.environ['MMDYN_DENSE_FALLBACK'] = 'always'  # restored by the test's monkeypatch
-    return _las_outputs()
-
-
 @pytest.mark.parametrize('impl', ACC_IMPLS)
-@pytest.mark.parametrize('outputs', [_las_outputs, _las_dense_route_outputs, _cad_outputs,
-                                     _sfsi_outputs('dense'), _sfsi_outputs('sampled')],
-                         ids=['las', 'las-dense-route', 'cad', 'sfsi-conv3-dense',
-                              'sfsi-conv3-sampled'])
+@pytest.mark.parametrize('outputs, dense_route', [
+    (_las_outputs, 'never'), (_las_outputs, 'always'), (_cad_outputs, 'never'),
+    (_sfsi_outputs('dense'), 'never'), (_sfsi_outputs('sampled'), 'never')],
+    ids=['las', 'las-dense-route', 'cad', 'sfsi-conv3-dense', 'sfsi-conv3-sampled'])
 def test_sparse_backbones_agree_with_their_reference_for_each_accumulating_kernel(
-        impl, outputs, monkeypatch):
+        impl, outputs, dense_route, monkeypatch):
     """The residual sums (LAS's scatter and its dense route, CAD's and SFSI's conv3 onto
     the shortcut, ReLU fused) with each gemm_acc kernel, the other products pinned to
     addmm."""
-    monkeypatch.setenv('MMDYN_DENSE_FALLBACK', 'never')
+    monkeypatch.setenv('MMDYN_DENSE_FALLBACK', dense_route)
     monkeypatch.setenv(ENV_PINS, f'gemm=addmm,gemm_into=addmm,gemm_acc={impl}')
     reference_outputs, sparse = outputs()
     for a, b in zip(sparse, reference_outputs):

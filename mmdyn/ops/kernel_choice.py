@@ -18,6 +18,7 @@ the file nor time against each other. ``pin_kernel(op, impl)`` or the environmen
 variable ``MMDYN_KERNELS="gemm=addmm,gemm_acc=conv1x1"`` fixes a choice.
 """
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -32,13 +33,18 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from .native import native_kernels, source_digest
+
 ENV_PINS = 'MMDYN_KERNELS'
 ENV_CACHE_DIR = 'MMDYN_KERNEL_CACHE'
 ISA_CAP_VARIABLES = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
 FORMAT_VERSION = 1
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
+    """The CPU's model name (read once per process: machine_key() runs on every
+    kernel choice)."""
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
             if line.lower().startswith('model name'):
@@ -58,7 +64,6 @@ def mark_allocator_tuned():
 
 
 def native_digest() -> str:
-    from .native import native_kernels, source_digest
     return source_digest() if native_kernels() is not None else ''
 
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .gemm import gather_gemm, gemm
 from .native import native_kernels
+from .patches import pixel_rows
 
 SAMPLING_VARIANTS = ('stochastic', 'deterministic', 'relu')
 
@@ -148,20 +149,25 @@ def shifted_tap_sum(taps: Tensor, bias: Tensor) -> Tensor:
     return out
 
 
+def stride1_tap_matrix(heads) -> Tensor:
+    """``[C, 9 * k]``: the tap weights of the ``k`` stride-1 heads among ``heads``."""
+    return torch.cat([h.tap_matrix() for h in heads if h.stride == 1], dim=1)
+
+
 def mask_head_logits(x: Tensor, heads, matrix: Optional[Tensor] = None) -> list:
     """The logits of several :class:`PixelMaskHead` on the same input ``x`` (inference:
     no gradient reaches the heads' weights). The stride-1 heads run as one GEMM of
     ``x``'s pixel rows (a view when ``x`` is channels-last) with all their tap weights
-    (``[C, 9 * heads]``, ``matrix`` when cached) and shifted sums of the tap maps: ``x``
-    is read once, and a GEMM keeps its speed where a one-output-channel convolution
-    does not (oneDNN runs it far below peak). Strided heads keep their convolution (a
+    (:func:`stride1_tap_matrix`, or ``matrix`` when cached) and shifted sums of the tap
+    maps: ``x`` is read once, and a GEMM keeps its speed where a one-output-channel
+    convolution does not (oneDNN runs it far below peak). Strided heads keep their convolution (a
     GEMM at every input pixel would compute 4x its products)."""
     flat = [h for h in heads if h.stride == 1]
     logits = {}
     if flat:
         if matrix is None:
-            matrix = torch.cat([h.tap_matrix() for h in flat], dim=1)
-        rows = gemm(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), matrix.to(x.dtype), None)
+            matrix = stride1_tap_matrix(heads)
+        rows = gemm(pixel_rows(x), matrix.to(x.dtype), None)
         taps = rows.view(x.shape[0], x.shape[2], x.shape[3], -1).permute(0, 3, 1, 2)
         for k, head in enumerate(flat):
             logits[id(head)] = shifted_tap_sum(taps[:, 9 * k:9 * k + 9],

@@ -131,6 +131,12 @@ class DynamicBlockMixin:
         self.owns_input = False  # set by a backbone that never reuses block inputs
         self._fold_cache = {}
 
+    def may_overwrite(self, x: torch.Tensor, identity: torch.Tensor) -> bool:
+        """Whether the shortcut ``identity`` may be updated in place: a fresh tensor
+        (a projection's output), or the block input ``x`` itself when the owning
+        backbone never reads it again and no autograd graph is recorded."""
+        return identity is not x or (self.owns_input and not torch.is_grad_enabled())
+
     def new_parts(self) -> tuple:
         """What this block adds to the dense block it extends (gates, mask heads, kernel
         widths): trainable even inside a frozen stage."""
@@ -144,13 +150,23 @@ class DynamicBlockMixin:
         return self.execution_mode == 'sparse' or (self.execution_mode == 'auto'
                                                    and not self.training)
 
-    def forced_mask(self, batch: int, grid: PatchGrid, like: torch.Tensor, groups: int = 1):
+    def forced_mask(self, batch: int, grid: PatchGrid, like: torch.Tensor, groups: int = 1,
+                    seed: Optional[int] = None):
         """The forced mask (None unless forced), on the device and in the dtype of
-        ``like`` (the block input: bf16 weights and inputs stay bf16)."""
+        ``like`` (the block input: bf16 weights and inputs stay bf16); ``seed`` defaults
+        to the block's forced seed. Drawn once per setting and reused (read-only) by
+        later forwards: a timed forward does not pay for the random draw."""
         if self.forced_rate is None:
             return None
-        return draw_forced_mask(batch, grid, self.forced_rate, self.forced_seed, like.device,
-                                groups).to(like.dtype)
+        seed = self.forced_seed if seed is None else seed
+        key = (batch, grid, groups, self.forced_rate, seed, like.device, like.dtype)
+        cache = self.__dict__.setdefault('_forced_masks', {})
+        if key not in cache:
+            if len(cache) > 8:  # settings change rarely: keep only recent ones
+                cache.clear()
+            cache[key] = draw_forced_mask(batch, grid, self.forced_rate, seed, like.device,
+                                          groups).to(like.dtype)
+        return cache[key]
 
     def cached(self, name: str, sources, build):
         """``build()``, recomputed only when one of the ``sources`` tensors changed

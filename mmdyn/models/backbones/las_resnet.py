@@ -124,7 +124,7 @@ class _LASBlockMixin(DynamicBlockMixin):
         """relu(identity + scatter(patches)). The identity is updated in place when it
         is a fresh tensor (the downsample output) or when the owning backbone says the
         block's input is not used afterwards (and no autograd graph is recorded)."""
-        reuse = identity is not x or (self.owns_input and not torch.is_grad_enabled())
+        reuse = self.may_overwrite(x, identity)
         if index.numel() == 0:
             return identity.relu_() if reuse else F.relu(identity)
         return scatter_add_patches(identity, patches, index, grid, relu=True, inplace=reuse,
@@ -201,7 +201,7 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         hidden = self.folded('conv2', self.conv2, self.norm2)(F.relu(out1)).relu_()
         hidden = hidden.contiguous(memory_format=torch.channels_last)
         conv3 = self.folded('conv3', self.conv3, self.norm3).cast(hidden.dtype)
-        reuse = identity is not x or (self.owns_input and not torch.is_grad_enabled())
+        reuse = self.may_overwrite(x, identity)
         out = identity if reuse else identity.clone()
         out = out.contiguous(memory_format=torch.channels_last)
         bias = conv3.bias

@@ -200,7 +200,7 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         if self.downsample is None:
             # x is a ReLU output, so relu(x) == x: start from x itself (updated in place
             # when the backbone owns it and nothing records gradients).
-            reuse = self.owns_input and not torch.is_grad_enabled()
+            reuse = self.may_overwrite(x, x)
             return (x if reuse else x.clone()), pixel_rows(x)
         *_, conv, norm = self.downsample
         identity = self.folded('downsample', conv, norm)(x)

@@ -56,9 +56,9 @@ from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_
                                       conv_tap_rows, grouped_matmul, interpolate_dense,
                                       interpolate_rows, map_with_zero_row,
                                       mask_head_logits, pixel_rows_view, sample_mask,
-                                      sampled_pixels)
+                                      sampled_pixels, stride1_tap_matrix)
 
-from .dynamic import DynamicBlockMixin, check_number, draw_forced_mask
+from .dynamic import DynamicBlockMixin, check_number
 from .resnet_parts import (DynamicResNetMixin, check_norm_cfg, check_resnet_sizes,
                            check_resnext_width, output_memory_format, plain_res_layer)
 
@@ -138,9 +138,8 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         tau = self.temperature if self.training else self.test_temperature
         heads = (self.conv1_mask, self.conv2_mask)
         if not self.training:
-            flat = [h for h in heads if h.stride == 1]
-            matrix = self.cached('mask-head-taps', [h.weight for h in flat], lambda: torch.cat(
-                [h.tap_matrix() for h in flat], dim=1))
+            matrix = self.cached('mask-head-taps', [h.weight for h in heads],
+                                 lambda: stride1_tap_matrix(heads))
             all_logits = mask_head_logits(x, heads, matrix)
         else:
             all_logits = [head(x) for head in heads]
@@ -153,19 +152,12 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
                                      soft))
         if self.forced_rate is None:
             return masks
-        grids = (PatchGrid(x.shape[2], x.shape[3], 1), PatchGrid(*out_hw, 1))
-        key = (x.shape[0], grids, self.forced_rate, self.forced_seed, self.grid_prior_interval,
-               x.device, x.dtype)
-        if getattr(self, '_forced_masks', (None,))[0] != key:  # drawn once per setting
-            forced = []
-            for k, grid in enumerate(grids):
-                # in the input's dtype, as the mask heads' masks (bf16 stays bf16)
-                mask = draw_forced_mask(x.shape[0], grid, self.forced_rate,
-                                        self.forced_seed * 2 + k, x.device).to(x.dtype)
-                mask = apply_grid_prior(mask, self.grid_prior_interval)
-                forced.append(SampledMask(mask, mask, mask))
-            self._forced_masks = (key, forced)
-        return self._forced_masks[1]
+        forced = []
+        for k, grid in enumerate((PatchGrid(x.shape[2], x.shape[3], 1), PatchGrid(*out_hw, 1))):
+            mask = self.forced_mask(x.shape[0], grid, x, seed=self.forced_seed * 2 + k)
+            mask = apply_grid_prior(mask, self.grid_prior_interval)
+            forced.append(SampledMask(mask, mask, mask))
+        return forced
 
     # -- execution -------------------------------------------------------------------
 
@@ -278,7 +270,7 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         product to add). The identity is the block input itself, updated in place,
         when the backbone never reads that input again."""
         if self.downsample is None:
-            reuse = self.owns_input and not torch.is_grad_enabled()
+            reuse = self.may_overwrite(x, x)
             if defer_bias:
                 return (x if reuse else x.clone(memory_format=torch.channels_last)), conv3_bias
             bias = conv3_bias.view(1, -1, 1, 1)
