@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmdyn.ops.kernel_choice import ENV_PINS
 from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
                                       check_grid_prior, mask_head_logits,
                                       check_kernel_size, check_sampling_variant, conv_matrix,
@@ -152,21 +153,32 @@ def test_bad_settings_are_rejected_clearly(check, bad, name):
         check(bad)
 
 
+@pytest.mark.parametrize('route', ['native', 'torch'])
 @pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last],
                          ids=['nchw', 'channels-last'])
-@pytest.mark.parametrize('size', [(1, 1), (2, 5), (13, 8)])
-def test_mask_head_logits_equal_the_heads_convolutions(layout, size):
-    """The tap-GEMM form of the mask heads (stride 1) and the strided head's own conv,
-    against F.conv2d with each head's weights (odd sizes, a 1x1 map)."""
+@pytest.mark.parametrize('size', [(1, 1), (2, 5), (13, 8), (7, 41)])
+@pytest.mark.parametrize('channels', [24, 37])
+def test_mask_head_logits_equal_the_heads_convolutions(route, layout, size, channels,
+                                                       monkeypatch):
+    """Both kernels of the mask heads (the native one-pass kernel; the tap GEMM with
+    shifted sums at stride 1 and the strided heads' conv), against F.conv2d with each
+    head's weights: odd sizes, a 1x1 map, channels not a multiple of the kernel's
+    vector width, three stride-1 heads (two passes), strides 2 and 3."""
+    from test_native_kernels import spy_on_native
+    spy = spy_on_native(monkeypatch, route)
+    monkeypatch.setenv(ENV_PINS, f'mask_heads={route}')
     torch.manual_seed(0)
-    heads = [PixelMaskHead(24, 1), PixelMaskHead(24, 2), PixelMaskHead(24, 1)]
+    heads = [PixelMaskHead(channels, 1), PixelMaskHead(channels, 2),
+             PixelMaskHead(channels, 1), PixelMaskHead(channels, 1), PixelMaskHead(channels, 3)]
     for head in heads:
         head.weight.data.normal_()
         head.bias.data.normal_()
-    x = torch.randn(2, 24, *size).contiguous(memory_format=layout)
+    x = torch.randn(2, channels, *size).contiguous(memory_format=layout)
     with torch.no_grad():
         got = mask_head_logits(x, heads)
     for head, logits in zip(heads, got):
         want = F.conv2d(x, head.weight, head.bias, stride=head.stride, padding=1)
         assert logits.shape == want.shape
-        torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-4)
+    # stride 1: two passes (two heads, then one); strides 2 and 3: one each
+    assert spy is None or spy.calls == ['mask_head_logits'] * 4

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gemm import gather_gemm, gemm
+from .gemm import TIMING_ELEMENTS, gather_gemm, gemm, row_class
+from .kernel_choice import CHOOSER, KernelOp
 from .native import native_kernels
 from .patches import pixel_rows
 
@@ -129,9 +130,9 @@ class PixelMaskHead(nn.Module):
     def macs(self, out_pixels: int) -> int:
         return out_pixels * self.weight.shape[1] * 9
 
-    def tap_matrix(self) -> Tensor:
-        """``[C, 9]``: the weights of each of the 9 taps (kernel-row, kernel-col)."""
-        return self.weight.detach()[0].reshape(self.weight.shape[1], 9)
+    def tap_weights(self) -> Tensor:
+        """``[9, C]``: the weights of each of the 9 taps (kernel-row, kernel-col)."""
+        return self.weight.detach()[0].permute(1, 2, 0).reshape(9, self.weight.shape[1])
 
 
 def shifted_tap_sum(taps: Tensor, bias: Tensor) -> Tensor:
@@ -149,30 +150,78 @@ def shifted_tap_sum(taps: Tensor, bias: Tensor) -> Tensor:
     return out
 
 
-def stride1_tap_matrix(heads) -> Tensor:
-    """``[C, 9 * k]``: the tap weights of the ``k`` stride-1 heads among ``heads``."""
-    return torch.cat([h.tap_matrix() for h in heads if h.stride == 1], dim=1)
+def _heads_torch(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tensor:
+    """``K`` one-logit 3x3 heads (``weight`` ``[K, 9, C]``, padding 1) on ``x``: at stride
+    1 one GEMM of ``x``'s pixel rows (a view when ``x`` is channels-last) with all 9K
+    tap columns and shifted sums of the tap maps (oneDNN runs a one-output-channel
+    convolution far below peak); strided heads as their convolution (a GEMM at every
+    input pixel would compute stride^2 times their products)."""
+    heads, _, channels = weight.shape
+    if stride != 1:
+        kernel = weight.view(heads, 3, 3, channels).permute(0, 3, 1, 2)
+        return F.conv2d(x, kernel.contiguous(), bias, stride=stride, padding=1)
+    rows = gemm(pixel_rows(x), weight.reshape(heads * 9, channels).t(), None)
+    taps = rows.view(x.shape[0], x.shape[2], x.shape[3], -1).permute(0, 3, 1, 2)
+    return torch.cat([shifted_tap_sum(taps[:, 9 * k:9 * k + 9], bias[k])
+                      for k in range(heads)], dim=1)
 
 
-def mask_head_logits(x: Tensor, heads, matrix: Optional[Tensor] = None) -> list:
-    """The logits of several :class:`PixelMaskHead` on the same input ``x`` (inference:
-    no gradient reaches the heads' weights). The stride-1 heads run as one GEMM of
-    ``x``'s pixel rows (a view when ``x`` is channels-last) with all their tap weights
-    (:func:`stride1_tap_matrix`, or ``matrix`` when cached) and shifted sums of the tap
-    maps: ``x`` is read once, and a GEMM keeps its speed where a one-output-channel
-    convolution does not (oneDNN runs it far below peak). Strided heads keep their convolution (a
-    GEMM at every input pixel would compute 4x its products)."""
-    flat = [h for h in heads if h.stride == 1]
-    logits = {}
-    if flat:
-        if matrix is None:
-            matrix = stride1_tap_matrix(heads)
-        rows = gemm(pixel_rows(x), matrix.to(x.dtype), None)
-        taps = rows.view(x.shape[0], x.shape[2], x.shape[3], -1).permute(0, 3, 1, 2)
-        for k, head in enumerate(flat):
-            logits[id(head)] = shifted_tap_sum(taps[:, 9 * k:9 * k + 9],
-                                               head.bias.detach().to(x.dtype))
-    return [logits[id(h)] if id(h) in logits else h(x) for h in heads]
+def _heads_native(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tensor:
+    """One pass over ``x`` for all ``K`` heads (mmdyn/ops/native/csrc/mask_heads.cpp);
+    the PyTorch route where the kernels are not built or ``x`` is not float32."""
+    kernels = native_kernels()
+    if kernels is None or x.dtype != torch.float32 or weight.shape[0] > 2:
+        return _heads_torch(x, weight, bias, stride)
+    batch, _, height, width = x.shape
+    return kernels.mask_head_logits(pixel_rows(x).contiguous(), weight, bias, batch, height,
+                                    width, stride)
+
+
+def _heads_timing_inputs(shape_class):
+    """A channels-last map of the class's pixel count (64 wide, below 32 MB)."""
+    dtype, pixels, channels, stride, heads = shape_class
+    height = max(4, min(pixels, TIMING_ELEMENTS // channels) // 64)
+    generator = torch.Generator().manual_seed(0)
+    dtype = getattr(torch, dtype)
+    x = torch.randn(1, channels, height, 64, generator=generator).to(dtype)
+    weight = torch.randn(heads, 9, channels, generator=generator).to(dtype)
+    return (x.contiguous(memory_format=torch.channels_last), weight,
+            torch.zeros(heads, dtype=dtype), stride)
+
+
+MASK_HEADS = CHOOSER.register(KernelOp(
+    'mask_heads', {'torch': _heads_torch, 'native': _heads_native}, _heads_timing_inputs))
+
+
+def head_groups(heads) -> list:
+    """``[(stride, members, weight [K, 9, C], bias [K])]``: the heads grouped by stride,
+    two at most per group (what one native pass computes)."""
+    groups = []
+    for stride in sorted({h.stride for h in heads}):
+        same = [k for k, h in enumerate(heads) if h.stride == stride]
+        for first in range(0, len(same), 2):
+            members = same[first:first + 2]
+            weight = torch.stack([heads[k].tap_weights() for k in members]).contiguous()
+            bias = torch.cat([heads[k].bias.detach() for k in members])
+            groups.append((stride, members, weight, bias))
+    return groups
+
+
+def mask_head_logits(x: Tensor, heads, groups: Optional[list] = None) -> list:
+    """The logits ``[B, 1, H_out, W_out]`` of several :class:`PixelMaskHead` on the same
+    input ``x`` (inference: no gradient reaches the heads' weights), the heads of one
+    stride computed together (``groups`` from :func:`head_groups`, or built here), by
+    the kernel measured fastest for the shape (:data:`MASK_HEADS`)."""
+    logits = [None] * len(heads)
+    for stride, members, weight, bias in groups or head_groups(heads):
+        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+        shape = (str(x.dtype).replace('torch.', ''), row_class(x.shape[0] * x.shape[2] *
+                 x.shape[3]), x.shape[1], stride, len(members))
+        impl = CHOOSER.choose('mask_heads', shape)
+        out = MASK_HEADS.candidates[impl](x, weight, bias, stride)
+        for k, member in enumerate(members):
+            logits[member] = out[:, k:k + 1]
+    return logits
 
 
 # -- interpolation ----------------------------------------------------------------------

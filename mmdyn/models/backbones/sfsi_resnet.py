@@ -53,10 +53,11 @@ from mmdyn.ops.gemm import gather_gemm, gemm, gemm_acc
 from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
                                       blur_macs, check_grid_prior, check_kernel_size,
                                       check_sampling_variant, conv_matrix, conv_rows,
-                                      conv_tap_rows, grouped_matmul, interpolate_dense,
+                                      conv_tap_rows, grouped_matmul, head_groups,
+                                      interpolate_dense,
                                       interpolate_rows, map_with_zero_row,
                                       mask_head_logits, pixel_rows_view, sample_mask,
-                                      sampled_pixels, stride1_tap_matrix)
+                                      sampled_pixels)
 
 from .dynamic import DynamicBlockMixin, check_number
 from .resnet_parts import (DynamicResNetMixin, check_norm_cfg, check_resnet_sizes,
@@ -131,16 +132,17 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
 
     def sample(self, x: Tensor, out_hw):
         """The two sampling masks, conv1's on the input grid, conv2's on the output.
-        In eval mode the heads' logits come from one tap GEMM (:func:`mask_head_logits`)
-        in both executions, so masked and sparse sample the same masks for a seed.
+        In eval mode the heads' logits come from :func:`mask_head_logits` (the heads of
+        one stride in one pass) in both executions, so masked and sparse sample the same
+        masks for a seed.
         Forced rates (benchmarks and tests) replace the sampled masks, after the mask
         heads and the sampling have run as they would: their cost stays in a timing."""
         tau = self.temperature if self.training else self.test_temperature
         heads = (self.conv1_mask, self.conv2_mask)
         if not self.training:
-            matrix = self.cached('mask-head-taps', [h.weight for h in heads],
-                                 lambda: stride1_tap_matrix(heads))
-            all_logits = mask_head_logits(x, heads, matrix)
+            sources = [p for h in heads for p in (h.weight, h.bias)]
+            groups = self.cached('mask-head-groups', sources, lambda: head_groups(heads))
+            all_logits = mask_head_logits(x, heads, groups)
         else:
             all_logits = [head(x) for head in heads]
         masks = []

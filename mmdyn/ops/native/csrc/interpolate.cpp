@@ -90,9 +90,11 @@ void interpolate_sampled_rows(const at::Tensor& rows, const at::Tensor& lookup,
 }  // namespace
 
 void register_gather_gemm(pybind11::module& m);  // gather_gemm.cpp
+void register_mask_heads(pybind11::module& m);   // mask_heads.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("interpolate_sampled_rows", &interpolate_sampled_rows,
         "SFSI Eq. 3 from sampled rows into out [B*H*W, C] (see interpolate.cpp)");
   register_gather_gemm(m);
+  register_mask_heads(m);
 }
