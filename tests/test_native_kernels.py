@@ -37,11 +37,13 @@ class KernelSpy:
 
 
 def spy_on_native(monkeypatch, route):
-    """Route ``'native'`` or ``'torch'`` for the ops that read native_kernels()."""
+    """Route ``'native'`` (or a native kernel's name, ``'native_onednn'``) or
+    ``'torch'`` for the ops that read native_kernels()."""
     gemm_module = importlib.import_module('mmdyn.ops.gemm')  # mmdyn.ops.gemm is a function
     pixel_sampling = importlib.import_module('mmdyn.ops.pixel_sampling')
-    monkeypatch.setenv(native.ENV_SWITCH, '1' if route == 'native' else '0')
-    if route != 'native':
+    is_native = route.startswith('native')
+    monkeypatch.setenv(native.ENV_SWITCH, '1' if is_native else '0')
+    if not is_native:
         return None
     require_native()
     spy = KernelSpy(native.native_kernels())
@@ -81,7 +83,7 @@ def test_interpolation_routes_equal_the_dense_reference(route, shape, rate, monk
     assert spy is None or spy.calls == ['interpolate_sampled_rows'] * 2
 
 
-@pytest.mark.parametrize('route', ['native', 'torch'])
+@pytest.mark.parametrize('route', ['native', 'native_onednn', 'torch'])
 @pytest.mark.parametrize('conv3', ['dense', 'sampled'])
 def test_sfsi_sparse_path_equals_masked_on_both_routes(route, conv3, monkeypatch):
     from test_sfsi_resnet import build, run
@@ -131,9 +133,12 @@ def test_missing_stale_or_switched_off_kernels_fall_back_with_one_warning(tmp_pa
 @pytest.mark.parametrize('impl', sorted(GATHER_GEMM.candidates))
 @pytest.mark.parametrize('shape', [(0, 9, 8, 5), (1, 1, 3, 4), (37, 9, 16, 24), (600, 9, 64, 64),
                                    (300, 1, 256, 64)])
-def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, monkeypatch):
-    """bias + concat(table[taps]) @ matrix against a float64 reference, tiles of 256
-    rows crossed (600 rows), taps on the zero row, one-tap (1x1) and 9-tap convs."""
+@pytest.mark.parametrize('threads', [1, 2])
+def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, threads,
+                                                                monkeypatch):
+    """bias + concat(table[taps]) @ matrix against a float64 reference, tiles crossed
+    (600 rows), taps on the zero row, one-tap (1x1) and 9-tap convs, on one thread and
+    two (the native kernels balance their tiles over the threads)."""
     monkeypatch.setenv(ENV_PINS, f'gather_gemm={impl}')
     spy = spy_on_native(monkeypatch, impl)
     rows, taps, channels, out_channels = shape
@@ -144,7 +149,12 @@ def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, mon
     matrix = torch.randn(taps * channels, out_channels, generator=generator)
     bias = torch.randn(out_channels, generator=generator)
     want = table.double()[index].reshape(rows, taps * channels) @ matrix.double() + bias.double()
-    got = gather_gemm(table, index, matrix, bias)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = gather_gemm(table, index, matrix, bias)
+    finally:
+        torch.set_num_threads(before)
     assert got.shape == (rows, out_channels) and got.dtype == torch.float32
     if rows:
         assert float((got.double() - want).norm() / want.norm()) < 1e-6

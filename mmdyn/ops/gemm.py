@@ -60,9 +60,18 @@ def _map_as_rows(out: Tensor) -> Tensor:
     return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])
 
 
+#: oneDNN's convolution itself: F.conv2d sends a 1x1 convolution of one image on one
+#: thread to its generic (MKL im2col) path instead
+_ONEDNN_CONV = torch.ops.aten.mkldnn_convolution if torch.backends.mkldnn.is_available() \
+    else None
+
+
 def _conv1x1(rows: Tensor, matrix: Tensor, bias) -> Tensor:
     if rows.shape[0] == 0:  # oneDNN refuses empty maps
         return rows.new_zeros(0, matrix.shape[1])
+    if _ONEDNN_CONV is not None and rows.dtype == torch.float32:
+        return _map_as_rows(_ONEDNN_CONV(_rows_as_map(rows), _conv_weight(matrix), bias,
+                                         [0, 0], [1, 1], [1, 1], 1))
     return _map_as_rows(F.conv2d(_rows_as_map(rows), _conv_weight(matrix), bias))
 
 
@@ -178,13 +187,21 @@ def _gather_then_gemm(table, taps, matrix, bias):
     return gemm(gathered.view(taps.shape[0], matrix.shape[0]), matrix, bias)
 
 
-def _gather_gemm_native(table, taps, matrix, bias):
-    """The gather fused into the product, tile by tile (mmdyn/ops/native); the PyTorch
+def _gather_gemm_native(table, taps, matrix, bias, onednn: bool = False):
+    """The gather fused into the product, tile by tile (mmdyn/ops/native), each tile
+    multiplied by MKL's addmm or (``onednn``) by oneDNN's 1x1 convolution; the PyTorch
     route where the native kernels are not built or the dtype is not float32."""
     kernels = native_kernels()
     if kernels is None or table.dtype != torch.float32:
         return _gather_then_gemm(table, taps, matrix, bias)
+    if onednn:
+        return kernels.gather_gemm(table, taps, matrix, bias, False, ONEDNN_GATHER_TILE,
+                                   _conv_weight(matrix))
     return kernels.gather_gemm(table, taps, matrix, bias, False, GATHER_TILE)
+
+
+def _gather_gemm_native_onednn(table, taps, matrix, bias):
+    return _gather_gemm_native(table, taps, matrix, bias, onednn=True)
 
 
 def _gather_timing_inputs(shape_class):
@@ -202,11 +219,16 @@ def _gather_timing_inputs(shape_class):
     return table, index, matrix, torch.zeros(n, dtype=dtype)
 
 
-#: output rows per task of the native gather-GEMM (its buffer: rows x T*C floats)
+#: output rows per task of the native gather-GEMM (its buffer: rows x T*C floats;
+#: about: the kernel balances the tiles over the threads), for MKL's and oneDNN's
+#: products (oneDNN's runs faster on taller tiles)
 GATHER_TILE = 256
-GATHER_GEMM = CHOOSER.register(KernelOp(
-    'gather_gemm', {'torch': _gather_then_gemm, 'native': _gather_gemm_native},
-    _gather_timing_inputs))
+ONEDNN_GATHER_TILE = 512
+_GATHER_CANDIDATES = {'torch': _gather_then_gemm, 'native': _gather_gemm_native}
+if torch.backends.mkldnn.is_available():
+    _GATHER_CANDIDATES['native_onednn'] = _gather_gemm_native_onednn
+GATHER_GEMM = CHOOSER.register(KernelOp('gather_gemm', _GATHER_CANDIDATES,
+                                        _gather_timing_inputs))
 
 
 def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tensor]) -> Tensor:
