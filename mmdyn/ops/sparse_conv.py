@@ -38,15 +38,17 @@ class FoldedConv:
         """Run densely (``valid=False``, the conv's own padding) or on windows that
         already carry their halo (``valid=True``: no padding, VALID convolution).
 
-        On channels-last stacks a 1x1 conv, or a window that is exactly one receptive
-        field (S = 1), is a single matrix product, much faster than a batched conv.
+        On channels-last maps a 1x1 unstrided conv, and on channels-last stacks a window
+        that is exactly one receptive field (S = 1), is a single matrix product (its
+        kernel measured, :func:`~mmdyn.ops.gemm.gemm`), much faster than a batched conv.
         """
         if x.dtype != self.weight.dtype:
             return self.cast(x.dtype)(x, valid)
         kernel = self.weight.shape[-1]
-        if valid and self.groups == 1 and x.is_contiguous(memory_format=torch.channels_last) and (
-                (kernel == 1 and self.stride == 1)
-                or (self.dilation == 1 and x.shape[-2:] == (kernel, kernel))):
+        # a 1x1 unstrided conv has no padding: dense or valid, the same product
+        if self.groups == 1 and x.is_contiguous(memory_format=torch.channels_last) and (
+                (kernel == 1 and self.stride == 1 and (valid or self.padding == 0))
+                or (valid and self.dilation == 1 and x.shape[-2:] == (kernel, kernel))):
             return self._as_matmul(x, kernel)
         return F.conv2d(x, self.weight, self.bias, stride=self.stride,
                         padding=0 if valid else self.padding, dilation=self.dilation,
