@@ -296,8 +296,8 @@ def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width
                      size: int, eps: float = 1e-5, base: Optional[Tensor] = None,
                      out: Optional[Tensor] = None) -> Tensor:
     """Eq. 3 from the sampled rows only: ``rows`` ``[n, C]`` are the (already gated)
-    features of the pixels ``index`` (flat ids into ``[B * H * W]``) of the binary
-    ``support`` ``[B, 1, H, W]``. Scatter, blur separably, normalise, and put the
+    features of the pixels ``index`` (flat ids into ``[B * H * W]``, ascending, as
+    :func:`sampled_pixels` gives them) of the binary ``support`` ``[B, 1, H, W]``. Scatter, blur separably, normalise, and put the
     sampled rows back. Returns a dense channels-last ``[B, C, H, W]`` map, plus
     ``base`` (a dense channels-last map, e.g. the residual) when given: the addition
     is fused into the normalisation. Without ``base`` the result is written into
@@ -307,10 +307,6 @@ def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width
     when it is built (:mod:`mmdyn.ops.native`; the same values to float rounding)."""
     batch, _, height, width = support.shape
     channels = rows.shape[1]
-    # Each pixel's row, or rows.shape[0] (unsampled: the zero row appended below).
-    lookup = torch.full((batch * height * width,), rows.shape[0], dtype=torch.long,
-                        device=rows.device)
-    lookup[index] = torch.arange(rows.shape[0], device=rows.device)
     kernel = gaussian_kernel_1d(inverse_width.detach(), size)
     kernels = native_kernels() if base is None and rows.dtype == torch.float32 and \
         rows.device.type == 'cpu' and not (rows.requires_grad and torch.is_grad_enabled()) \
@@ -318,10 +314,14 @@ def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width
     if kernels is not None:
         if out is None:
             out = rows.new_empty(batch, height, width, channels).permute(0, 3, 1, 2)
-        kernels.interpolate_sampled_rows(rows.detach().contiguous(), lookup,
+        kernels.interpolate_sampled_rows(rows.detach().contiguous(), index.contiguous(),
                                          kernel.float().contiguous(), eps,
                                          pixel_rows_view(out), batch, height, width)
         return out
+    # Each pixel's row, or rows.shape[0] (unsampled: the zero row appended below).
+    lookup = torch.full((batch * height * width,), rows.shape[0], dtype=torch.long,
+                        device=rows.device)
+    lookup[index] = torch.arange(rows.shape[0], device=rows.device)
     # The zero-filled map of the sampled rows in one gather pass.
     canvas = F.embedding(lookup, with_zero_row(rows))
     canvas = canvas.view(batch, height, width, channels).permute(0, 3, 1, 2)
