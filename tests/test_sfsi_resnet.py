@@ -157,10 +157,9 @@ class MacCounter(TorchDispatchMode):
         elif name == 'bmm':
             a, b = args[0], args[1]
             self.macs += a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
-        elif name == 'convolution':
-            weight, groups = args[1], args[8]
+        elif name in ('convolution', 'mkldnn_convolution'):  # oneDNN's, called directly
+            weight = args[1]
             self.macs += out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
-            assert groups >= 1
         elif name == '_convolution_pointwise_':  # oneDNN conv accumulating into args[0]
             weight = args[2]
             self.macs += args[0].numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
