@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmengine.registry import MODELS
 
-from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
-                       conv_macs, conv_tap_rows, gather_windows, gemm_acc, patch_extents,
-                       patch_halo_pixels, pixel_rows, sampled_pixels, scatter_add_patches,
-                       upsample_patch_mask)
+from mmdyn.ops import (FoldedConv, ForwardRecord, PatchGrid, PatchMasker, Window,
+                       active_patches, conv_macs, conv_tap_rows, gather_windows, gemm_acc,
+                       patch_extents, patch_halo_pixels, pixel_rows, sampled_pixels,
+                       scatter_add_patches, upsample_patch_mask)
 from mmdyn.ops.multires import conv3x3_rows
 from .dense_fallback import measure_crossover, runs_densely, size_class
 from .dynamic import (DynamicBlockMixin, check_granularity, check_number, draw_forced_mask,
@@ -170,8 +170,7 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         x = x.contiguous(memory_format=torch.channels_last)
         # One conv with C+1 outputs: conv1 and the gate's logit difference (App. B.1).
         # Forced masks (benchmarks, tests) still pay for the gate channel.
-        weight, bias = self.fused_conv1_gate()
-        fused = F.conv2d(x, weight, bias)
+        fused = self.fused_conv1_gate()(x)  # a 1x1 conv on channels-last: the measured GEMM
         out1 = fused[:, :-1]
         mask = self.forced_mask(x.shape[0], grid, x)
         if mask is None:
@@ -213,13 +212,14 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         gemm_acc(pixel_rows(out), pixel_rows(hidden), conv3.matrix, bias, relu=True)
         return out
 
-    def fused_conv1_gate(self):
-        """Weight and bias of conv1 (BatchNorm folded) with the gate's logit
-        difference appended as one more output channel; cached."""
+    def fused_conv1_gate(self) -> FoldedConv:
+        """conv1 (BatchNorm folded) with the gate's logit difference appended as one
+        more output channel; cached."""
         def build():
             conv1 = self.folded('conv1', self.conv1, self.norm1)
             gate_weight, gate_bias = self.masker.decision_weight()
-            return torch.cat([conv1.weight, gate_weight]), torch.cat([conv1.bias, gate_bias])
+            return FoldedConv(torch.cat([conv1.weight, gate_weight]),
+                              torch.cat([conv1.bias, gate_bias]))
         # The sources of conv1's fold (BatchNorm included only while it is there: after
         # mmcv's fuse_conv_bn, norm1 is an nn.Identity and conv1 carries a bias).
         sources = fold_sources(self.conv1, self.norm1) + (self.masker.weight,
