@@ -97,19 +97,14 @@ def sample_mask(logits: Tensor, variant: str, tau: float, training: bool,
     return hard, hard, soft
 
 
-def grid_prior(height: int, width: int, interval: int, device=None) -> Tensor:
-    """Bool ``[1, 1, H, W]``: every ``interval``-th pixel in both directions."""
-    prior = torch.zeros(1, 1, height, width, dtype=torch.bool, device=device)
-    prior[:, :, ::interval, ::interval] = True
-    return prior
-
-
 def apply_grid_prior(mask: Tensor, interval: Optional[int]) -> Tensor:
-    """The grid prior (SFSI Sec. 3.3): ``mask[..., ::k, ::k] = 1``."""
+    """The grid prior (SFSI Sec. 3.3): ``mask[..., ::k, ::k] = 1`` (a new tensor; no
+    gradient reaches the forced positions)."""
     if interval is None:
         return mask
-    prior = grid_prior(mask.shape[2], mask.shape[3], interval, mask.device)
-    return torch.where(prior, torch.ones_like(mask), mask)
+    out = mask.clone()
+    out[:, :, ::interval, ::interval] = 1
+    return out
 
 
 class PixelMaskHead(nn.Module):

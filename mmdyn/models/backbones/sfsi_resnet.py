@@ -149,9 +149,10 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         for logits in all_logits:
             hard, value, soft = sample_mask(logits, self.sampling, tau, self.training,
                                             self.generator)
-            masks.append(SampledMask(apply_grid_prior(hard, self.grid_prior_interval),
-                                     apply_grid_prior(value, self.grid_prior_interval),
-                                     soft))
+            prior_hard = apply_grid_prior(hard, self.grid_prior_interval)
+            prior_value = prior_hard if value is hard else \
+                apply_grid_prior(value, self.grid_prior_interval)
+            masks.append(SampledMask(prior_hard, prior_value, soft))
         if self.forced_rate is None:
             return masks
         forced = []
