@@ -26,6 +26,9 @@ class FoldedConv:
     padding: int = 0
     groups: int = 1
     matrix: Tensor = field(init=False, repr=False)
+    #: the weight in channels-last order, for channels-last inputs (oneDNN would
+    #: otherwise reorder a plain weight on every call)
+    weight_channels_last: Tensor = field(init=False, repr=False)
     _casts: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self):
@@ -33,6 +36,8 @@ class FoldedConv:
         out_channels = self.weight.shape[0]
         object.__setattr__(self, 'matrix', self.weight.permute(0, 2, 3, 1)
                            .reshape(out_channels, -1).t().contiguous())
+        object.__setattr__(self, 'weight_channels_last',
+                           self.weight.contiguous(memory_format=torch.channels_last))
 
     def __call__(self, x: Tensor, valid: bool = False) -> Tensor:
         """Run densely (``valid=False``, the conv's own padding) or on windows that
@@ -50,7 +55,9 @@ class FoldedConv:
                 (kernel == 1 and self.stride == 1 and (valid or self.padding == 0))
                 or (valid and self.dilation == 1 and x.shape[-2:] == (kernel, kernel))):
             return self._as_matmul(x, kernel)
-        return F.conv2d(x, self.weight, self.bias, stride=self.stride,
+        weight = self.weight_channels_last \
+            if x.is_contiguous(memory_format=torch.channels_last) else self.weight
+        return F.conv2d(x, weight, self.bias, stride=self.stride,
                         padding=0 if valid else self.padding, dilation=self.dilation,
                         groups=self.groups)
 
