@@ -1,10 +1,17 @@
 """Shared by the slow end-to-end tests: run a tool, read its logged scalars, write tiny
 twins of the shipped configs for the offline VOC 2012 and COCO fixtures."""
+import contextlib
+import io
 import json
 import os
+import random
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,6 +22,57 @@ def run(*args, timeout=600):
                             text=True, timeout=timeout, env={**os.environ, 'PYTHONPATH': str(ROOT)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
+
+
+def _manager_classes(cls=None):
+    """mmengine's ManagerMixin classes (loggers, message hubs, visualizers, the default
+    scope): each keeps its instances by name for the life of the process."""
+    from mmengine.utils import ManagerMixin
+    cls = cls or ManagerMixin
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _manager_classes(sub)
+    return found
+
+
+def run_in_process(*args):
+    """Run a repository script as ``python SCRIPT ARGS`` would (``__main__``, the same
+    ``sys.argv``), but in this process: its output (stdout, stderr, mmengine's logger)
+    is returned, an exit or error fails the test with that output. It saves the 5-8 s
+    of interpreter start-up and imports a subprocess pays. For calls whose claim is
+    about a config or a result, not about the command line: the first call of each
+    tool in a test file stays a subprocess (:func:`run`), which is how a user calls it.
+
+    Afterwards the process is as before: mmengine's named instances (a runner's
+    logger, message hub, visualizer and default scope; mmdet's and mmseg's configs
+    name their visualizer 'visualizer', so a second run would otherwise log into the
+    first run's work dir), the torch thread count, the random states, ``sys.argv``,
+    ``sys.path`` and the environment."""
+    script, *argv = map(str, args)
+    managers = {cls: dict(cls._instance_dict) for cls in _manager_classes()}
+    saved_argv, saved_path, saved_env = sys.argv, list(sys.path), dict(os.environ)
+    saved_threads, saved_rng = torch.get_num_threads(), (
+        random.getstate(), np.random.get_state(), torch.get_rng_state())
+    output = io.StringIO()
+    try:
+        sys.argv = [str(ROOT / script), *argv]
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            runpy.run_path(str(ROOT / script), run_name='__main__')
+    except BaseException as error:  # SystemExit included: a failed run fails the test
+        raise AssertionError(f'{script} {argv} failed: {error!r}\n'
+                             f'{output.getvalue()[-6000:]}') from error
+    finally:
+        for cls in _manager_classes():
+            cls._instance_dict.clear()
+            cls._instance_dict.update(managers.get(cls, {}))
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(saved_threads)
+        random.setstate(saved_rng[0])
+        np.random.set_state(saved_rng[1])
+        torch.set_rng_state(saved_rng[2])
+    return output.getvalue()
 
 
 def logged(work_dir, key):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mmengine.registry import MODELS
 
-from e2e_helpers import run
+from e2e_helpers import run, run_in_process
 from mmdyn.analysis.cad import (default_settings, draw_levels, level_fractions, level_map,
                                 plot_miou_vs_macs, save_level_overlays, sweep_masks)
 from mmdyn.datasets import build_cityscapes_fixture
@@ -270,9 +270,10 @@ def test_cli_sweep_and_masks(cityscapes):
                             size=(SIZE[0] // 2, SIZE[1] // 2))
     masks_dir = tmp / 'cli_masks'
     images = data['val_images']
-    printed = run('tools/analysis/cad_analysis.py', 'masks', small, 'none', *images,
-                  '--out-dir', masks_dir,
-                  '--cfg-options', 'model.backbone.mask_source.threshold=0.35')
+    # the tool's second call (the first, 'sweep', was a subprocess) runs in-process
+    printed = run_in_process('tools/analysis/cad_analysis.py', 'masks', small, 'none',
+                             *images, '--out-dir', masks_dir,
+                             '--cfg-options', 'model.backbone.mask_source.threshold=0.35')
     assert printed.count('full res') == len(images)
     for image in images:
         written = cv2.imread(str(masks_dir / f'{Path(image).stem}.png'))

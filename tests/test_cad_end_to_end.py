@@ -12,7 +12,8 @@ import re
 
 import pytest
 
-from e2e_helpers import ROOT, logged, run, tiny_cityscapes_config, tiny_detection_config
+from e2e_helpers import (ROOT, logged, run, run_in_process, tiny_cityscapes_config,
+                         tiny_detection_config)
 from mmdyn.datasets import build_cityscapes_fixture, build_coco_fixture
 
 CAD = ROOT / 'configs' / 'cad_resnet'
@@ -49,10 +50,11 @@ def assert_finite(work_dir, *keys):
 
 # -- segmentation ---------------------------------------------------------------------
 
-def evaluate(config, checkpoint, tmp_path, name, *options):
-    """tools/test.py on ``checkpoint``: (activation rate, per-image predicted maps)."""
-    out = run('tools/test.py', config, checkpoint, '--work-dir', tmp_path / name,
-              '--out', tmp_path / f'{name}.pkl', '--cfg-options', *options)
+def evaluate(config, checkpoint, tmp_path, name, *options, tool=run):
+    """tools/test.py on ``checkpoint``: (activation rate, per-image predicted maps).
+    ``tool=run_in_process`` for a test's later calls (the first one is a subprocess)."""
+    out = tool('tools/test.py', config, checkpoint, '--work-dir', tmp_path / name,
+               '--out', tmp_path / f'{name}.pkl', '--cfg-options', *options)
     assert 'mIoU' in out
     return logged_metric(out, 'sparsity/activation_rate'), predictions(tmp_path / f'{name}.pkl')
 
@@ -87,7 +89,7 @@ def test_cad_learned_mask_segmentation(cityscapes, tmp_path):
     sparse_rate, sparse = evaluate(config, checkpoint, tmp_path, 'auto',
                                    'model.backbone.execution_mode=auto')
     dense_rate, dense = evaluate(config, checkpoint, tmp_path, 'dense',
-                                 'model.backbone.execution_mode=dense')
+                                 'model.backbone.execution_mode=dense', tool=run_in_process)
     assert sparse_rate == pytest.approx(rate, abs=1e-6)
     assert dense_rate == pytest.approx(rate, abs=1e-6)
     assert_same_predictions(sparse, dense)
@@ -116,12 +118,12 @@ def test_cad_edge_mask_segmentation(cityscapes, tmp_path):
     dense_rate, dense = evaluate(config, checkpoint, tmp_path, 'dense',
                                  'model.backbone.execution_mode=dense')
     sparse_rate, sparse = evaluate(config, checkpoint, tmp_path, 'auto',
-                                   'model.backbone.execution_mode=auto')
+                                   'model.backbone.execution_mode=auto', tool=run_in_process)
     assert dense_rate == sparse_rate == pytest.approx(rate, abs=1e-6)  # input-only masks
     assert_same_predictions(sparse, dense)
     sync_rate, sync = evaluate(config, checkpoint, tmp_path, 'auto_syncbn',
                                'model.backbone.execution_mode=auto',
-                               'model.backbone.norm_cfg.type=SyncBN')
+                               'model.backbone.norm_cfg.type=SyncBN', tool=run_in_process)
     assert sync_rate == pytest.approx(rate, abs=1e-6)
     assert_same_predictions(sync, dense)
 
@@ -153,7 +155,8 @@ def test_cad_detectors_train_a_step(coco, tmp_path, base, val):
     and SparsityMetric (sparse execution on the detection inputs)."""
     config = tiny_detection_config(tmp_path / 'cad_tiny.py', CAD / base, coco, BACKBONE, val=val)
     work_dir = tmp_path / 'work'
-    out = run('tools/train.py', config, '--work-dir', work_dir)
+    # tools/train.py runs as a subprocess in the segmentation tests
+    out = run_in_process('tools/train.py', config, '--work-dir', work_dir)
     assert 'loss_sparsity' not in out
     assert (work_dir / 'iter_1.pth').is_file()
     losses = ['loss_rpn_cls', 'loss_bbox', 'loss_mask'] if val else \

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_helpers import ROOT, logged, run, tiny_voc_config
+from e2e_helpers import ROOT, logged, run, run_in_process, tiny_voc_config
 from mmdyn.datasets import build_coco_fixture
 
 LAS_DEMO = ROOT / 'configs' / 'demo' / 'faster-rcnn_las-r18-s4421-t07_fpn_demo-fixture.py'
@@ -50,10 +50,11 @@ def test_train_resume_test_and_visualize(fixture_config):
     first = logged(work_dir, 'temperature')
     assert sorted(first) == [1, 2, 3, 4]
 
-    # resume from iteration 2 (an mmengine checkpoint: needs the weights_only fix)
+    # resume from iteration 2 (an mmengine checkpoint: needs the weights_only fix); the
+    # tool's second call in this test runs in-process (the first was a subprocess)
     resumed_dir = tmp / 'resumed'
-    out = run('tools/train.py', config, '--work-dir', resumed_dir,
-              '--resume', work_dir / 'iter_2.pth')
+    out = run_in_process('tools/train.py', config, '--work-dir', resumed_dir,
+                         '--resume', work_dir / 'iter_2.pth')
     assert 'resumed' in out.lower()
     second = logged(resumed_dir, 'temperature')
     assert sorted(second) == [3, 4]
@@ -96,9 +97,10 @@ def test_distributed_training_with_two_cpu_processes(fixture_config):
 ], ids=['las', 'sar'])
 def test_benchmark_script_writes_json(tmp_path, arch_args):
     out = tmp_path / 'bench.json'
-    run('tools/analysis/benchmark_latency.py', *arch_args, '--input', '64', '96',
-        '--rates', '0.5', '--warmup', '0', '--repeats', '1', '--threads', '2', '1',
-        '--out', out)
+    tool = run if '--arch' not in arch_args else run_in_process  # one subprocess per tool
+    tool('tools/analysis/benchmark_latency.py', *arch_args, '--input', '64', '96',
+         '--rates', '0.5', '--warmup', '0', '--repeats', '1', '--threads', '2', '1',
+         '--out', out)
     report = json.loads(out.read_text())
     assert [(r['threads'], r['rate']) for r in report['runs']] == [(2, 0.5), (1, 0.5)]
     for row in report['runs']:
@@ -116,7 +118,8 @@ def test_segmentation_trains_and_reports_miou_with_sparsity(tmp_path):
     base = ROOT / 'configs' / 'las_resnet' / \
         'deeplabv3_las-r50-d8-s4444-t05_4xb4-20k_voc12aug-512x512.py'
     config = tiny_voc_config(tmp_path / 'deeplabv3_las_tiny.py', base, data['data_root'])
-    out = run('tools/train.py', config, '--work-dir', tmp_path / 'work')
+    # tools/train.py runs as a subprocess in test_train_resume_test_and_visualize
+    out = run_in_process('tools/train.py', config, '--work-dir', tmp_path / 'work')
     assert 'mIoU' in out and 'sparsity/activation_rate' in out
     assert 'loss_sparsity' in out
     assert (tmp_path / 'work' / 'iter_4.pth').is_file()

@@ -93,6 +93,13 @@ def test_every_study_config_builds_and_names_its_target():
             assert cfg.model.sparsity_loss.target == target
 
 
+def test_run_options_keep_the_val_pass_unless_asked():
+    default = learning_study.run_options(15, Path('data'))
+    assert default['train_cfg.val_interval'] == 15 and 'train_cfg.val_begin' not in default
+    assert learning_study.run_options(15, Path('data'), train_val=False)[
+        'train_cfg.val_begin'] == 16  # mmengine validates at the last epoch from val_begin
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match='does not exist'):
         learning_study.main(['--data-root', str(tmp_path / 'missing' / 'x'), '--methods',
@@ -133,14 +140,16 @@ def test_ci_sized_study_learns_and_masks_prefer_ink(tmp_path):
     Bands (wide, so the test never flakes; chance is 10 %): both above 80 % top-1; the
     LAS FLOPs ratio within 0.5 +- 0.15 and its mean activation rate in (0.15, 0.8) (the
     FLOPs ratio counts the static stem and each block's halo, so activation sits below
-    it); ink preference above 1 in at least one stage."""
+    it); ink preference above 1 in at least one stage. ``--no-train-val``: the trainings
+    skip their val-split pass, which none of these checks reads (the study evaluates the
+    test split)."""
     epochs = 15
     work, data = tmp_path / 'study', tmp_path / 'digits-64'
     build_digits_fixture(str(data), size=64)
     learning_study.main(['--work-dir', str(work), '--data-root', str(data),
                          '--methods', 'static', 'las-t05',
                          '--seeds', '0', '--epochs', str(epochs), '--jobs', '2',
-                         '--threads', '2', '--latency-repeats', '2'])
+                         '--threads', '2', '--latency-repeats', '2', '--no-train-val'])
     study = learning.read_json(str(work / 'study.json'))
     rows = {r['method']: r for r in study['rows']}
     assert rows['static']['accuracy'] > 80 and rows['las-t05']['accuracy'] > 80
@@ -153,6 +162,9 @@ def test_ci_sized_study_learns_and_masks_prefer_ink(tmp_path):
     assert (work / 'accuracy_vs_gmacs.png').stat().st_size > 0
     assert list((work / 'overlays' / 'las-t05').glob('layer1.*.png'))
     assert study['latency']['static']['ratio'] == 1.0
+    for method in ('static', 'las-t05'):  # --no-train-val: no val-split pass ran
+        log = (work / method / 'seed0' / 'train.log').read_text()
+        assert 'Epoch(train)' in log and 'Epoch(val)' not in log
     # tools/test.py on the same checkpoint (mmengine's test loop, the config's evaluators)
     # reports the study's own evaluation
     out = run('tools/test.py', learning_study.CONFIGS / learning_study.METHODS['las-t05'][0],

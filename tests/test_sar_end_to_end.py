@@ -10,7 +10,8 @@ import re
 import pytest
 import torch
 
-from e2e_helpers import ROOT, logged, run, tiny_detection_config, tiny_voc_config
+from e2e_helpers import (ROOT, logged, run, run_in_process, tiny_detection_config,
+                         tiny_voc_config)
 from mmdyn.datasets import build_coco_fixture
 
 SAR = ROOT / 'configs' / 'sar_resnet'
@@ -73,8 +74,8 @@ def test_sar_segmentation_trains_and_reports_miou_with_sparsity(tmp_path):
             value.copy_(torch.randn(value.shape, generator=generator))
     torch.save(checkpoint, tmp_path / 'random_selectors.pth')
     metrics = {}
-    for mode in ('auto', 'masked'):
-        out = run('tools/test.py', config, tmp_path / 'random_selectors.pth', '--work-dir',
+    for mode, tool in (('auto', run), ('masked', run_in_process)):  # 2nd call in-process
+        out = tool('tools/test.py', config, tmp_path / 'random_selectors.pth', '--work-dir',
                   tmp_path / mode, '--cfg-options', f'model.backbone.execution_mode={mode}')
         metrics[mode] = {key: float(re.search(rf'{re.escape(key)}: ([0-9.]+)', out).group(1))
                          for key in ('mIoU', 'sparsity/activation_rate')}
@@ -94,7 +95,8 @@ def test_sar_mask_rcnn_trains_one_step_on_coco_fixture(coco, tmp_path):
                                    'mask-rcnn_sar-r50-g2s2a2b1-t05_fpn_1x_coco.py', coco,
                                    iters=2)
     work_dir = tmp_path / 'work'
-    out = run('tools/train.py', config, '--work-dir', work_dir)
+    # tools/train.py runs as a subprocess in the segmentation test
+    out = run_in_process('tools/train.py', config, '--work-dir', work_dir)
     assert 'loss_mask' in out and 'loss_sparsity' in out
     assert 'sparsity/activation_rate' in out
     assert 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out
@@ -111,7 +113,7 @@ def test_sar_retinanet_and_faster_rcnn_train_a_step(coco, tmp_path, base):
     (G4s4a2b1) configs, shrunk to R18; no validation."""
     config = sar_detection_config(tmp_path / 'sar_tiny.py', base, coco, iters=1, val=False)
     work_dir = tmp_path / 'work'
-    out = run('tools/train.py', config, '--work-dir', work_dir)
+    out = run_in_process('tools/train.py', config, '--work-dir', work_dir)  # as above
     assert 'loss_sparsity' in out
     assert (work_dir / 'iter_1.pth').is_file()
     assert_finite_losses(work_dir, 'loss_sparsity')

@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from e2e_helpers import ROOT, logged, run, tiny_cityscapes_config, tiny_detection_config
+from e2e_helpers import (ROOT, logged, run, run_in_process, tiny_cityscapes_config,
+                         tiny_detection_config)
 from mmdyn.analysis.sfsi import evaluate
 from mmdyn.datasets import build_cityscapes_fixture, build_coco_fixture
 
@@ -77,7 +78,8 @@ def test_sfsi_faster_rcnn_with_dcn_trains_a_step(tmp_path):
         coco, f'{NARROW}, frozen_stages=-1, norm_eval=False, init_cfg=None',
         'in_channels=[64, 128, 256, 512], ', iters=1, val=True)
     work_dir = tmp_path / 'work'
-    out = run('tools/train.py', config, '--work-dir', work_dir)
+    # tools/train.py runs as a subprocess in the DeepLabv3 test
+    out = run_in_process('tools/train.py', config, '--work-dir', work_dir)
     assert 'coco/bbox_mAP' in out
     assert 0.0 < float(re.search(r'sparsity/activation_rate: ([0-9.]+)', out).group(1)) <= 1.0
     assert_finite(work_dir, 'loss_sparsity', 'loss_rpn_cls', 'loss_cls')

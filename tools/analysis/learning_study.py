@@ -2,6 +2,7 @@
 
     python tools/analysis/learning_study.py [--work-dir work_dirs/learning_study]
         [--methods static las-t03 ...] [--seeds 0 1 2] [--jobs 2] [--epochs 20]
+        [--no-train-val]
 
 Run from the repository root. Steps, each skipping what its output already holds (a
 rerun resumes after an interruption):
@@ -45,12 +46,16 @@ METHODS = {
 DATA_ROOT = ROOT / 'data' / 'digits-64'
 
 
-def run_options(epochs: int, data_root: Path) -> dict:
+def run_options(epochs: int, data_root: Path, train_val: bool = True) -> dict:
     """Config overrides that shorten or lengthen the shared schedule consistently and
-    point every split at ``data_root``."""
+    point every split at ``data_root``. ``train_val=False`` drops the val-split pass at
+    the end of training (validation begins after the last epoch): the study evaluates
+    the test split itself, so the pass only adds its line to ``train.log``."""
     options = {'train_cfg.max_epochs': epochs, 'train_cfg.val_interval': epochs,
                'default_hooks.checkpoint.interval': epochs,
                'param_scheduler.1.T_max': max(epochs - 1, 1)}
+    if not train_val:
+        options['train_cfg.val_begin'] = epochs + 1
     options.update({f'{split}_dataloader.dataset.data_root': str(data_root)
                     for split in ('train', 'val', 'test')})
     return options
@@ -64,12 +69,12 @@ def load_config(method: str, epochs: int, data_root: Path = DATA_ROOT):
 
 
 def train(method: str, seed: int, run_dir: Path, epochs: int, threads: int,
-          data_root: Path = DATA_ROOT) -> Path:
+          data_root: Path = DATA_ROOT, train_val: bool = True) -> Path:
     checkpoint = run_dir / f'epoch_{epochs}.pth'
     if checkpoint.exists():
         return checkpoint
     run_dir.mkdir(parents=True, exist_ok=True)
-    options = {**run_options(epochs, data_root), 'randomness.seed': seed}
+    options = {**run_options(epochs, data_root, train_val), 'randomness.seed': seed}
     args = [sys.executable, str(ROOT / 'tools' / 'train.py'), str(CONFIGS / METHODS[method][0]),
             '--work-dir', str(run_dir), '--cfg-options',
             *(f'{key}={value}' for key, value in options.items())]
@@ -82,7 +87,8 @@ def train(method: str, seed: int, run_dir: Path, epochs: int, threads: int,
     return checkpoint
 
 
-def train_all(runs, work: Path, epochs: int, jobs: int, threads: int, data_root: Path):
+def train_all(runs, work: Path, epochs: int, jobs: int, threads: int, data_root: Path,
+              train_val: bool = True):
     todo = [(m, s) for m, s in runs
             if not (work / m / f'seed{s}' / f'epoch_{epochs}.pth').exists()]
     print(f'[train] {len(runs) - len(todo)} of {len(runs)} runs already trained; '
@@ -92,7 +98,7 @@ def train_all(runs, work: Path, epochs: int, jobs: int, threads: int, data_root:
     def one(run):
         method, seed = run
         train(method, seed, work / method / f'seed{seed}', epochs, max(threads // jobs, 1),
-              data_root)
+              data_root, train_val)
         done[0] += 1
         print(f'[train {done[0]}/{len(todo)}] {method} seed {seed} done '
               f'({time.time() - start:.0f} s elapsed)', flush=True)
@@ -148,6 +154,9 @@ def main(argv=None):
                         help='digits data set (written here if it is the default and missing)')
     parser.add_argument('--latency-repeats', type=int, default=5)
     parser.add_argument('--no-latency', action='store_true')
+    parser.add_argument('--no-train-val', action='store_true',
+                        help='skip the val-split pass at the end of each training (the '
+                        'study reports the test split; the pass only logs to train.log)')
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error(f'--epochs {args.epochs}: the schedule is one warm-up epoch and a '
@@ -164,7 +173,8 @@ def main(argv=None):
     work = Path(args.work_dir)
     runs = [(m, s) for m in args.methods for s in args.seeds]
     wall = time.time()
-    train_all(runs, work, args.epochs, args.jobs, args.threads, data_root)
+    train_all(runs, work, args.epochs, args.jobs, args.threads, data_root,
+              train_val=not args.no_train_val)
     results = evaluate_all(runs, work, args.epochs, data_root)
     rows = [learning.summarize_method(m, results[m], METHODS[m][2]) for m in args.methods]
     latency = {}
