@@ -119,7 +119,7 @@ def test_choices_are_measured_once_and_reused_from_the_machine_file(tmp_path, mo
     assert first.choose('gemm', shape) == choice and len(calls) == 1
     content = json.loads(first.cache_file.read_text())
     assert content['machine'] == machine_key()
-    assert content['choices'] == {'gemm:float32x8192x64x32': choice}
+    assert content['choices'] == {'gemm:float32x4096x64x32': choice}
     # a new process on the same machine reads the file: no measurement
     second = fresh_chooser(tmp_path)
     calls = count_measurements(second, monkeypatch)

@@ -25,10 +25,13 @@ from torch import Tensor
 from .kernel_choice import CHOOSER, KernelOp
 from .native import native_kernels
 
-#: row-count classes: a choice is measured once per (class, K, N, dtype)
-ROW_CLASSES = (1024, 8192, 32768)
-#: synthetic inputs for timing stay below this many elements (32 MB of fp32)
-TIMING_ELEMENTS = 1 << 23
+#: row-count classes: a choice is measured once per (class, K, N, dtype); the last
+#: takes every larger count
+ROW_CLASSES = (1024, 4096, 16384, 65536)
+#: synthetic inputs for timing stay below this many elements (64 MB of fp32: whether
+#: the operands still fit in the caches is what decides between kernels on large maps,
+#: a stage-1 map at 800x1216 is 60800 pixel rows)
+TIMING_ELEMENTS = 1 << 24
 
 
 def _conv_weight(matrix: Tensor) -> Tensor:

@@ -173,12 +173,14 @@ def _heads_native(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tenso
 
 
 def _heads_timing_inputs(shape_class):
-    """A channels-last map of the class's pixel count (64 wide, below 32 MB)."""
+    """A channels-last map of the class's pixel count (below TIMING_ELEMENTS), 3:2 as
+    a detection input."""
     dtype, pixels, channels, stride, heads = shape_class
-    height = max(4, min(pixels, TIMING_ELEMENTS // channels) // 64)
+    pixels = max(16, min(pixels, TIMING_ELEMENTS // channels))
+    width = max(4, round(math.sqrt(pixels * 1.5)))
     generator = torch.Generator().manual_seed(0)
     dtype = getattr(torch, dtype)
-    x = torch.randn(1, channels, height, 64, generator=generator).to(dtype)
+    x = torch.randn(1, channels, max(4, pixels // width), width, generator=generator).to(dtype)
     weight = torch.randn(heads, 9, channels, generator=generator).to(dtype)
     return (x.contiguous(memory_format=torch.channels_last), weight,
             torch.zeros(heads, dtype=dtype), stride)
