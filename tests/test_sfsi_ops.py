@@ -70,9 +70,16 @@ def test_sparse_interpolation_equals_dense(size, rate):
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('route', ['native', 'torch'])
+@pytest.mark.parametrize('relu', [False, True])
 @pytest.mark.parametrize('stride,dilation,groups', [(1, 1, 1), (2, 1, 1), (1, 2, 1),
                                                     (2, 1, 4), (1, 3, 2)])
-def test_tap_row_conv_equals_conv2d_at_sampled_pixels(stride, dilation, groups):
+def test_tap_row_conv_equals_conv2d_at_sampled_pixels(stride, dilation, groups, relu, route,
+                                                      monkeypatch):
+    """Tap rows (both routes: the native one-pass kernel and the PyTorch index
+    arithmetic) and the conv on them, ReLU fused or not, against F.conv2d."""
+    from test_native_kernels import spy_on_native
+    spy = spy_on_native(monkeypatch, route)
     torch.manual_seed(0)
     x = torch.randn(2, 8, 11, 14)
     weight, bias = torch.randn(12, 8 // groups, 3, 3), torch.randn(12)
@@ -83,9 +90,12 @@ def test_tap_row_conv_equals_conv2d_at_sampled_pixels(stride, dilation, groups):
     index = sampled_pixels(mask)
     taps = conv_tap_rows(index, out_hw, x.shape[2:], stride, dilation, dilation,
                          zero_row=x.numel() // 8)
-    out = conv_rows(with_zero_row(rows_of(x)), taps, conv_matrix(weight, groups), bias)
-    torch.testing.assert_close(out, rows_of(dense).index_select(0, index), rtol=1e-4,
-                               atol=1e-4)
+    out = conv_rows(with_zero_row(rows_of(x)), taps, conv_matrix(weight, groups), bias, relu)
+    want = rows_of(dense).index_select(0, index)
+    torch.testing.assert_close(out, want.relu() if relu else want, rtol=1e-4, atol=1e-4)
+    assert spy is None or spy.calls[0] == 'conv_tap_rows'
+    empty = conv_tap_rows(index[:0], out_hw, x.shape[2:], stride, dilation, dilation, 0)
+    assert empty.shape == (0, 9) and empty.dtype == torch.long
 
 
 def test_bilinear_taps_equal_grid_sample():

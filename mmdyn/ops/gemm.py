@@ -185,26 +185,28 @@ GEMM_INTO = CHOOSER.register(KernelOp('gemm_into', _INTO_CANDIDATES,
                                       _timing_inputs(with_out=True, into=True)))
 
 
-def _gather_then_gemm(table, taps, matrix, bias):
+def _gather_then_gemm(table, taps, matrix, bias, relu=False):
     gathered = F.embedding(taps.reshape(-1), table)  # one row gather, [n * T, C]
-    return gemm(gathered.view(taps.shape[0], matrix.shape[0]), matrix, bias)
+    out = gemm(gathered.view(taps.shape[0], matrix.shape[0]), matrix, bias)
+    return out.relu_() if relu else out
 
 
-def _gather_gemm_native(table, taps, matrix, bias, onednn: bool = False):
+def _gather_gemm_native(table, taps, matrix, bias, relu=False, onednn: bool = False):
     """The gather fused into the product, tile by tile (mmdyn/ops/native), each tile
-    multiplied by MKL's addmm or (``onednn``) by oneDNN's 1x1 convolution; the PyTorch
-    route where the native kernels are not built or the dtype is not float32."""
+    multiplied by MKL's addmm or (``onednn``) by oneDNN's 1x1 convolution, the ReLU
+    applied to the tile while it is in cache; the PyTorch route where the native
+    kernels are not built or the dtype is not float32."""
     kernels = native_kernels()
     if kernels is None or table.dtype != torch.float32:
-        return _gather_then_gemm(table, taps, matrix, bias)
+        return _gather_then_gemm(table, taps, matrix, bias, relu)
     if onednn:
-        return kernels.gather_gemm(table, taps, matrix, bias, False, ONEDNN_GATHER_TILE,
+        return kernels.gather_gemm(table, taps, matrix, bias, relu, ONEDNN_GATHER_TILE,
                                    _conv_weight(matrix))
-    return kernels.gather_gemm(table, taps, matrix, bias, False, GATHER_TILE)
+    return kernels.gather_gemm(table, taps, matrix, bias, relu, GATHER_TILE)
 
 
-def _gather_gemm_native_onednn(table, taps, matrix, bias):
-    return _gather_gemm_native(table, taps, matrix, bias, onednn=True)
+def _gather_gemm_native_onednn(table, taps, matrix, bias, relu=False):
+    return _gather_gemm_native(table, taps, matrix, bias, relu, onednn=True)
 
 
 def _gather_timing_inputs(shape_class):
@@ -234,8 +236,10 @@ GATHER_GEMM = CHOOSER.register(KernelOp('gather_gemm', _GATHER_CANDIDATES,
                                         _gather_timing_inputs))
 
 
-def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``bias + concat_t(table[taps[:, t]]) @ matrix`` -> ``[n, N]``: a convolution on
+def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tensor],
+                relu: bool = False) -> Tensor:
+    """``bias + concat_t(table[taps[:, t]]) @ matrix`` -> ``[n, N]`` (then ReLU if
+    ``relu``): a convolution on
     gathered tap rows (``table`` ``[rows, C]``, ``taps`` ``[n, T]`` row ids, ``matrix``
     ``[T * C, N]``). Either the gather then one GEMM, or the native kernel gathering a
     tile at a time into a buffer that stays in cache; chosen by measurement per shape
@@ -248,7 +252,7 @@ def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tens
     shape = (str(table.dtype).replace('torch.', ''), row_class(taps.shape[0]),
              matrix.shape[0], matrix.shape[1], taps.shape[1])
     impl = CHOOSER.choose('gather_gemm', shape)
-    return GATHER_GEMM.candidates[impl](table, taps.contiguous(), matrix, bias)
+    return GATHER_GEMM.candidates[impl](table, taps.contiguous(), matrix, bias, relu)
 
 
 def _shape_class(rows: Tensor, matrix: Tensor) -> tuple:

@@ -371,8 +371,13 @@ def conv_tap_rows(index: Tensor, out_hw, in_hw, stride: int, dilation: int,
                   padding: int, zero_row: int, kernel: int = 3) -> Tensor:
     """``[n, kernel^2]`` input rows read by a conv at the output pixels ``index`` (flat
     ids on the ``out_hw`` map); taps outside the input read ``zero_row`` (``B * H_in *
-    W_in``: the row :func:`with_zero_row` appends). Kernel-row, kernel-col order."""
+    W_in``: the row :func:`with_zero_row` appends). Kernel-row, kernel-col order. The
+    native kernel computes them in one pass when it is built."""
     (out_h, out_w), (in_h, in_w) = out_hw, in_hw
+    kernels = native_kernels() if index.device.type == 'cpu' else None
+    if kernels is not None:
+        return kernels.conv_tap_rows(index.contiguous(), out_h, out_w, in_h, in_w, stride,
+                                     dilation, padding, zero_row, kernel)
     batch = index // (out_h * out_w)
     y, x = (index // out_w) % out_h, index % out_w
     offsets = torch.arange(kernel, device=index.device) * dilation - padding
@@ -393,16 +398,19 @@ def conv_matrix(weight: Tensor, groups: int = 1) -> Tensor:
                                                      out_channels // groups).contiguous()
 
 
-def conv_rows(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tensor]) -> Tensor:
+def conv_rows(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tensor],
+              relu: bool = False) -> Tensor:
     """A conv on gathered tap rows: ``table`` ``[N + 1, C]`` (zero row last), ``taps``
     ``[n, T]`` from :func:`conv_tap_rows`, ``matrix`` from :func:`conv_matrix`.
-    Returns ``[n, C_out]``. One group: :func:`~mmdyn.ops.gemm.gather_gemm` (the gather
-    fused into the product where that measures faster)."""
+    Returns ``[n, C_out]`` (ReLU'd if ``relu``). One group:
+    :func:`~mmdyn.ops.gemm.gather_gemm` (the gather fused into the product where that
+    measures faster)."""
     if matrix.shape[0] == 1 and not (torch.is_grad_enabled() and table.requires_grad):
-        return gather_gemm(table, taps, matrix[0], bias)
+        return gather_gemm(table, taps, matrix[0], bias, relu)
     gathered = F.embedding(taps.reshape(-1), table)            # one row gather
-    return grouped_matmul(gathered.view(taps.shape[0], taps.shape[1], table.shape[1]), matrix,
-                          bias)
+    out = grouped_matmul(gathered.view(taps.shape[0], taps.shape[1], table.shape[1]), matrix,
+                         bias)
+    return out.relu_() if relu else out
 
 
 def grouped_matmul(gathered: Tensor, matrix: Tensor, bias: Optional[Tensor]) -> Tensor:

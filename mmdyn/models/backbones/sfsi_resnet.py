@@ -199,7 +199,7 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
             pixels1 = sampled_pixels(mask1.hard)
             conv1 = self.folded('conv1', self.conv1, self.norm1)
             hidden1 = gather_gemm(pixel_rows(x), pixels1.view(-1, 1), conv1.matrix,
-                                  conv1.bias).relu_()
+                                  conv1.bias, relu=True)
             if self.sampling == 'relu':
                 hidden1.mul_(pixel_rows(mask1.value).index_select(0, pixels1))
         with record_function('sfsi.interp1'):
@@ -214,10 +214,12 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
             taps = conv_tap_rows(pixels2, out_hw, (height, width), conv.stride[0],
                                  conv.dilation[0], conv.padding[0],
                                  zero_row=batch * height * width)
-            hidden2 = (self._deformable_rows(table, taps, pixels2, out_hw, (height, width))
-                       if self.deformable else
-                       conv_rows(table, taps, self._matrix('conv2'), self.folded(
-                           'conv2', self.conv2, self.norm2).bias)).relu_()
+            if self.deformable:
+                hidden2 = self._deformable_rows(table, taps, pixels2, out_hw,
+                                                (height, width)).relu_()
+            else:
+                hidden2 = conv_rows(table, taps, self._matrix('conv2'), self.folded(
+                    'conv2', self.conv2, self.norm2).bias, relu=True)
             if self.sampling == 'relu':
                 hidden2.mul_(pixel_rows(mask2.value).index_select(0, pixels2))
         with record_function('sfsi.conv3_interp2'):

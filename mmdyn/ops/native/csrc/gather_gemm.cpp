@@ -86,10 +86,48 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
   return out;
 }
 
+// The input rows a k x k convolution reads at the output pixels `index` (flat ids on
+// the out_h x out_w maps of the batch), kernel-row then kernel-col; taps outside the
+// input read `zero_row` (the native route of mmdyn.ops.pixel_sampling.conv_tap_rows).
+at::Tensor conv_tap_rows(const at::Tensor& index, int64_t out_h, int64_t out_w, int64_t in_h,
+                         int64_t in_w, int64_t stride, int64_t dilation, int64_t padding,
+                         int64_t zero_row, int64_t kernel) {
+  TORCH_CHECK(index.dim() == 1 && index.scalar_type() == at::kLong && index.is_contiguous(),
+              "index must be a contiguous int64 1-D tensor");
+  TORCH_CHECK(out_h >= 1 && out_w >= 1 && in_h >= 1 && in_w >= 1 && stride >= 1 &&
+                  dilation >= 1 && kernel >= 1,
+              "sizes, stride, dilation and kernel must be >= 1");
+  const int64_t n = index.numel(), taps = kernel * kernel;
+  at::Tensor out = at::empty({n, taps}, index.options());
+  const int64_t* __restrict__ ids = index.data_ptr<int64_t>();
+  int64_t* __restrict__ rows = out.data_ptr<int64_t>();
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t id = ids[i], b = id / (out_h * out_w);
+      const int64_t y = (id / out_w) % out_h, x = id % out_w;
+      int64_t* row = rows + i * taps;
+      for (int64_t ky = 0; ky < kernel; ++ky) {
+        const int64_t yy = y * stride + ky * dilation - padding;
+        for (int64_t kx = 0; kx < kernel; ++kx) {
+          const int64_t xx = x * stride + kx * dilation - padding;
+          const bool inside = yy >= 0 && yy < in_h && xx >= 0 && xx < in_w;
+          row[ky * kernel + kx] = inside ? (b * in_h + yy) * in_w + xx : zero_row;
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 
 void register_gather_gemm(pybind11::module& m) {
+  m.def("conv_tap_rows", &conv_tap_rows, "tap rows of a k x k conv (see gather_gemm.cpp)",
+        pybind11::arg("index"), pybind11::arg("out_h"), pybind11::arg("out_w"),
+        pybind11::arg("in_h"), pybind11::arg("in_w"), pybind11::arg("stride"),
+        pybind11::arg("dilation"), pybind11::arg("padding"), pybind11::arg("zero_row"),
+        pybind11::arg("kernel"));
   m.def("gather_gemm", &gather_gemm, "bias + gathered tap rows @ matrix (see gather_gemm.cpp)",
         pybind11::arg("table"), pybind11::arg("taps"), pybind11::arg("matrix"),
         pybind11::arg("bias"), pybind11::arg("relu"), pybind11::arg("tile") = 256,
