@@ -132,12 +132,12 @@ def test_missing_stale_or_switched_off_kernels_fall_back_with_one_warning(tmp_pa
 
 @pytest.mark.parametrize('impl', sorted(GATHER_GEMM.candidates))
 @pytest.mark.parametrize('shape', [(0, 9, 8, 5), (1, 1, 3, 4), (37, 9, 16, 24), (600, 9, 64, 64),
-                                   (300, 1, 256, 64)])
+                                   (300, 1, 256, 64), (2500, 9, 8, 5)])
 @pytest.mark.parametrize('threads', [1, 2])
 def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, threads,
                                                                 monkeypatch):
     """bias + concat(table[taps]) @ matrix against a float64 reference, tiles crossed
-    (600 rows), taps on the zero row, one-tap (1x1) and 9-tap convs, on one thread and
+    (600 rows for MKL's 256-row tiles, 2500 for oneDNN's 2048), taps on the zero row, one-tap (1x1) and 9-tap convs, on one thread and
     two (the native kernels balance their tiles over the threads)."""
     monkeypatch.setenv(ENV_PINS, f'gather_gemm={impl}')
     spy = spy_on_native(monkeypatch, impl)
