@@ -126,6 +126,13 @@ def test_stochastic_sampling_is_bernoulli_of_the_soft_mask_and_seeded():
     again = sample_mask(logits, 'stochastic', 0.01, False, torch.Generator().manual_seed(3))[0]
     other = sample_mask(logits, 'stochastic', 0.01, False, torch.Generator().manual_seed(4))[0]
     assert torch.equal(hard, again) and not torch.equal(hard, other)
+    # inference thresholds logits + noise at 0; training thresholds the relaxed sample
+    # sigmoid((logits + noise) / tau) at 0.5: the same draw gives the same mask
+    logits = torch.randn(2, 1, 64, 80, generator=torch.Generator().manual_seed(5))
+    for tau in (0.01, 1.0):
+        trained = sample_mask(logits, 'stochastic', tau, True, torch.Generator().manual_seed(7))
+        tested = sample_mask(logits, 'stochastic', tau, False, torch.Generator().manual_seed(7))
+        assert torch.equal(trained[0].detach().round(), tested[0])
 
 
 def test_deterministic_and_relu_variants():

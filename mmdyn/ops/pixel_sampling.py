@@ -59,10 +59,10 @@ def check_kernel_size(size) -> int:
 # -- sampling ---------------------------------------------------------------------------
 
 def logistic_noise(shape, generator: Optional[torch.Generator], device, dtype) -> Tensor:
-    """g1 - g2 for two independent Gumbel(0, 1) variables (a logistic variable)."""
+    """g1 - g2 for two independent Gumbel(0, 1) variables (a logistic variable):
+    log(u) - log(1 - u) for u uniform in (0, 1)."""
     uniform = torch.rand(shape, generator=generator, dtype=torch.float32)
-    uniform = uniform.clamp_(1e-8, 1.0 - 1e-8).to(device=device, dtype=dtype)
-    return torch.log(uniform) - torch.log1p(-uniform)
+    return torch.logit(uniform, eps=1e-8).to(device=device, dtype=dtype)
 
 
 def sample_mask(logits: Tensor, variant: str, tau: float, training: bool,
@@ -90,10 +90,12 @@ def sample_mask(logits: Tensor, variant: str, tau: float, training: bool,
         hard = (logits >= 0).to(logits.dtype)
         return hard, hard, soft
     noise = logistic_noise(logits.shape, generator, logits.device, logits.dtype)
+    if not training:  # sigmoid(z / tau) >= 0.5 when z >= 0 (tau > 0): two ops, not five
+        hard = (logits + noise >= 0).to(logits.dtype)
+        return hard, hard, soft
     relaxed = torch.sigmoid((logits + noise) / tau)
     hard = (relaxed >= 0.5).to(logits.dtype)
-    if training:
-        hard = hard - relaxed.detach() + relaxed  # straight-through estimator
+    hard = hard - relaxed.detach() + relaxed  # straight-through estimator
     return hard, hard, soft
 
 
