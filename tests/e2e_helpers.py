@@ -43,13 +43,16 @@ def run_in_process(*args):
     about a config or a result, not about the command line: the first call of each
     tool in a test file stays a subprocess (:func:`run`), which is how a user calls it.
 
-    Afterwards the process is as before: mmengine's named instances (a runner's
-    logger, message hub, visualizer and default scope; mmdet's and mmseg's configs
-    name their visualizer 'visualizer', so a second run would otherwise log into the
-    first run's work dir), the torch thread count, the random states, ``sys.argv``,
-    ``sys.path`` and the environment."""
+    It starts without mmengine's named instances, as a fresh process would (a
+    runner's logger, message hub, visualizer and default scope; mmdet's and mmseg's
+    configs name their visualizer 'visualizer', so a run would otherwise log into an
+    earlier run's work dir), and afterwards the process is as before: those
+    instances, the torch thread count, the random states, ``sys.argv``, ``sys.path``
+    and the environment."""
     script, *argv = map(str, args)
     managers = {cls: dict(cls._instance_dict) for cls in _manager_classes()}
+    for cls in managers:  # the tool starts as a fresh process would: no named instances
+        cls._instance_dict.clear()  # (an earlier test's 'visualizer' would log elsewhere)
     saved_argv, saved_path, saved_env = sys.argv, list(sys.path), dict(os.environ)
     saved_threads, saved_rng = torch.get_num_threads(), (
         random.getstate(), np.random.get_state(), torch.get_rng_state())
