@@ -293,7 +293,7 @@ def blur_macs(pixels: int, channels: int, size: int) -> int:
 
 def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width: Tensor,
                      size: int, eps: float = 1e-5, base: Optional[Tensor] = None,
-                     out: Optional[Tensor] = None) -> Tensor:
+                     out: Optional[Tensor] = None, kernel: Optional[Tensor] = None) -> Tensor:
     """Eq. 3 from the sampled rows only: ``rows`` ``[n, C]`` are the (already gated)
     features of the pixels ``index`` (flat ids into ``[B * H * W]``, ascending, as
     :func:`sampled_pixels` gives them) of the binary ``support`` ``[B, 1, H, W]``. Scatter, blur separably, normalise, and put the
@@ -302,11 +302,15 @@ def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width
     is fused into the normalisation. Without ``base`` the result is written into
     ``out`` when given (a channels-last map, e.g. from :func:`map_with_zero_row`).
 
+    ``kernel``: :func:`gaussian_kernel_1d` of ``inverse_width`` when the caller keeps
+    it (a block at inference), else computed here.
+
     Without ``base``, float32 rows without gradient take the native one-pass kernel
     when it is built (:mod:`mmdyn.ops.native`; the same values to float rounding)."""
     batch, _, height, width = support.shape
     channels = rows.shape[1]
-    kernel = gaussian_kernel_1d(inverse_width.detach(), size)
+    if kernel is None:
+        kernel = gaussian_kernel_1d(inverse_width.detach(), size)
     kernels = native_kernels() if base is None and rows.dtype == torch.float32 and \
         rows.device.type == 'cpu' and not (rows.requires_grad and torch.is_grad_enabled()) \
         else None

@@ -53,8 +53,8 @@ from mmdyn.ops.gemm import gather_gemm, gemm, gemm_acc
 from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
                                       blur_macs, check_grid_prior, check_kernel_size,
                                       check_sampling_variant, conv_matrix, conv_rows,
-                                      conv_tap_rows, grouped_matmul, head_groups,
-                                      interpolate_dense,
+                                      conv_tap_rows, gaussian_kernel_1d, grouped_matmul,
+                                      head_groups, interpolate_dense,
                                       interpolate_rows, map_with_zero_row,
                                       mask_head_logits, pixel_rows_view, sample_mask,
                                       sampled_pixels)
@@ -206,7 +206,7 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
             # written straight into conv2's gather table (its zero row appended)
             out1, table = map_with_zero_row(batch, hidden1.shape[1], height, width, hidden1)
             interpolate_rows(hidden1, pixels1, mask1.hard, self.conv1_sigma.detach(),
-                             self.kernel_size, out=out1)                         # Eq. 3
+                             self.kernel_size, out=out1, kernel=self._blur(1))   # Eq. 3
         with record_function('sfsi.conv2'):
             # conv2 (3x3, strided / dilated / grouped / deformable) on its sampled pixels.
             pixels2 = sampled_pixels(mask2.hard)
@@ -229,16 +229,24 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
                 residual, _ = self._residual_sparse(x, conv3.bias)  # identity + conv3's bias
                 out = interpolate_rows(gemm(hidden2, conv3.matrix, None), pixels2, mask2.hard,
                                        self.conv2_sigma.detach(), self.kernel_size,
-                                       base=residual)                            # Eq. 3
+                                       base=residual, kernel=self._blur(2))      # Eq. 3
                 return out.relu_()
             # the reference order: interpolate conv2's output, then conv3 on every pixel
             # as one product accumulating onto the residual, bias and ReLU fused.
             out2 = interpolate_rows(hidden2, pixels2, mask2.hard,
-                                    self.conv2_sigma.detach(), self.kernel_size)
+                                    self.conv2_sigma.detach(), self.kernel_size,
+                                    kernel=self._blur(2))
             residual, bias = self._residual_sparse(x, conv3.bias, defer_bias=True)
             gemm_acc(pixel_rows_view(residual), pixel_rows_view(out2), conv3.matrix, bias,
                      relu=True)
             return residual
+
+    def _blur(self, conv: int) -> Tensor:
+        """The 1-D Gaussian of conv ``conv``'s interpolation (Eq. 3), cached while its
+        width and the kernel size stay."""
+        sigma = getattr(self, f'conv{conv}_sigma')
+        return self.cached(f'blur{conv}-{self.kernel_size}', (sigma,),
+                           lambda: gaussian_kernel_1d(sigma.detach(), self.kernel_size))
 
     def _matrix(self, name):
         """conv2's BN-folded weights as grouped tap matrices (cached)."""

@@ -45,9 +45,6 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
   }
   const int64_t table_rows = table.size(0);
   const int64_t* __restrict__ ids = taps.data_ptr<int64_t>();
-  TORCH_CHECK(rows == 0 || (taps.min().item<int64_t>() >= 0 &&
-                            taps.max().item<int64_t>() < table_rows),
-              "taps index rows outside the table");
   const float* __restrict__ source = table.data_ptr<float>();
   at::Tensor out = at::empty({rows, out_channels}, table.options());
   // tiles of about `tile` rows, as many as a multiple of the threads (balanced tasks)
@@ -64,6 +61,9 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
         float* dst = buffer.data() + r * width;
         const int64_t* row_ids = ids + (first + r) * count;
         for (int64_t k = 0; k < count; ++k) {
+          // checked as it is read (ATen's parallel_for rethrows on the calling thread)
+          TORCH_CHECK(row_ids[k] >= 0 && row_ids[k] < table_rows,
+                      "taps index rows outside the table");
           const float* src = source + row_ids[k] * channels;
           std::copy(src, src + channels, dst + k * channels);
         }
