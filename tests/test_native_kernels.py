@@ -169,3 +169,17 @@ def test_gather_gemm_rejects_bad_shapes_and_indices():
     with pytest.raises(RuntimeError, match='outside the table'):
         native.native_kernels().gather_gemm(table, torch.full((5, 2), 10), matrix, None,
                                             False, 256)
+
+
+def test_native_interpolation_rejects_unsorted_or_out_of_range_ids():
+    """The native Eq. 3 walks each row's run of sorted sampled ids: ids out of order,
+    repeated or outside the map are a clear error, not a wrong map."""
+    require_native()
+    kernels = native.native_kernels()
+    rows, kernel = torch.randn(3, 4), torch.ones(3)
+    out = torch.empty(2 * 5, 4)
+    for bad in ([4, 2, 7], [2, 2, 7], [1, 2, 10]):
+        with pytest.raises(RuntimeError, match='sorted ascending'):
+            kernels.interpolate_sampled_rows(rows, torch.tensor(bad), kernel, 1e-5, out, 1, 2, 5)
+    kernels.interpolate_sampled_rows(rows, torch.tensor([1, 4, 7]), kernel, 1e-5, out, 1, 2, 5)
+    assert torch.equal(out[[1, 4, 7]], rows)

@@ -214,8 +214,9 @@ def mask_head_logits(x: Tensor, heads, groups: Optional[list] = None) -> list:
     logits = [None] * len(heads)
     for stride, members, weight, bias in groups or head_groups(heads):
         weight, bias = weight.to(x.dtype), bias.to(x.dtype)
-        shape = (str(x.dtype).replace('torch.', ''), row_class(x.shape[0] * x.shape[2] *
-                 x.shape[3]), x.shape[1], stride, len(members))
+        pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        shape = (str(x.dtype).replace('torch.', ''), row_class(pixels), x.shape[1], stride,
+                 len(members))
         impl = CHOOSER.choose('mask_heads', shape)
         out = MASK_HEADS.candidates[impl](x, weight, bias, stride)
         for k, member in enumerate(members):
@@ -296,8 +297,8 @@ def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width
                      out: Optional[Tensor] = None, kernel: Optional[Tensor] = None) -> Tensor:
     """Eq. 3 from the sampled rows only: ``rows`` ``[n, C]`` are the (already gated)
     features of the pixels ``index`` (flat ids into ``[B * H * W]``, ascending, as
-    :func:`sampled_pixels` gives them) of the binary ``support`` ``[B, 1, H, W]``. Scatter, blur separably, normalise, and put the
-    sampled rows back. Returns a dense channels-last ``[B, C, H, W]`` map, plus
+    :func:`sampled_pixels` gives them) of the binary ``support`` ``[B, 1, H, W]``.
+    Scatter, blur separably, normalise, and put the sampled rows back. Returns a dense channels-last ``[B, C, H, W]`` map, plus
     ``base`` (a dense channels-last map, e.g. the residual) when given: the addition
     is fused into the normalisation. Without ``base`` the result is written into
     ``out`` when given (a channels-last map, e.g. from :func:`map_with_zero_row`).
