@@ -164,10 +164,11 @@ def _heads_torch(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tensor
 
 
 def _heads_native(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tensor:
-    """One pass over ``x`` for all ``K`` heads (mmdyn/ops/native/csrc/mask_heads.cpp);
-    the PyTorch route where the kernels are not built or ``x`` is not float32."""
+    """One pass over ``x`` for all ``K <= 2`` heads of stride 1 or 2
+    (mmdyn/ops/native/csrc/mask_heads.cpp); the PyTorch route where the kernels are not
+    built, ``x`` is not float32 or the stride is larger."""
     kernels = native_kernels()
-    if kernels is None or x.dtype != torch.float32 or weight.shape[0] > 2:
+    if kernels is None or x.dtype != torch.float32 or weight.shape[0] > 2 or stride > 2:
         return _heads_torch(x, weight, bias, stride)
     batch, _, height, width = x.shape
     return kernels.mask_head_logits(pixel_rows(x).contiguous(), weight, bias, batch, height,
