@@ -42,7 +42,7 @@ $(STAMP): setup.py Makefile
 # pure-PyTorch path runs and the reason is kept in mmdyn/ops/native/_build/.
 native: $(NATIVE)
 
-$(NATIVE): $(STAMP) $(wildcard mmdyn/ops/native/csrc/*.cpp)
+$(NATIVE): $(STAMP) $(wildcard mmdyn/ops/native/csrc/*.cpp mmdyn/ops/native/csrc/*.h)
 	-$(PY) -m mmdyn.ops.native.build
 	mkdir -p $(dir $@) && touch $@
 

@@ -17,7 +17,7 @@ setup(
     python_requires='>=3.8',
     packages=find_packages(include=['mmdyn', 'mmdyn.*']),
     # the native kernels' sources, compiled on the user's machine (make native)
-    package_data={'mmdyn.ops.native': ['csrc/*.cpp']},
+    package_data={'mmdyn.ops.native': ['csrc/*.cpp', 'csrc/*.h']},
     install_requires=[
         'torch>=2.0',
         'numpy',

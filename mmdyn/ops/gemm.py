@@ -251,14 +251,19 @@ def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tens
                          f'is {taps.shape[1]} x {table.shape[1]}')
     table = table.contiguous()
     matrix, bias = _follow(table, matrix).contiguous(), _follow(table, bias)
-    shape = (str(table.dtype).replace('torch.', ''), row_class(taps.shape[0]),
+    shape = (dtype_name(table), row_class(taps.shape[0]),
              matrix.shape[0], matrix.shape[1], taps.shape[1])
     impl = CHOOSER.choose('gather_gemm', shape)
     return GATHER_GEMM.candidates[impl](table, taps.contiguous(), matrix, bias, relu)
 
 
+def dtype_name(tensor: Tensor) -> str:
+    """``'float32'`` for a float32 tensor: the dtype part of a shape class."""
+    return str(tensor.dtype).replace('torch.', '')
+
+
 def _shape_class(rows: Tensor, matrix: Tensor) -> tuple:
-    return (str(rows.dtype).replace('torch.', ''), row_class(rows.shape[0]),
+    return (dtype_name(rows), row_class(rows.shape[0]),
             matrix.shape[0], matrix.shape[1])
 
 

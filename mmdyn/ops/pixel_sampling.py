@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gemm import TIMING_ELEMENTS, gather_gemm, gemm, row_class
+from .gemm import TIMING_ELEMENTS, dtype_name, gather_gemm, gemm, row_class
 from .kernel_choice import CHOOSER, KernelOp
 from .native import native_kernels
 from .patches import pixel_rows
@@ -216,8 +216,7 @@ def mask_head_logits(x: Tensor, heads, groups: Optional[list] = None) -> list:
     for stride, members, weight, bias in groups or head_groups(heads):
         weight, bias = weight.to(x.dtype), bias.to(x.dtype)
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
-        shape = (str(x.dtype).replace('torch.', ''), row_class(pixels), x.shape[1], stride,
-                 len(members))
+        shape = (dtype_name(x), row_class(pixels), x.shape[1], stride, len(members))
         impl = CHOOSER.choose('mask_heads', shape)
         out = MASK_HEADS.candidates[impl](x, weight, bias, stride)
         for k, member in enumerate(members):

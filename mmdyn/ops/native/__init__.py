@@ -25,14 +25,15 @@ _loaded = {}
 
 
 def sources() -> list:
+    """The translation units the build compiles."""
     return sorted(CSRC.glob('*.cpp'))
 
 
 @functools.lru_cache(maxsize=1)
 def source_digest() -> str:
-    """SHA-256 of the C++ sources (read once per process)."""
+    """SHA-256 of the C++ sources and the headers they share (read once per process)."""
     digest = hashlib.sha256()
-    for path in sources():
+    for path in sorted(sources() + list(CSRC.glob('*.h'))):
         digest.update(path.name.encode() + b'\0' + path.read_bytes())
     return digest.hexdigest()
 

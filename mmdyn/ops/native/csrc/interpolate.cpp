@@ -17,13 +17,9 @@
 #include <algorithm>
 #include <vector>
 
+#include "lanes.h"
+
 namespace {
-
-constexpr int64_t LANES = 16;
-typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float)), aligned(4)));
-
-inline lanes_t load(const float* p) { return *reinterpret_cast<const lanes_t*>(p); }
-inline void store(float* p, lanes_t v) { *reinterpret_cast<lanes_t*>(p) = v; }
 
 // dst[c] += w * src[c]
 inline void axpy(float* __restrict__ dst, const float* __restrict__ src, float w,

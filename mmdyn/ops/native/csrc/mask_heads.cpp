@@ -21,17 +21,11 @@
 #include <algorithm>
 #include <vector>
 
+#include "lanes.h"
+
 namespace {
 
-constexpr int64_t LANES = 16;   // one AVX-512 register of floats (two AVX2 registers)
-constexpr int PIXELS = 8;       // output pixels per inner block
-
-// LANES floats as one value: GCC/Clang vector extensions compile it to the widest
-// registers -march=native offers (one AVX-512 register, two AVX2 ones); aligned(4)
-// allows unaligned loads of channel runs.
-typedef float lanes_t __attribute__((vector_size(LANES * sizeof(float)), aligned(4)));
-
-inline lanes_t load(const float* p) { return *reinterpret_cast<const lanes_t*>(p); }
+constexpr int PIXELS = 8;  // output pixels per inner block
 
 template <int K, int S>
 void head_row(const float* __restrict__ x, const float* __restrict__ weight,
