@@ -1,7 +1,9 @@
 """Kernels chosen by measurement: every kernel computes the same product, choices are
 cached per machine, bad / stale / corrupt caches and concurrent processes are safe, and
 every sparse backbone agrees with its dense reference whichever kernel is chosen."""
+import copy
 import json
+import pickle
 import multiprocessing
 import warnings
 
@@ -9,10 +11,18 @@ import pytest
 import torch
 
 from mmdyn.ops import gemm, gemm_acc
-from mmdyn.ops.gemm import GEMM, GEMM_ACC, row_class
+from mmdyn.ops.gemm import GEMM, GEMM_ACC, HAS_PACKED, row_class
 from mmdyn.ops.kernel_choice import ENV_PINS, KernelChooser, machine_key
 
 IMPLS = sorted(GEMM.candidates)
+
+
+def family_pins(impl: str, *ops: str) -> str:
+    """``MMDYN_KERNELS`` pinning ``impl`` for ``gemm`` and the same kernel family for
+    the accumulating ops (the prepacked oneDNN product accumulates only fused:
+    ``conv1x1_packed`` -> ``conv1x1_add_packed``)."""
+    acc = impl if impl in GEMM_ACC.candidates else impl.replace('conv1x1', 'conv1x1_add')
+    return ','.join(f'{op}={impl if op == "gemm" else acc}' for op in ops)
 
 
 def reference(rows, matrix, bias):
@@ -29,7 +39,7 @@ def assert_product(out, want):
 @pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('shape', [(1, 3, 5), (37, 64, 256), (999, 2304, 67), (0, 16, 8)])
 def test_every_gemm_kernel_computes_the_product(impl, shape, monkeypatch):
-    monkeypatch.setenv(ENV_PINS, f'gemm={impl},gemm_acc={impl}')
+    monkeypatch.setenv(ENV_PINS, family_pins(impl, 'gemm', 'gemm_acc'))
     m, k, n = shape
     rows, matrix, bias = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
     assert_product(gemm(rows, matrix, bias), reference(rows, matrix, bias))
@@ -253,7 +263,7 @@ def _cad_outputs():
                          ids=['las', 'sar', 'cad'])
 def test_sparse_backbones_agree_with_their_reference_for_each_kernel(impl, outputs,
                                                                      monkeypatch):
-    monkeypatch.setenv(ENV_PINS, f'gemm={impl},gemm_acc={impl},gemm_into={impl}')
+    monkeypatch.setenv(ENV_PINS, family_pins(impl, 'gemm', 'gemm_acc', 'gemm_into'))
     reference_outputs, sparse = outputs()
     for a, b in zip(sparse, reference_outputs):
         assert a.shape == b.shape
@@ -347,3 +357,19 @@ def test_dense_fallback_policy_is_validated(monkeypatch):
     with pytest.raises(ValueError, match="MMDYN_DENSE_FALLBACK='sometimes' is not one of"):
         with torch.no_grad():
             model(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.skipif(not HAS_PACKED, reason='this torch build has no prepacked oneDNN ops')
+def test_prepacked_weights_follow_the_row_count_and_do_not_travel_with_copies(monkeypatch):
+    """The packed weight is rebuilt for another row count (same product), and a matrix
+    carrying one still deep-copies and pickles (oneDNN tensors have no storage)."""
+    monkeypatch.setenv(ENV_PINS, 'gemm=conv1x1_packed')
+    matrix, bias = torch.randn(64, 96), torch.randn(96)
+    for rows in (300, 17, 300):
+        x = torch.randn(rows, 64)
+        assert_product(gemm(x, matrix, bias), reference(x, matrix, bias))
+    copied = copy.deepcopy(matrix)
+    assert torch.equal(copied, matrix)
+    assert torch.equal(pickle.loads(pickle.dumps(matrix)), matrix)
+    x = torch.randn(40, 64)
+    assert_product(gemm(x, copied, bias), reference(x, copied, bias))

@@ -34,24 +34,61 @@ ROW_CLASSES = (1024, 4096, 16384, 65536)
 TIMING_ELEMENTS = 1 << 24
 
 
-def _conv_weight(matrix: Tensor) -> Tensor:
-    """``[N, K, 1, 1]`` conv weight of a ``[K, N]`` matrix, cached on the tensor (on
-    its base when it is a view, such as ``grouped[0]``: a fresh view per call would
-    otherwise transpose the weights on every forward), rebuilt when the matrix is
-    modified in place."""
+class DerivedWeights(dict):
+    """Weights derived from a matrix for one kernel (transposed, or prepacked in
+    oneDNN's blocked layout), rebuilt on demand: a copy or a pickle of a model carries
+    none of them (oneDNN's packed tensors have no storage to copy)."""
+
+    def __deepcopy__(self, memo):
+        return DerivedWeights()
+
+    def __reduce__(self):
+        return (DerivedWeights, ())
+
+
+def _derived(matrix: Tensor, kind, build, rebuild: bool = False):
+    """``build(matrix)`` cached on the matrix (on its base when it is a view, such as
+    ``grouped[0]``: a fresh view per call would otherwise redo the work on every
+    forward), rebuilt when the matrix is modified in place."""
     owner = matrix if matrix._base is None else matrix._base
     try:
         version = owner._version
     except RuntimeError:  # inference tensors have no version counter
         version = None
-    cache = owner.__dict__.setdefault('_mmdyn_conv_weights', {})
-    view = (matrix.storage_offset(), tuple(matrix.shape), tuple(matrix.stride()))
-    cached = cache.get(view)
-    if cached is None or cached[0] != version or version is None:
-        weight = matrix.t().contiguous()
-        cached = (version, weight.view(*weight.shape, 1, 1))
-        cache[view] = cached
+    cache = owner.__dict__.get('_mmdyn_conv_weights')
+    if not isinstance(cache, DerivedWeights):
+        cache = owner.__dict__['_mmdyn_conv_weights'] = DerivedWeights()
+    key = (kind, matrix.storage_offset(), tuple(matrix.shape), tuple(matrix.stride()))
+    cached = cache.get(key)
+    if rebuild or cached is None or cached[0] != version or version is None:
+        cached = (version, build(matrix))
+        cache[key] = cached
     return cached[1]
+
+
+def _conv_weight(matrix: Tensor) -> Tensor:
+    """``[N, K, 1, 1]`` conv weight of a ``[K, N]`` matrix (cached)."""
+    def build(m):
+        weight = m.t().contiguous()
+        return weight.view(*weight.shape, 1, 1)
+    return _derived(matrix, 'conv', build)
+
+
+def _packed_weight(matrix: Tensor, rows: int) -> Tensor:
+    """The ``[N, K, 1, 1]`` weight prepacked in oneDNN's blocked layout for products of
+    exactly ``rows`` pixel rows: a plain weight is reordered into that layout on every
+    call, which costs as much as the product itself when the weight is large and the
+    rows few (a 3x3 conv's gathered tile in stage 4: 9.4 MB of weight for a few hundred
+    rows). The layout oneDNN expects depends on the row count (a weight packed for
+    another count is reordered again, slower than a plain one), so one packing is kept
+    per matrix, for the last row count (maps of one input size repeat theirs)."""
+    def build(m):
+        return rows, _REORDER(_conv_weight(m), [0, 0], [1, 1], [1, 1], 1,
+                              [1, m.shape[0], rows, 1])
+    packed_rows, packed = _derived(matrix, 'packed', build)
+    if packed_rows != rows:
+        packed_rows, packed = _derived(matrix, 'packed', build, rebuild=True)
+    return packed
 
 
 def _rows_as_map(rows: Tensor) -> Tensor:
@@ -76,6 +113,21 @@ def _conv1x1(rows: Tensor, matrix: Tensor, bias) -> Tensor:
         return _map_as_rows(_ONEDNN_CONV(_rows_as_map(rows), _conv_weight(matrix), bias,
                                          [0, 0], [1, 1], [1, 1], 1))
     return _map_as_rows(F.conv2d(_rows_as_map(rows), _conv_weight(matrix), bias))
+
+
+#: oneDNN's convolution on prepacked weights (torch's inductor ops), and the packing
+_POINTWISE = getattr(getattr(torch.ops, 'mkldnn', None), '_convolution_pointwise', None)
+_REORDER = getattr(getattr(torch.ops, 'mkldnn', None), '_reorder_convolution_weight', None)
+
+
+def _conv1x1_packed(rows: Tensor, matrix: Tensor, bias, unary: str = 'none') -> Tensor:
+    """:func:`_conv1x1` on the prepacked weight (fp32; other dtypes take the plain
+    weight), ``unary`` ``'relu'`` fusing the ReLU."""
+    if rows.shape[0] == 0 or rows.dtype != torch.float32:
+        out = _conv1x1(rows, matrix, bias)
+        return out.relu_() if unary == 'relu' else out
+    return _map_as_rows(_POINTWISE(_rows_as_map(rows), _packed_weight(matrix, rows.shape[0]),
+                                   bias, [0, 0], [1, 1], [1, 1], 1, unary, [], None))
 
 
 def _gemm_addmm(rows, matrix, bias):
@@ -115,35 +167,48 @@ def _into_conv1x1(out, rows, matrix, bias, relu):
 _CONV_ADD_ = getattr(getattr(torch.ops, 'mkldnn', None), '_convolution_pointwise_', None)
 
 
-def _acc_conv1x1_add(out, rows, matrix, bias, relu):
+def _acc_conv1x1_add(out, rows, matrix, bias, relu, packed: bool = False):
     """``out = relu?(out + bias + rows @ matrix)`` as one oneDNN convolution whose
     ``add`` post-op reads and writes ``out`` (fp32 only; other dtypes take the
-    unfused convolution)."""
+    unfused convolution), on the plain or (``packed``) the prepacked weight."""
     if rows.dtype != torch.float32:
         return _acc_conv1x1(out, rows, matrix, bias, relu)
     if rows.shape[0]:  # oneDNN refuses empty maps
-        _CONV_ADD_(_rows_as_map(out), _rows_as_map(rows), _conv_weight(matrix), bias,
+        weight = _packed_weight(matrix, rows.shape[0]) if packed else _conv_weight(matrix)
+        _CONV_ADD_(_rows_as_map(out), _rows_as_map(rows), weight, bias,
                    [0, 0], [1, 1], [1, 1], 1, 'add', 1.0, 'relu' if relu else None, [], None)
     return out
 
 
-def _into_conv1x1_add(out, rows, matrix, bias, relu):
+def _acc_conv1x1_add_packed(out, rows, matrix, bias, relu):
+    return _acc_conv1x1_add(out, rows, matrix, bias, relu, packed=True)
+
+
+def _into_conv1x1_add(out, rows, matrix, bias, relu, packed: bool = False):
     if rows.shape[0] == 0:
         return out
     if rows.dtype != torch.float32:  # the fused op is used for fp32 only
         return _into_conv1x1(out, rows, matrix, bias, relu)
-    return _acc_conv1x1_add(out.zero_(), rows, matrix, bias, relu)
+    return _acc_conv1x1_add(out.zero_(), rows, matrix, bias, relu, packed)
 
 
-def _has_conv_add() -> bool:
-    """The fused op exists in this torch build and computes the product."""
-    if _CONV_ADD_ is None or not torch.backends.mkldnn.is_available():
+def _into_conv1x1_add_packed(out, rows, matrix, bias, relu):
+    return _into_conv1x1_add(out, rows, matrix, bias, relu, packed=True)
+
+
+def _has_onednn_op(op, packed: bool = False) -> bool:
+    """torch's inductor op ``op`` exists in this build and computes the product (the
+    fused accumulation, or with ``packed`` the product on a prepacked weight)."""
+    if op is None or not torch.backends.mkldnn.is_available() or (packed and _REORDER is None):
         return False
     try:
         rows, matrix, bias = torch.randn(5, 3), torch.randn(3, 4), torch.randn(4)
         start = torch.randn(5, 4)
+        if op is _POINTWISE:
+            return bool(torch.allclose(_conv1x1_packed(rows, matrix, bias, 'relu'),
+                                       torch.addmm(bias, rows, matrix).relu(), atol=1e-5))
         out = start.clone()
-        _acc_conv1x1_add(out, rows, matrix, bias, True)
+        _acc_conv1x1_add(out, rows, matrix, bias, True, packed)
         return bool(torch.allclose(out, torch.addmm(bias + start, rows, matrix).relu(),
                                    atol=1e-5))
     except (RuntimeError, TypeError):
@@ -173,13 +238,20 @@ def _timing_inputs(with_out: bool, into: bool = False):
     return make
 
 
-GEMM = CHOOSER.register(KernelOp('gemm', {'addmm': _gemm_addmm, 'conv1x1': _gemm_conv1x1},
-                                 _timing_inputs(with_out=False)))
+#: oneDNN's products on prepacked weights work in this build
+HAS_PACKED = _has_onednn_op(_POINTWISE, packed=True)
+_GEMM_CANDIDATES = {'addmm': _gemm_addmm, 'conv1x1': _gemm_conv1x1}
 _ACC_CANDIDATES = {'addmm': _acc_addmm, 'conv1x1': _acc_conv1x1}
 _INTO_CANDIDATES = {'addmm': _into_addmm, 'conv1x1': _into_conv1x1}
-if _has_conv_add():
+if HAS_PACKED:
+    _GEMM_CANDIDATES['conv1x1_packed'] = _conv1x1_packed
+if _has_onednn_op(_CONV_ADD_):
     _ACC_CANDIDATES['conv1x1_add'] = _acc_conv1x1_add
     _INTO_CANDIDATES['conv1x1_add'] = _into_conv1x1_add
+    if HAS_PACKED and _has_onednn_op(_CONV_ADD_, packed=True):
+        _ACC_CANDIDATES['conv1x1_add_packed'] = _acc_conv1x1_add_packed
+        _INTO_CANDIDATES['conv1x1_add_packed'] = _into_conv1x1_add_packed
+GEMM = CHOOSER.register(KernelOp('gemm', _GEMM_CANDIDATES, _timing_inputs(with_out=False)))
 GEMM_ACC = CHOOSER.register(KernelOp('gemm_acc', _ACC_CANDIDATES, _timing_inputs(with_out=True)))
 GEMM_INTO = CHOOSER.register(KernelOp('gemm_into', _INTO_CANDIDATES,
                                       _timing_inputs(with_out=True, into=True)))
@@ -191,22 +263,40 @@ def _gather_then_gemm(table, taps, matrix, bias, relu=False):
     return out.relu_() if relu else out
 
 
-def _gather_gemm_native(table, taps, matrix, bias, relu=False, onednn: bool = False):
+def _gather_gemm_native(table, taps, matrix, bias, relu=False, onednn: str = ''):
     """The gather fused into the product, tile by tile (mmdyn/ops/native), each tile
-    multiplied by MKL's addmm or (``onednn``) by oneDNN's 1x1 convolution, the ReLU
-    applied to the tile while it is in cache; the PyTorch route where the native
-    kernels are not built or the dtype is not float32."""
+    multiplied by MKL's addmm or by oneDNN's 1x1 convolution (``onednn``: ``'plain'``
+    weight, or ``'packed'`` once in oneDNN's layout), the ReLU applied to the tile
+    while it is in cache; the PyTorch route where the native kernels are not built or
+    the dtype is not float32."""
     kernels = native_kernels()
     if kernels is None or table.dtype != torch.float32:
         return _gather_then_gemm(table, taps, matrix, bias, relu)
     if onednn:
-        tile = max(64, min(ONEDNN_GATHER_TILE, ONEDNN_TILE_FLOATS // matrix.shape[0]))
-        return kernels.gather_gemm(table, taps, matrix, bias, relu, tile, _conv_weight(matrix))
+        tile = balanced_tile(taps.shape[0], max(64, min(ONEDNN_GATHER_TILE,
+                                                        ONEDNN_TILE_FLOATS // matrix.shape[0])))
+        weight = _packed_weight(matrix, tile) if onednn == 'packed' else _conv_weight(matrix)
+        return kernels.gather_gemm(table, taps, matrix, bias, relu, tile, weight)
     return kernels.gather_gemm(table, taps, matrix, bias, relu, GATHER_TILE)
 
 
+def balanced_tile(rows: int, tile: int) -> int:
+    """The tile height the native gather-GEMM uses for ``rows`` output rows and a
+    nominal ``tile``: tiles as many as a multiple of the threads, of equal height
+    (gather_gemm.cpp computes the same; all tiles but perhaps the last then share the
+    prepacked weight's row count)."""
+    threads = torch.get_num_threads()
+    tiles = -(-rows // tile)
+    tiles = max(1, -(-tiles // threads) * threads)
+    return max(1, -(-rows // tiles))
+
+
 def _gather_gemm_native_onednn(table, taps, matrix, bias, relu=False):
-    return _gather_gemm_native(table, taps, matrix, bias, relu, onednn=True)
+    return _gather_gemm_native(table, taps, matrix, bias, relu, onednn='plain')
+
+
+def _gather_gemm_native_packed(table, taps, matrix, bias, relu=False):
+    return _gather_gemm_native(table, taps, matrix, bias, relu, onednn='packed')
 
 
 def _gather_timing_inputs(shape_class):
@@ -234,6 +324,8 @@ ONEDNN_TILE_FLOATS = 1 << 21
 _GATHER_CANDIDATES = {'torch': _gather_then_gemm, 'native': _gather_gemm_native}
 if torch.backends.mkldnn.is_available():
     _GATHER_CANDIDATES['native_onednn'] = _gather_gemm_native_onednn
+    if HAS_PACKED:
+        _GATHER_CANDIDATES['native_onednn_packed'] = _gather_gemm_native_packed
 GATHER_GEMM = CHOOSER.register(KernelOp('gather_gemm', _GATHER_CANDIDATES,
                                         _gather_timing_inputs))
 

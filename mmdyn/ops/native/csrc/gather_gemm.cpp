@@ -9,14 +9,34 @@
 // in cache and multiplies it at once, one thread per task, with the product of the
 // caller's choice (measured per CPU: MKL's sgemm runs at half of oneDNN's speed on
 // some CPUs): ATen's addmm (MKL), or oneDNN's 1x1 convolution of the tile viewed as a
-// channels-last [1, T*C, rows, 1] map (conv_weight: the matrix as [C_out, T*C, 1, 1]).
+// channels-last [1, T*C, rows, 1] map (conv_weight: the matrix as [C_out, T*C, 1, 1]),
+// either plain or prepacked in oneDNN's blocked layout (an mkldnn tensor: then torch's
+// mkldnn::_convolution_pointwise runs it, the ReLU fused, with no weight reorder per
+// tile).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <vector>
 
 namespace {
+
+// oneDNN's convolution on a prepacked weight (the op torch's inductor calls)
+at::Tensor pointwise_conv(const at::Tensor& map, const at::Tensor& packed,
+                          const c10::optional<at::Tensor>& bias, bool relu) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                            const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef,
+                            at::IntArrayRef, int64_t, c10::string_view,
+                            c10::List<std::optional<at::Scalar>>,
+                            std::optional<c10::string_view>)>();
+  const int64_t zero[2] = {0, 0}, one[2] = {1, 1};
+  return op.call(map, packed, bias, zero, one, one, 1, relu ? "relu" : "none",
+                 c10::List<std::optional<at::Scalar>>(), std::nullopt);
+}
 
 at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
                        const at::Tensor& matrix, const c10::optional<at::Tensor>& bias,
@@ -70,17 +90,23 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
       }
       at::Tensor gathered = at::from_blob(buffer.data(), {size, width}, table.options());
       at::Tensor slice = out.narrow(0, first, size);
+      bool relu_done = false;
       if (conv_weight.has_value()) {
         at::Tensor map = gathered.view({1, size, 1, width}).permute({0, 3, 1, 2});
-        at::Tensor product = at::mkldnn_convolution(map, *conv_weight, bias, {0, 0}, {1, 1},
-                                                    {1, 1}, 1);
+        at::Tensor product;
+        if (conv_weight->is_mkldnn()) {
+          product = pointwise_conv(map, *conv_weight, bias, relu);
+          relu_done = relu;
+        } else {
+          product = at::mkldnn_convolution(map, *conv_weight, bias, {0, 0}, {1, 1}, {1, 1}, 1);
+        }
         slice.copy_(product.permute({0, 2, 3, 1}).reshape({size, out_channels}));
       } else if (bias.has_value()) {
         at::addmm_out(slice, *bias, gathered, matrix);
       } else {
         at::mm_out(slice, gathered, matrix);
       }
-      if (relu) slice.clamp_min_(0);
+      if (relu && !relu_done) slice.clamp_min_(0);
     }
   });
   return out;
