@@ -163,6 +163,11 @@ class MacCounter(TorchDispatchMode):
         elif name == '_convolution_pointwise_':  # oneDNN conv accumulating into args[0]
             weight = args[2]
             self.macs += args[0].numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+        elif name == '_convolution_pointwise':  # oneDNN conv on a prepacked weight
+            weight = args[1]
+            self.macs += out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+        elif name == '_reorder_convolution_weight':  # packing a weight: no product
+            pass
         elif 'conv' in name or 'mm' in name:
             raise AssertionError(f'MacCounter does not know {name}')
         return out
