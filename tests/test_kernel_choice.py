@@ -3,8 +3,8 @@ cached per machine, bad / stale / corrupt caches and concurrent processes are sa
 every sparse backbone agrees with its dense reference whichever kernel is chosen."""
 import copy
 import json
-import pickle
 import multiprocessing
+import pickle
 import warnings
 
 import pytest

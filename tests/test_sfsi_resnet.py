@@ -157,15 +157,13 @@ class MacCounter(TorchDispatchMode):
         elif name == 'bmm':
             a, b = args[0], args[1]
             self.macs += a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
-        elif name in ('convolution', 'mkldnn_convolution'):  # oneDNN's, called directly
+        elif name in ('convolution', 'mkldnn_convolution', '_convolution_pointwise'):
+            # oneDNN's, called directly (the last on a prepacked weight)
             weight = args[1]
             self.macs += out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
         elif name == '_convolution_pointwise_':  # oneDNN conv accumulating into args[0]
             weight = args[2]
             self.macs += args[0].numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
-        elif name == '_convolution_pointwise':  # oneDNN conv on a prepacked weight
-            weight = args[1]
-            self.macs += out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
         elif name == '_reorder_convolution_weight':  # packing a weight: no product
             pass
         elif 'conv' in name or 'mm' in name:
