@@ -9,10 +9,8 @@ import torch
 # per-machine choices: the suite measures into its own cache (inherited by the tools
 # the end-to-end tests start).
 os.environ.setdefault('MMDYN_KERNEL_CACHE', tempfile.mkdtemp(prefix='mmdyn-kernels-'))
-# The suite compares sparse and masked records at partial rates, so it runs the sparse
-# executor whatever the measured crossover; tests/test_kernel_choice.py exercises the
-# dense route ('always') and the measured policy explicitly.
-os.environ.setdefault('MMDYN_DENSE_FALLBACK', 'never')
+# Nothing else is pinned: the suite runs what users run (the measured dense-route
+# policy, the measured kernel choices). Tests of a switch set it themselves.
 
 
 @pytest.fixture(scope='module')

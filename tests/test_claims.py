@@ -30,7 +30,7 @@ def spy(monkeypatch, cls, name):
 # (model, {executor: (owner class, method)}) -- 'masked' runs in training, 'sparse' in eval
 AUTO_CASES = {
     'las-r18': (lambda: LASResNet(18, granularity=(4, 4, 2, 1), init_cfg=None),
-                dict(masked=(LASBasicBlock, 'masked_output'),
+                dict(masked=(LASBasicBlock, '_forward_masked'),
                      sparse=(LASBasicBlock, '_forward_sparse'))),
     'las-r50': (lambda: LASResNet(50, granularity=(8, 4, 7, 1), init_cfg=None),
                 dict(masked=(LASBottleneck, '_forward_masked'),

@@ -5,6 +5,8 @@ import copy
 import json
 import multiprocessing
 import pickle
+import statistics
+import time
 import warnings
 
 import pytest
@@ -112,9 +114,9 @@ def count_measurements(chooser, monkeypatch):
     calls = []
     original = chooser.measure
 
-    def spy(op, shape_class):
+    def spy(op, shape_class, device='cpu'):
         calls.append((op, shape_class))
-        return original(op, shape_class)
+        return original(op, shape_class, device)
     monkeypatch.setattr(chooser, 'measure', spy)
     return calls
 
@@ -129,7 +131,7 @@ def test_choices_are_measured_once_and_reused_from_the_machine_file(tmp_path, mo
     assert first.choose('gemm', shape) == choice and len(calls) == 1
     content = json.loads(first.cache_file.read_text())
     assert content['machine'] == machine_key()
-    assert content['choices'] == {'gemm:float32x4096x64x32': choice}
+    assert content['choices'] == {'gemm:cpu:float32x4096x64x32': choice}
     # a new process on the same machine reads the file: no measurement
     second = fresh_chooser(tmp_path)
     calls = count_measurements(second, monkeypatch)
@@ -168,7 +170,7 @@ def test_unknown_impls_in_cache_entries_are_dropped(tmp_path, monkeypatch):
     chooser = fresh_chooser(tmp_path)
     chooser.cache_file.parent.mkdir(parents=True, exist_ok=True)
     chooser.cache_file.write_text(json.dumps({'machine': machine_key(), 'choices': {
-        'gemm:float32x1024x8x8': 'cublas', 'nosuchop:1': 'addmm'}}))
+        'gemm:cpu:float32x1024x8x8': 'cublas', 'nosuchop:1': 'addmm'}}))
     calls = count_measurements(chooser, monkeypatch)
     assert chooser.choose('gemm', ('float32', 1024, 8, 8)) in IMPLS and len(calls) == 1
 
@@ -203,7 +205,8 @@ def _choose_in_process(cache_dir, queue):
     chooser.register(GEMM)
     measured = []
     original = chooser.measure
-    chooser.measure = lambda op, shape: measured.append(op) or original(op, shape)
+    chooser.measure = lambda op, shape, device: (measured.append(op)
+                                                 or original(op, shape, device))
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # no corrupt-file warning may appear
         choice = chooser.choose('gemm', ('float32', 8192, 256, 256))
@@ -326,26 +329,59 @@ def test_dense_route_gives_the_masked_output_and_counts_dense_flops(case, monkey
                     torch.testing.assert_close(s_block.executed_flops, full)
 
 
-def test_measured_crossover_decides_the_route_and_is_stored(tmp_path, monkeypatch):
+def block_input(model, name: str, x):
+    """The input the block ``name`` receives in a forward of ``model`` on ``x``."""
+    captured = {}
+    block = dict(model.named_modules())[name]
+    handle = block.register_forward_pre_hook(lambda _, args: captured.setdefault('x', args[0]))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return block, captured['x']
+
+
+def median_block_seconds(block, x, repeats=7):
+    times = []
+    with torch.no_grad():
+        for step in range(repeats + 1):
+            start = time.perf_counter()
+            block(x.clone())
+            if step:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@pytest.mark.parametrize('granularity, rate, faster', [(1, 1.0, 'dense'), (8, 0.05, 'sparse')],
+                         ids=['S1-full', 'S8-sparse'])
+def test_the_measured_route_is_the_faster_one(granularity, rate, faster, tmp_path,
+                                              monkeypatch):
+    """The route the measured crossover picks for a block is the one that runs faster
+    when both routes of that block are timed directly, each forced by its policy
+    (cases whose two routes differ by 1.3x or more: a 1x1-patch block at full rate,
+    whose windows copy every pixel nine times, and an 8x8-patch block at 5%); the
+    crossover is stored for this device and block class."""
     from mmdyn.ops.kernel_choice import CHOOSER
     from test_las_resnet import build
-    monkeypatch.setenv('MMDYN_DENSE_FALLBACK', 'measured')
     monkeypatch.setattr(CHOOSER, '_cache_dir', str(tmp_path))
-    model = build(depth=18, granularity=(4, 4, 2, 1))
+    monkeypatch.setattr(CHOOSER, '_choices', {})
+    monkeypatch.setattr(CHOOSER, '_loaded_key', None)
+    model = build(depth=50, granularity=(granularity, ) * 4)
     model.set_execution_mode('sparse')
-    x = torch.randn(1, 3, 96, 128)
-    for rate in (0.25, 0.75):
-        model.set_forced_activation(rate, seed=4)
-        with torch.no_grad():
-            model(x)
-        stored = json.loads(CHOOSER.cache_file.read_text())['choices']
-        crossovers = {entry: value for entry, value in stored.items()
-                      if entry.startswith('crossover:')}
-        assert crossovers and all(0.0 <= v <= 1.0 for v in crossovers.values())
-        for block in model.dynamic_blocks():
-            rate_used = float(block.record.mask.mean())
-            entry = f'crossover:{block.route_class(1, block.record.grid)}'
-            assert block.ran_densely == (rate_used > crossovers[entry])
+    model.set_forced_activation(rate, seed=4)
+    block, x = block_input(model, 'layer1.1', torch.randn(1, 3, 256, 320))
+    seconds = {}
+    for route, policy in (('sparse', 'never'), ('dense', 'always')):
+        monkeypatch.setenv('MMDYN_DENSE_FALLBACK', policy)
+        seconds[route] = median_block_seconds(block, x)
+    slower = 'dense' if faster == 'sparse' else 'sparse'
+    assert seconds[slower] > 1.3 * seconds[faster], seconds
+    monkeypatch.setenv('MMDYN_DENSE_FALLBACK', 'measured')
+    with torch.no_grad():
+        block(x.clone())
+    assert block.ran_densely == (faster == 'dense'), seconds
+    stored = json.loads(CHOOSER.cache_file.read_text())['choices']
+    crossover = stored[f'crossover:cpu:{block.route_class(1, block.record.grid)}']
+    assert (rate > crossover) == (faster == 'dense'), (crossover, seconds)
 
 
 def test_dense_fallback_policy_is_validated(monkeypatch):

@@ -1,6 +1,7 @@
 """Mixed precision: every backbone's execution modes under CPU autocast (bf16, what
-mmengine's ``TestLoop(fp16=True)`` turns on without CUDA) and with bf16 weights stay
-close to float32.
+mmengine's ``TestLoop(fp16=True)`` turns on without CUDA) and with bf16 or fp16 weights
+stay close to float32; a model converted in place after forwards computes as a fresh
+one.
 
 Tolerance: bf16 keeps 8 significand bits (relative rounding 2^-9 = 0.2%); through 20 to
 50 layers the errors add up, so the outputs are compared by relative L2 error
@@ -50,17 +51,50 @@ def test_autocast_bf16_is_close_to_fp32(case_model):
         assert max(errors) > 1e-4, (mode, errors)  # the convs did run in bf16
 
 
-def test_bf16_weights_are_close_to_fp32(case_model):
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_low_precision_weights_are_close_to_fp32(case_model, dtype):
+    """bf16 and fp16 weights and inputs on the CPU, every execution mode."""
     case, model, x, reference = case_model
-    low = copy.deepcopy(model).to(torch.bfloat16)
+    low = copy.deepcopy(model).to(dtype)
     for mode in case.modes:
         low.set_execution_mode(mode)
         with torch.no_grad():
-            got = low(x.to(torch.bfloat16))
+            got = low(x.to(dtype))
         errors = [relative_l2(a, b) for a, b in zip(got, reference[mode])]
-        assert all(a.dtype == torch.bfloat16 for a in got)
-        print(case.name, mode, 'bf16 weights', max(errors))
+        assert all(a.dtype == dtype for a in got)
+        print(case.name, mode, dtype, 'weights', max(errors))
         assert max(errors) < TOLERANCE, (mode, errors)
+
+
+@pytest.mark.parametrize('convert', ['double', 'half'])
+@pytest.mark.parametrize('case', CASES + BLOCK_VARIANTS, ids=lambda c: c.name)
+def test_in_place_conversion_after_a_forward_gives_a_fresh_models_outputs(case, convert):
+    """``model.double()`` / ``.half()`` in place keep every Parameter's identity and
+    version counter: the caches filled by the forwards before (folded weights, fused
+    gates, mask-head groups, blur kernels) must not serve the converted model. Its
+    outputs equal those of a model built fresh and converted, exactly (the same code on
+    the same values; a stale float32 cache differs in the last bits), and stay close to
+    float32."""
+    dtype = getattr(torch, convert)
+    x = case.input()
+    model = case.build()
+    float_outputs = {}
+    for mode in case.modes:  # fill every cache in float32
+        model.set_execution_mode(mode)
+        with torch.no_grad():
+            float_outputs[mode] = [o.clone() for o in model(x)]
+    getattr(model, convert)()
+    fresh = getattr(case.build(), convert)()
+    for mode in case.modes:
+        outputs = []
+        for net in (model, fresh):
+            net.set_execution_mode(mode)
+            with torch.no_grad():
+                outputs.append(net(x.to(dtype)))
+        for got, want, ref in zip(*outputs, float_outputs[mode]):
+            assert got.dtype == dtype
+            assert torch.equal(got, want), (mode, relative_l2(got, want.float()))
+            assert relative_l2(got, ref) < (1e-4 if convert == 'double' else TOLERANCE)
 
 
 def test_bf16_records_count_the_same_pixels_as_fp32():

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from mmdyn.ops.kernel_choice import ENV_PINS
-from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
+from mmdyn.ops.pixel_sampling import (PixelMaskHead, SeededGenerators, apply_grid_prior,
+                                      bilinear_tap_rows, logistic_noise,
                                       check_grid_prior, mask_head_logits,
                                       check_kernel_size, check_sampling_variant, conv_matrix,
                                       conv_rows, conv_tap_rows, gaussian_kernel_1d,
@@ -113,6 +114,18 @@ def test_bilinear_taps_equal_grid_sample():
                                            padding_mode='zeros', align_corners=True)[0, :, 0]
                              for i, b in enumerate(batch.tolist())])       # [n, C, taps]
     torch.testing.assert_close(out, reference.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_seeded_noise_is_drawn_by_a_generator_of_the_tensors_device():
+    """One generator per device, seeded once and then advancing (the blocks of a
+    backbone draw in turn): on the CPU the draws of a CPU generator with that seed."""
+    generators = SeededGenerators(7)
+    assert generators.on('cpu') is generators.on(torch.device('cpu'))
+    reference = torch.Generator().manual_seed(7)
+    for _ in range(2):
+        want = torch.logit(torch.rand(2, 1, 5, 6, generator=reference), eps=1e-8)
+        got = logistic_noise((2, 1, 5, 6), generators, 'cpu', torch.bfloat16)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want.to(torch.bfloat16))
 
 
 def test_stochastic_sampling_is_bernoulli_of_the_soft_mask_and_seeded():

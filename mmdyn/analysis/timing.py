@@ -8,6 +8,7 @@ from collections import defaultdict
 import torch
 
 from mmdyn.models.backbones.resnet_parts import run_resnet_stem
+from mmdyn.ops.kernel_choice import time_call
 
 
 def run_stem(backbone, x):
@@ -70,14 +71,15 @@ def time_models(models: dict, x, warmup: int, repeats: int):
                    statistics.median(sum(t) for t in r)) for name, r in runs.items()}
 
 
-def time_alternating(runs: dict, warmup: int, repeats: int) -> dict:
+def time_alternating(runs: dict, warmup: int, repeats: int, device='cpu') -> dict:
     """Median seconds of ``runs`` (``{name: callable}``), their calls alternating so that
-    all see the same machine state (as :func:`time_models`)."""
+    all see the same machine state (as :func:`time_models`). With a CUDA ``device``
+    every call is timed from a synchronised start to its synchronised end."""
     times = {name: [] for name in runs}
+    device = torch.device(device)
     for step in range(warmup + repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
-            run()
+            seconds = time_call(run, device)
             if step >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return {name: statistics.median(t) for name, t in times.items()}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernel_choice import CHOOSER, KernelOp
+from .kernel_choice import CHOOSER, CPU_FLOAT32, KernelOp, Serves
 from .native import native_kernels
 
 #: row-count classes: a choice is measured once per (class, K, N, dtype); the last
@@ -109,7 +109,7 @@ _ONEDNN_CONV = torch.ops.aten.mkldnn_convolution if torch.backends.mkldnn.is_ava
 def _conv1x1(rows: Tensor, matrix: Tensor, bias) -> Tensor:
     if rows.shape[0] == 0:  # oneDNN refuses empty maps
         return rows.new_zeros(0, matrix.shape[1])
-    if _ONEDNN_CONV is not None and rows.dtype == torch.float32:
+    if _ONEDNN_CONV is not None and rows.dtype == torch.float32 and rows.device.type == 'cpu':
         return _map_as_rows(_ONEDNN_CONV(_rows_as_map(rows), _conv_weight(matrix), bias,
                                          [0, 0], [1, 1], [1, 1], 1))
     return _map_as_rows(F.conv2d(_rows_as_map(rows), _conv_weight(matrix), bias))
@@ -123,7 +123,7 @@ _REORDER = getattr(getattr(torch.ops, 'mkldnn', None), '_reorder_convolution_wei
 def _conv1x1_packed(rows: Tensor, matrix: Tensor, bias, unary: str = 'none') -> Tensor:
     """:func:`_conv1x1` on the prepacked weight (fp32; other dtypes take the plain
     weight), ``unary`` ``'relu'`` fusing the ReLU."""
-    if rows.shape[0] == 0 or rows.dtype != torch.float32:
+    if rows.shape[0] == 0 or not CPU_FLOAT32.covers(rows.device, rows.dtype):
         out = _conv1x1(rows, matrix, bias)
         return out.relu_() if unary == 'relu' else out
     return _map_as_rows(_POINTWISE(_rows_as_map(rows), _packed_weight(matrix, rows.shape[0]),
@@ -171,7 +171,7 @@ def _acc_conv1x1_add(out, rows, matrix, bias, relu, packed: bool = False):
     """``out = relu?(out + bias + rows @ matrix)`` as one oneDNN convolution whose
     ``add`` post-op reads and writes ``out`` (fp32 only; other dtypes take the
     unfused convolution), on the plain or (``packed``) the prepacked weight."""
-    if rows.dtype != torch.float32:
+    if not CPU_FLOAT32.covers(rows.device, rows.dtype):
         return _acc_conv1x1(out, rows, matrix, bias, relu)
     if rows.shape[0]:  # oneDNN refuses empty maps
         weight = _packed_weight(matrix, rows.shape[0]) if packed else _conv_weight(matrix)
@@ -187,7 +187,7 @@ def _acc_conv1x1_add_packed(out, rows, matrix, bias, relu):
 def _into_conv1x1_add(out, rows, matrix, bias, relu, packed: bool = False):
     if rows.shape[0] == 0:
         return out
-    if rows.dtype != torch.float32:  # the fused op is used for fp32 only
+    if not CPU_FLOAT32.covers(rows.device, rows.dtype):  # the fused op: fp32 CPU only
         return _into_conv1x1(out, rows, matrix, bias, relu)
     return _acc_conv1x1_add(out.zero_(), rows, matrix, bias, relu, packed)
 
@@ -238,23 +238,40 @@ def _timing_inputs(with_out: bool, into: bool = False):
     return make
 
 
+def onednn_candidates(has_op=_has_onednn_op):
+    """``(gemm, gemm_acc, gemm_into)`` candidate tables: MKL's and the generic 1x1
+    convolution everywhere, plus the internal oneDNN ops this build has and computes
+    right with (``has_op`` probes them)."""
+    gemm_candidates = {'addmm': _gemm_addmm, 'conv1x1': _gemm_conv1x1}
+    acc = {'addmm': _acc_addmm, 'conv1x1': _acc_conv1x1}
+    into = {'addmm': _into_addmm, 'conv1x1': _into_conv1x1}
+    packed = has_op(_POINTWISE, packed=True)
+    if packed:
+        gemm_candidates['conv1x1_packed'] = _conv1x1_packed
+    if has_op(_CONV_ADD_):
+        acc['conv1x1_add'], into['conv1x1_add'] = _acc_conv1x1_add, _into_conv1x1_add
+        if packed and has_op(_CONV_ADD_, packed=True):
+            acc['conv1x1_add_packed'] = _acc_conv1x1_add_packed
+            into['conv1x1_add_packed'] = _into_conv1x1_add_packed
+    return gemm_candidates, acc, into
+
+
+#: the 1x1 convolution: oneDNN's own op for float32 CPU rows, F.conv2d for the rest;
+#: timed against MKL's product for float32 and bfloat16 (float16 and float64 take
+#: the portable addmm without a measurement)
+CONV1X1 = Serves(dtypes=frozenset({torch.float32, torch.bfloat16}))
+#: what each candidate serves (oneDNN's internal ops: float32 CPU tensors only)
+PRODUCT_SERVES = {'conv1x1': CONV1X1, 'conv1x1_packed': CPU_FLOAT32,
+                  'conv1x1_add': CPU_FLOAT32, 'conv1x1_add_packed': CPU_FLOAT32}
+_GEMM_CANDIDATES, _ACC_CANDIDATES, _INTO_CANDIDATES = onednn_candidates()
 #: oneDNN's products on prepacked weights work in this build
-HAS_PACKED = _has_onednn_op(_POINTWISE, packed=True)
-_GEMM_CANDIDATES = {'addmm': _gemm_addmm, 'conv1x1': _gemm_conv1x1}
-_ACC_CANDIDATES = {'addmm': _acc_addmm, 'conv1x1': _acc_conv1x1}
-_INTO_CANDIDATES = {'addmm': _into_addmm, 'conv1x1': _into_conv1x1}
-if HAS_PACKED:
-    _GEMM_CANDIDATES['conv1x1_packed'] = _conv1x1_packed
-if _has_onednn_op(_CONV_ADD_):
-    _ACC_CANDIDATES['conv1x1_add'] = _acc_conv1x1_add
-    _INTO_CANDIDATES['conv1x1_add'] = _into_conv1x1_add
-    if HAS_PACKED and _has_onednn_op(_CONV_ADD_, packed=True):
-        _ACC_CANDIDATES['conv1x1_add_packed'] = _acc_conv1x1_add_packed
-        _INTO_CANDIDATES['conv1x1_add_packed'] = _into_conv1x1_add_packed
-GEMM = CHOOSER.register(KernelOp('gemm', _GEMM_CANDIDATES, _timing_inputs(with_out=False)))
-GEMM_ACC = CHOOSER.register(KernelOp('gemm_acc', _ACC_CANDIDATES, _timing_inputs(with_out=True)))
+HAS_PACKED = 'conv1x1_packed' in _GEMM_CANDIDATES
+GEMM = CHOOSER.register(KernelOp('gemm', _GEMM_CANDIDATES, _timing_inputs(with_out=False),
+                                 PRODUCT_SERVES))
+GEMM_ACC = CHOOSER.register(KernelOp('gemm_acc', _ACC_CANDIDATES, _timing_inputs(with_out=True),
+                                     PRODUCT_SERVES))
 GEMM_INTO = CHOOSER.register(KernelOp('gemm_into', _INTO_CANDIDATES,
-                                      _timing_inputs(with_out=True, into=True)))
+                                      _timing_inputs(with_out=True, into=True), PRODUCT_SERVES))
 
 
 def _gather_then_gemm(table, taps, matrix, bias, relu=False):
@@ -270,7 +287,7 @@ def _gather_gemm_native(table, taps, matrix, bias, relu=False, onednn: str = '')
     while it is in cache; the PyTorch route where the native kernels are not built or
     the dtype is not float32."""
     kernels = native_kernels()
-    if kernels is None or table.dtype != torch.float32:
+    if kernels is None or not CPU_FLOAT32.covers(table.device, table.dtype):
         return _gather_then_gemm(table, taps, matrix, bias, relu)
     if onednn:
         tile = balanced_tile(taps.shape[0], max(64, min(ONEDNN_GATHER_TILE,
@@ -327,7 +344,9 @@ if torch.backends.mkldnn.is_available():
     if HAS_PACKED:
         _GATHER_CANDIDATES['native_onednn_packed'] = _gather_gemm_native_packed
 GATHER_GEMM = CHOOSER.register(KernelOp('gather_gemm', _GATHER_CANDIDATES,
-                                        _gather_timing_inputs))
+                                        _gather_timing_inputs,
+                                        {name: CPU_FLOAT32 for name in _GATHER_CANDIDATES
+                                         if name != 'torch'}))
 
 
 def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tensor],
@@ -345,7 +364,7 @@ def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tens
     matrix, bias = _follow(table, matrix).contiguous(), _follow(table, bias)
     shape = (dtype_name(table), row_class(taps.shape[0]),
              matrix.shape[0], matrix.shape[1], taps.shape[1])
-    impl = CHOOSER.choose('gather_gemm', shape)
+    impl = CHOOSER.choose('gather_gemm', shape, table.device)
     return GATHER_GEMM.candidates[impl](table, taps.contiguous(), matrix, bias, relu)
 
 
@@ -368,7 +387,7 @@ def gemm(rows: Tensor, matrix: Tensor, bias: Optional[Tensor]) -> Tensor:
     contiguous if they are not)."""
     rows = rows.contiguous()
     matrix, bias = _follow(rows, matrix), _follow(rows, bias)
-    impl = CHOOSER.choose('gemm', _shape_class(rows, matrix))
+    impl = CHOOSER.choose('gemm', _shape_class(rows, matrix), rows.device)
     return GEMM.candidates[impl](rows, matrix, bias)
 
 
@@ -381,7 +400,7 @@ def gemm_acc(out: Tensor, rows: Tensor, matrix: Tensor, bias: Optional[Tensor] =
                          f'{matrix.shape[1]}] tensor, got {tuple(out.shape)}')
     rows = _follow(out, rows.contiguous())
     matrix, bias = _follow(out, matrix), _follow(out, bias)
-    impl = CHOOSER.choose('gemm_acc', _shape_class(rows, matrix))
+    impl = CHOOSER.choose('gemm_acc', _shape_class(rows, matrix), out.device)
     return GEMM_ACC.candidates[impl](out, rows, matrix, bias, relu)
 
 
@@ -394,5 +413,5 @@ def gemm_into(out: Tensor, rows: Tensor, matrix: Tensor, bias: Optional[Tensor],
                          f'{matrix.shape[1]}] tensor, got {tuple(out.shape)}')
     rows = _follow(out, rows.contiguous())
     matrix, bias = _follow(out, matrix), _follow(out, bias)
-    impl = CHOOSER.choose('gemm_into', _shape_class(rows, matrix))
+    impl = CHOOSER.choose('gemm_into', _shape_class(rows, matrix), out.device)
     return GEMM_INTO.candidates[impl](out, rows, matrix, bias, relu)

@@ -12,10 +12,22 @@ class and the fastest is kept:
   ISA caps set in the environment), so a later process on the same machine reuses the
   choice deterministically and another machine never reads it.
 
+Choices are made per device. Every candidate declares the devices and dtypes it
+serves (oneDNN and the native C++ kernels serve CPU tensors only); only those are timed
+for a tensor, the entry of a choice names the device (``cpu``, or ``cuda`` with the
+device's name and compute capability), and CUDA timings synchronise the device. Where a
+single candidate serves the tensor, or the device cannot be timed (``meta``), the
+op's portable candidate (plain PyTorch) is taken without measuring.
+
+A candidate that raises while it is timed (an internal oneDNN op missing or changed
+in another torch build) is dropped with one warning; the forward never fails because
+a faster kernel is unavailable.
+
 A missing, corrupt or stale file is measured anew (with one warning); processes that
 start at once serialise their measurements through a file lock, so they neither corrupt
 the file nor time against each other. ``pin_kernel(op, impl)`` or the environment
-variable ``MMDYN_KERNELS="gemm=addmm,gemm_acc=conv1x1"`` fixes a choice.
+variable ``MMDYN_KERNELS="gemm=addmm,gemm_acc=conv1x1"`` fixes a choice (on the devices
+and dtypes that candidate serves; elsewhere the portable candidate runs).
 """
 import fcntl
 import functools
@@ -28,8 +40,9 @@ import tempfile
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, FrozenSet, Optional
 
 import torch
 
@@ -38,7 +51,7 @@ from .native import native_kernels, source_digest
 ENV_PINS = 'MMDYN_KERNELS'
 ENV_CACHE_DIR = 'MMDYN_KERNEL_CACHE'
 ISA_CAP_VARIABLES = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entries name the device
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,18 +94,88 @@ def machine_key() -> dict:
     }
 
 
+#: devices whose kernels can be timed (elsewhere, e.g. ``meta``, nothing is measured)
+TIMEABLE_DEVICES = ('cpu', 'cuda')
+
+
+@dataclass(frozen=True)
+class Serves:
+    """The tensors a candidate computes on with code of its own: ``devices`` (device
+    types) and ``dtypes``; ``None`` means any. A candidate that would only hand another
+    dtype to another candidate's code does not serve that dtype (it is not timed for
+    it: two timings of the same code decide nothing)."""
+    devices: Optional[FrozenSet[str]] = None
+    dtypes: Optional[FrozenSet[torch.dtype]] = None
+
+    def covers(self, device: torch.device, dtype: torch.dtype) -> bool:
+        return (self.devices is None or device.type in self.devices) and \
+            (self.dtypes is None or dtype in self.dtypes)
+
+
+#: plain PyTorch: every device, every dtype
+ANYWHERE = Serves()
+#: oneDNN's internal ops and mmdyn's native kernels: float32 CPU tensors
+CPU_FLOAT32 = Serves(frozenset({'cpu'}), frozenset({torch.float32}))
+
+
+def device_tag(device) -> str:
+    """The device part of a choice's entry: ``cpu``, or for CUDA the device's name and
+    compute capability (``cuda.NVIDIA_H200.sm90``); other devices by their type."""
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return device.type
+    return _cuda_tag(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_tag(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    name = torch.cuda.get_device_name(index).replace(' ', '_').replace(':', '_')
+    return f'cuda.{name}.sm{major}{minor}'
+
+
+def synchronize(device: torch.device):
+    """Wait for the device's queued work (CUDA kernels run asynchronously)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn``, the device synchronised before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 class KernelOp:
     """One operation and its interchangeable implementations.
 
     ``candidates``: ``{name: fn(*inputs)}``, all computing the same result;
-    ``make_inputs(shape_class)``: synthetic inputs of a shape class, for timing.
+    ``make_inputs(shape_class)``: synthetic CPU inputs of a shape class, for timing
+    (moved to the device timed); ``serves``: ``{name: Serves}`` for the candidates
+    that do not run anywhere (:data:`ANYWHERE` otherwise); ``portable``: the candidate
+    that runs on every device and dtype (the first by default).
     """
 
     def __init__(self, name: str, candidates: Dict[str, Callable],
-                 make_inputs: Callable[[tuple], tuple]):
+                 make_inputs: Callable[[tuple], tuple],
+                 serves: Optional[Dict[str, Serves]] = None, portable: Optional[str] = None):
         self.name = name
         self.candidates = candidates
         self.make_inputs = make_inputs
+        self.serves = dict(serves or {})
+        self.portable = portable or next(iter(candidates))
+        if self.serves.get(self.portable, ANYWHERE) is not ANYWHERE:
+            raise ValueError(f'{name}: the portable candidate {self.portable!r} must run '
+                             'on every device and dtype')
+
+    def eligible(self, device, dtype) -> list:
+        """The candidates serving tensors of ``dtype`` on ``device``, portable first."""
+        device = torch.device(device)
+        names = [self.portable] + [n for n in self.candidates if n != self.portable]
+        return [n for n in names if self.serves.get(n, ANYWHERE).covers(device, dtype)]
 
 
 class KernelChooser:
@@ -106,6 +189,7 @@ class KernelChooser:
         self._choices: Dict[str, str] = {}
         self._loaded_key = None
         self._warned = set()
+        self._failed = set()  # (op, impl, device type): raised once, never timed again
         self._thread_lock = threading.RLock()  # one measurement at a time per process
         self._lock_depth = 0
 
@@ -147,12 +231,19 @@ class KernelChooser:
         return root / f'kernels-{digest[:16]}.json'
 
     # -- choosing ---------------------------------------------------------------
-    def choose(self, op: str, shape_class: tuple) -> str:
+    def choose(self, op: str, shape_class: tuple, device='cpu') -> str:
+        """The candidate of ``op`` for tensors of ``shape_class`` (its first item the
+        dtype's name) on ``device``: pinned, stored, or measured now among the
+        candidates that serve that device and dtype."""
+        kernel, device = self.ops[op], torch.device(device)
+        eligible = kernel.eligible(device, getattr(torch, shape_class[0]))
         pinned = self.pins.get(op) or self.env_pins().get(op)
         if pinned:
-            return pinned
-        entry = f'{op}:{"x".join(map(str, shape_class))}'
-        return self.measured(entry, lambda: self.measure(op, shape_class)[0])
+            return pinned if pinned in eligible else kernel.portable
+        if len(eligible) == 1 or device.type not in TIMEABLE_DEVICES:
+            return kernel.portable
+        entry = f'{op}:{device_tag(device)}:{"x".join(map(str, shape_class))}'
+        return self.measured(entry, lambda: self.measure(op, shape_class, device)[0])
 
     def measured(self, entry: str, measure: Callable[[], object]):
         """The value stored for ``entry`` on this machine, or ``measure()`` (run once,
@@ -236,18 +327,30 @@ class KernelChooser:
         os.replace(temporary, path)  # atomic: readers see the old or the new file
 
     @torch.no_grad()
-    def measure(self, op: str, shape_class: tuple):
-        """``(fastest, {impl: median seconds})``: every candidate on the same synthetic
-        inputs, passes alternating so that all see the same machine state."""
-        kernel = self.ops[op]
-        inputs = kernel.make_inputs(shape_class)
-        times = {name: [] for name in kernel.candidates}
+    def measure(self, op: str, shape_class: tuple, device='cpu'):
+        """``(fastest, {impl: median seconds})``: every candidate serving the class's
+        dtype on ``device``, on the same synthetic inputs, passes alternating so that
+        all see the same machine state. A candidate that raises is dropped with one
+        warning naming it and the error."""
+        kernel, device = self.ops[op], torch.device(device)
+        inputs = tuple(item.to(device) if isinstance(item, torch.Tensor) else item
+                       for item in kernel.make_inputs(shape_class))
+        names = kernel.eligible(device, getattr(torch, shape_class[0]))
+        times = {name: [] for name in names if (op, name, device.type) not in self._failed}
         for step in range(1 + self.repeats):  # the first pass warms up
-            for name, fn in kernel.candidates.items():
-                start = time.perf_counter()
-                fn(*inputs)
+            for name in list(times):
+                try:
+                    seconds = time_call(lambda: kernel.candidates[name](*inputs), device)
+                except Exception as error:  # noqa: BLE001 - any failure drops the kernel
+                    if name == kernel.portable:
+                        raise
+                    self._failed.add((op, name, device.type))
+                    self._warn_once(f'mmdyn kernel {op}={name} failed on {device.type} '
+                                    f'({type(error).__name__}: {error}); it is not used')
+                    del times[name]
+                    continue
                 if step:
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append(seconds)
         medians = {name: statistics.median(t) for name, t in times.items()}
         return min(medians, key=medians.get), medians
 

@@ -116,7 +116,7 @@ def gather_windows(x: Tensor, index: Tensor, window: Window) -> Tensor:
     windows = F.embedding(taps, pixel_rows(x))  # a row gather; faster than index_select
     if outside.numel():
         windows.index_fill_(0, outside, 0.0)
-    return windows.view(index.shape[0], *pair(window.size), -1).permute(0, 3, 1, 2)
+    return windows.view(index.shape[0], *pair(window.size), x.shape[1]).permute(0, 3, 1, 2)
 
 
 def patch_pixels(index: Tensor, grid: PatchGrid):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .gemm import TIMING_ELEMENTS, dtype_name, gather_gemm, gemm, row_class
-from .kernel_choice import CHOOSER, KernelOp
+from .kernel_choice import CHOOSER, CPU_FLOAT32, KernelOp
 from .native import native_kernels
 from .patches import pixel_rows
 
@@ -58,15 +58,36 @@ def check_kernel_size(size) -> int:
 
 # -- sampling ---------------------------------------------------------------------------
 
-def logistic_noise(shape, generator: Optional[torch.Generator], device, dtype) -> Tensor:
+class SeededGenerators:
+    """One generator per device, each seeded with ``seed`` when first asked for: noise
+    is drawn on the device of the tensor it perturbs (a CPU generator cannot draw on
+    CUDA, and drawing on the CPU to copy would cost a transfer per block)."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self._generators = {}
+
+    def on(self, device) -> torch.Generator:
+        device = torch.device(device)
+        if device.type == 'cuda' and device.index is None:
+            device = torch.device('cuda', torch.cuda.current_device())
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+
+def logistic_noise(shape, generator, device, dtype) -> Tensor:
     """g1 - g2 for two independent Gumbel(0, 1) variables (a logistic variable):
-    log(u) - log(1 - u) for u uniform in (0, 1)."""
-    uniform = torch.rand(shape, generator=generator, dtype=torch.float32)
-    return torch.logit(uniform, eps=1e-8).to(device=device, dtype=dtype)
+    log(u) - log(1 - u) for u uniform in (0, 1), drawn on ``device`` (``generator``: a
+    :class:`SeededGenerators`, a generator of that device, or None)."""
+    if isinstance(generator, SeededGenerators):
+        generator = generator.on(device)
+    uniform = torch.rand(shape, generator=generator, dtype=torch.float32, device=device)
+    return torch.logit(uniform, eps=1e-8).to(dtype)
 
 
 def sample_mask(logits: Tensor, variant: str, tau: float, training: bool,
-                generator: Optional[torch.Generator] = None):
+                generator=None):
     """``(hard, value, soft)`` for mask-head ``logits`` ``[B, 1, H, W]``.
 
     ``hard``: the support in {0, 1} (which pixels are computed); ``value``: what the
@@ -168,7 +189,8 @@ def _heads_native(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tenso
     (mmdyn/ops/native/csrc/mask_heads.cpp); the PyTorch route where the kernels are not
     built, ``x`` is not float32 or the stride is larger."""
     kernels = native_kernels()
-    if kernels is None or x.dtype != torch.float32 or weight.shape[0] > 2 or stride > 2:
+    if kernels is None or not CPU_FLOAT32.covers(x.device, x.dtype) or weight.shape[0] > 2 \
+            or stride > 2:
         return _heads_torch(x, weight, bias, stride)
     batch, _, height, width = x.shape
     return kernels.mask_head_logits(pixel_rows(x).contiguous(), weight, bias, batch, height,
@@ -190,7 +212,8 @@ def _heads_timing_inputs(shape_class):
 
 
 MASK_HEADS = CHOOSER.register(KernelOp(
-    'mask_heads', {'torch': _heads_torch, 'native': _heads_native}, _heads_timing_inputs))
+    'mask_heads', {'torch': _heads_torch, 'native': _heads_native}, _heads_timing_inputs,
+    {'native': CPU_FLOAT32}))
 
 
 def head_groups(heads) -> list:
@@ -217,7 +240,7 @@ def mask_head_logits(x: Tensor, heads, groups: Optional[list] = None) -> list:
         weight, bias = weight.to(x.dtype), bias.to(x.dtype)
         pixels = x.shape[0] * x.shape[2] * x.shape[3]
         shape = (dtype_name(x), row_class(pixels), x.shape[1], stride, len(members))
-        impl = CHOOSER.choose('mask_heads', shape)
+        impl = CHOOSER.choose('mask_heads', shape, x.device)
         out = MASK_HEADS.candidates[impl](x, weight, bias, stride)
         for k, member in enumerate(members):
             logits[member] = out[:, k:k + 1]
@@ -312,8 +335,8 @@ def interpolate_rows(rows: Tensor, index: Tensor, support: Tensor, inverse_width
     channels = rows.shape[1]
     if kernel is None:
         kernel = gaussian_kernel_1d(inverse_width.detach(), size)
-    kernels = native_kernels() if base is None and rows.dtype == torch.float32 and \
-        rows.device.type == 'cpu' and not (rows.requires_grad and torch.is_grad_enabled()) \
+    kernels = native_kernels() if base is None and CPU_FLOAT32.covers(rows.device, rows.dtype) \
+        and not (rows.requires_grad and torch.is_grad_enabled()) \
         else None
     if kernels is not None:
         if out is None:

@@ -34,7 +34,7 @@ from mmdyn.ops.multires import (CellLayout, RowBuffers, adaptive_downsample, blo
                                 check_keep_mask, conv3x3_rows, fill_cells, rows_to_dense,
                                 step_levels)
 from .d2net_vgg import BLOCKS, D2NetVGG, check_output_stride
-from .dynamic import DynamicBackboneMixin
+from .dynamic import DynamicBackboneMixin, tensor_state
 
 
 class CellFeatures:
@@ -224,7 +224,7 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
 
     def _folded(self, conv):
         """The conv as a :class:`FoldedConv` (cached per weights version)."""
-        key = (id(conv.weight), conv.weight._version, id(conv.bias), conv.bias._version)
+        key = (tensor_state(conv.weight), tensor_state(conv.bias))
         cache = conv.__dict__.setdefault('_cad_fold_cache', (None, None))
         if cache[0] != key:
             folded = fold_conv_bn(conv, None)

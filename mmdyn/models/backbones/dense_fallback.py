@@ -6,7 +6,10 @@ pay, so above some activation rate the sparse executor is slower than the dense 
 Where that rate lies depends on the block's shape and on the CPU: it is measured where
 the code runs, the first time a block class meets a size class (the sparse cost is
 modelled as linear in the rate from runs at rates 1/2 and 1), and kept with the kernel
-choices in the per-machine file of :mod:`mmdyn.ops.kernel_choice`.
+choices in the per-machine file of :mod:`mmdyn.ops.kernel_choice`, per device (the
+entry names it; CUDA timings synchronise). The sparse route is timed only at rates the
+block's grid can draw (whole patches, at least one); on a device that cannot be timed
+(``meta``) the block stays sparse.
 
 ``MMDYN_DENSE_FALLBACK``: ``measured`` (default), ``never`` (always the sparse
 executor) or ``always`` (dense whenever a patch is active; tests of the dense route).
@@ -14,10 +17,11 @@ executor) or ``always`` (dense whenever a patch is active; tests of the dense ro
 import math
 import os
 import statistics
-import time
 from typing import Callable
 
-from mmdyn.ops.kernel_choice import CHOOSER
+import torch
+
+from mmdyn.ops.kernel_choice import CHOOSER, TIMEABLE_DEVICES, device_tag, time_call
 
 ENV_POLICY = 'MMDYN_DENSE_FALLBACK'
 POLICIES = ('measured', 'never', 'always')
@@ -35,35 +39,41 @@ def size_class(height: int, width: int) -> int:
     return round(2 * math.log2(max(1, height * width)))
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     fn()  # warm-up: caches, folded weights, allocator
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_call(fn, device) for _ in range(repeats))
 
 
 def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable[[], object],
-                      repeats: int = 3) -> float:
+                      cells: int, device='cpu', repeats: int = 3) -> float:
     """The activation rate above which ``run_dense()`` is faster than
-    ``run_sparse(rate)``; the sparse cost is taken as linear in the rate through its
-    measurements at 1/2 and 1. 1.0: the sparse executor wins even with every patch on."""
-    dense = _median_seconds(run_dense, repeats)
-    half = _median_seconds(lambda: run_sparse(0.5), repeats)
-    full = _median_seconds(lambda: run_sparse(1.0), repeats)
+    ``run_sparse(rate)`` on ``device``; the sparse cost is taken as linear in the rate
+    through its measurements at about 1/2 and 1. ``cells``: the patches of the block's
+    grid per sample; the lower rate is ``floor(cells / 2) / cells``, a count the grid can
+    draw (a one-patch grid has no lower rate: any active patch is the whole map).
+    1.0: the sparse executor wins even with every patch on."""
+    device = torch.device(device)
+    dense = _median_seconds(run_dense, device, repeats)
+    full = _median_seconds(lambda: run_sparse(1.0), device, repeats)
     if full <= dense:
         return 1.0
-    slope = 2.0 * (full - half)
+    low_rate = (cells // 2) / cells
+    if low_rate <= 0.0:  # one patch per sample: the full map or nothing
+        return 0.0
+    low = _median_seconds(lambda: run_sparse(low_rate), device, repeats)
+    slope = (full - low) / (1.0 - low_rate)
     if slope <= 0:  # no measurable growth with the rate: the fixed cost decides
         return 0.0
     return min(1.0, max(0.0, (dense - (full - slope)) / slope))
 
 
-def runs_densely(rate: float, block_class: str, measure: Callable[[], float]) -> bool:
-    """Whether a block of ``block_class`` at activation ``rate`` takes the dense route."""
-    policy = fallback_policy()
+def runs_densely(rate: float, block_class: str, measure: Callable[[], float],
+                 device='cpu') -> bool:
+    """Whether a block of ``block_class`` at activation ``rate`` on ``device`` takes the
+    dense route."""
+    policy, device = fallback_policy(), torch.device(device)
     if policy != 'measured' or rate <= 0.0:
         return policy == 'always' and rate > 0.0
-    return rate > CHOOSER.measured(f'crossover:{block_class}', measure)
+    if device.type not in TIMEABLE_DEVICES:
+        return False
+    return rate > CHOOSER.measured(f'crossover:{device_tag(device)}:{block_class}', measure)

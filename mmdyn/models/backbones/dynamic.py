@@ -91,12 +91,19 @@ def check_foldable_norm(bn):
                      'or "SyncBN")')
 
 
+def tensor_state(tensor: Tensor) -> tuple:
+    """What a cache built from ``tensor`` depends on: its identity, its in-place
+    version counter (optimizer steps, load_state_dict, BatchNorm statistics updates and
+    mmcv's fuse_conv_bn change it) and its storage, device and dtype (``model.to()``,
+    ``.cuda()``, ``.half()`` in place keep a Parameter's identity and version but give
+    it new data)."""
+    return (id(tensor), tensor._version, tensor.data_ptr(), tensor.device, tensor.dtype)
+
+
 def cached_build(cache: dict, name: str, sources, build):
     """``build()``, recomputed only when one of the ``sources`` tensors changed
-    (tracked through their identities and in-place version counters: optimizer steps,
-    load_state_dict, BatchNorm statistics updates and mmcv's fuse_conv_bn all change
-    one of them)."""
-    key = tuple((id(t), t._version) for t in sources if t is not None)
+    (:func:`tensor_state`)."""
+    key = tuple(tensor_state(t) for t in sources if t is not None)
     entry = cache.get(name)
     if entry is None or entry[0] != key:
         entry = (key, build())

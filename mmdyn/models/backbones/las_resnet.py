@@ -98,9 +98,10 @@ class _LASBlockMixin(DynamicBlockMixin):
             def sparse_at(rate):
                 return run_sparse(draw_forced_mask(x.shape[0], grid, rate, 0, x.device)
                                   .to(x.dtype))
-            return measure_crossover(sparse_at, lambda: run_dense(torch.ones_like(mask)))
+            return measure_crossover(sparse_at, lambda: run_dense(torch.ones_like(mask)),
+                                     grid.rows * grid.cols, x.device)
         self.ran_densely = runs_densely(float(mask.mean()), self.route_class(x.shape[0], grid),
-                                        measure)
+                                        measure, x.device)
         return self.ran_densely
 
     def route_class(self, batch: int, grid) -> str:
@@ -265,11 +266,14 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         if self.use_sparse_path():
             out = self._forward_sparse(x, grid, mask)
         else:
-            out = self.relu(self.norm1(self.conv1(x)))
-            out = self.norm2(self.conv2(out))
-            out = self.masked_output(self.downsample_dense(x, False), out, mask, grid)
+            out = self._forward_masked(x, grid, mask)
         self._record(x, grid, mask)
         return out
+
+    def _forward_masked(self, x, grid, mask):
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return self.masked_output(self.downsample_dense(x, False), out, mask, grid)
 
     def conv1_region(self, mask, grid):
         """``[B, 1, H, W]`` conv1 output pixels that conv2 reads for the active patches."""
@@ -315,6 +319,8 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         return out1
 
     def _residual_sparse(self, x, out1, identity, index, grid):
+        if index.numel() == 0:
+            return self.sparse_output(x, identity, None, index, grid)
         windows = gather_windows(out1, index, self.conv2_window).relu_()
         patches = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True)
         return self.sparse_output(x, identity, patches, index, grid)

@@ -50,11 +50,11 @@ from torch.profiler import record_function
 from mmdyn.ops import (BlockRecord, FoldedConv, ForwardRecord, PatchGrid, conv_macs,
                        pixel_rows)
 from mmdyn.ops.gemm import gather_gemm, gemm, gemm_acc
-from mmdyn.ops.pixel_sampling import (PixelMaskHead, apply_grid_prior, bilinear_tap_rows,
-                                      blur_macs, check_grid_prior, check_kernel_size,
-                                      check_sampling_variant, conv_matrix, conv_rows,
-                                      conv_tap_rows, gaussian_kernel_1d, grouped_matmul,
-                                      head_groups, interpolate_dense,
+from mmdyn.ops.pixel_sampling import (PixelMaskHead, SeededGenerators, apply_grid_prior,
+                                      bilinear_tap_rows, blur_macs, check_grid_prior,
+                                      check_kernel_size, check_sampling_variant, conv_matrix,
+                                      conv_rows, conv_tap_rows, gaussian_kernel_1d,
+                                      grouped_matmul, head_groups, interpolate_dense,
                                       interpolate_rows, map_with_zero_row,
                                       mask_head_logits, pixel_rows_view, sample_mask,
                                       sampled_pixels)
@@ -402,7 +402,7 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
     def set_sampling_seed(self, seed: Optional[int]):
         """Reproducible stochastic inference: one generator, drawn block by block."""
         check_sampling_seed(seed)
-        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        generator = None if seed is None else SeededGenerators(seed)
         for block in self.dynamic_blocks():
             block.generator = generator
 

@@ -11,7 +11,7 @@ Sources are registered in mmengine's MODELS registry and chosen in the config:
 ``[B, 3, H, W]`` (RGB), ``features`` the output of stage 2 ``[B, C, h, w]`` (the
 output-stride-8 grid), ``grids`` one ``(rows, cols)`` per step.
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -141,16 +141,18 @@ class EdgeMask(MaskSource):
 
     GREY = (0.299, 0.587, 0.114)
 
-    def __init__(self, threshold: float = 0.35, dilation: int = 11, output_stride: int = 8):
+    def __init__(self, threshold: float = 0.35, dilation: int = 11,
+                 output_stride: Optional[int] = 8):
         super().__init__()
         if not threshold > 0:
             raise ValueError(f'threshold must be > 0, got {threshold}')
         self.threshold = float(threshold)
         self.dilation = check_odd_size(dilation, 'dilation')
-        if isinstance(output_stride, bool) or not isinstance(output_stride, int) \
-                or output_stride < 1:
+        if output_stride is not None and (isinstance(output_stride, bool) or not isinstance(
+                output_stride, int) or output_stride < 1):
             raise ValueError(f'output_stride={output_stride!r} must be a positive int (the '
-                             "network's output stride at the mask grid, 8)")
+                             "network's output stride at the mask grid, 8), or None where "
+                             'the backbone sets it (CADVGG)')
         self.output_stride = output_stride
 
     def edges(self, inputs: Tensor) -> Tensor:
@@ -164,6 +166,9 @@ class EdgeMask(MaskSource):
         return dilate(edges, self.dilation)
 
     def forward(self, inputs, features, grids):
+        if self.output_stride is None:
+            raise ValueError('EdgeMask(output_stride=None): this backbone does not set the '
+                             'stride of its mask grid; give output_stride (8 for CADResNet)')
         edges = self.edges(inputs)[:, ::self.output_stride, ::self.output_stride]
         return [blocks_any(edges, grid, 2 ** (step + 1)) for step, grid in enumerate(grids)]
 

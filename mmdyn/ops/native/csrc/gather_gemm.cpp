@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "checks.h"
+
 namespace {
 
 // oneDNN's convolution on a prepacked weight (the op torch's inductor calls)
@@ -42,6 +44,9 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
                        const at::Tensor& matrix, const c10::optional<at::Tensor>& bias,
                        bool relu, int64_t tile,
                        const c10::optional<at::Tensor>& conv_weight) {
+  check_cpu("gather_gemm", {table, taps, matrix});
+  if (bias.has_value()) check_cpu("gather_gemm", {*bias});
+  if (conv_weight.has_value()) check_cpu("gather_gemm", {*conv_weight});
   TORCH_CHECK(table.dim() == 2 && table.scalar_type() == at::kFloat && table.is_contiguous(),
               "table must be a contiguous float32 [N, C] tensor");
   TORCH_CHECK(taps.dim() == 2 && taps.scalar_type() == at::kLong && taps.is_contiguous(),
@@ -118,6 +123,7 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
 at::Tensor conv_tap_rows(const at::Tensor& index, int64_t out_h, int64_t out_w, int64_t in_h,
                          int64_t in_w, int64_t stride, int64_t dilation, int64_t padding,
                          int64_t zero_row, int64_t kernel) {
+  check_cpu("conv_tap_rows", {index});
   TORCH_CHECK(index.dim() == 1 && index.scalar_type() == at::kLong && index.is_contiguous(),
               "index must be a contiguous int64 1-D tensor");
   TORCH_CHECK(out_h >= 1 && out_w >= 1 && in_h >= 1 && in_w >= 1 && stride >= 1 &&

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "checks.h"
 #include "lanes.h"
 
 namespace {
@@ -32,6 +33,7 @@ inline void axpy(float* __restrict__ dst, const float* __restrict__ src, float w
 void interpolate_sampled_rows(const at::Tensor& rows, const at::Tensor& index,
                               const at::Tensor& kernel, double eps, at::Tensor out,
                               int64_t batch, int64_t height, int64_t width) {
+  check_cpu("interpolate_sampled_rows", {rows, index, kernel, out});
   TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kFloat && rows.is_contiguous(),
               "rows must be a contiguous float32 [n, C] tensor");
   const int64_t n = rows.size(0), channels = rows.size(1), pixels = batch * height * width;

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "checks.h"
 #include "lanes.h"
 
 namespace {
@@ -107,6 +108,7 @@ void run_heads(const float* x, const float* weight, const float* bias, float* ou
 at::Tensor mask_head_logits(const at::Tensor& rows, const at::Tensor& weight,
                             const at::Tensor& bias, int64_t batch, int64_t height,
                             int64_t width, int64_t stride) {
+  check_cpu("mask_head_logits", {rows, weight, bias});
   TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kFloat && rows.is_contiguous() &&
                   rows.size(0) == batch * height * width,
               "rows must be the contiguous float32 [B*H*W, C] pixel rows of the map");
