@@ -11,21 +11,13 @@ from typing import Callable, Tuple
 
 import torch
 
+from mmdyn.analysis.device_check import (CAD_RANDOM, ITD_PERMUTATION, SAR_SMALL, forced,
+                                         permuted, randomize_batchnorm_)
 from mmdyn.models.backbones import (CADVGG, CADResNet, ITDResNet, ITDResNeXt, LASResNet,
                                     SARResNet, SFSIResNet)
 
-
-def randomize_batchnorm_(model, seed: int = 0):
-    """Non-trivial BN statistics and affine parameters, so folding is exercised."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            n = module.num_features
-            module.running_mean.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-    return model
+__all__ = ['CAD_RANDOM', 'SAR_SMALL', 'forced', 'randomize_batchnorm_', 'BackboneCase', 'CASES',
+           'BLOCK_VARIANTS', 'BAD_ARGUMENTS']  # the helpers are shared with the device check
 
 
 @dataclass
@@ -51,25 +43,6 @@ class BackboneCase:
     def input(self, batch: int = 1, seed: int = 0):
         return torch.randn(batch, 3, *self.size, generator=torch.Generator().manual_seed(seed))
 
-
-def forced(rate: float):
-    def fix(model):
-        model.set_forced_activation(rate, seed=1)
-    return fix
-
-
-def permuted(**values):
-    """ITD: a fixed non-default permutation (per-position attribute values)."""
-    def fix(model):
-        model.set_permutation(**values)
-    return fix
-
-
-#: stride 1/2 (transposed conv), 2 and 3, kernels resized to 5 and 1, a dilation of 2
-ITD_PERMUTATION = dict(stride=(0.5, 2, 3, 1), kernel_size=(5, 3, 1, 3),
-                       dilation=(1, 2, 1, 1))
-SAR_SMALL = dict(mask_size=(4, 4, 2), min_input_size=32)
-CAD_RANDOM = dict(mask_source=dict(type='RandomMask', keep_ratio=0.4, seed=3))
 
 #: one row per registered backbone
 CASES = [
