@@ -3,7 +3,8 @@ MMSegmentation 1.x, with a true sparse inference path.
 
 ``import mmdyn`` registers every model, hook and metric in mmengine's root registries
 (found from both ``default_scope='mmdet'`` and ``'mmseg'`` configs) and fixes
-mmengine's checkpoint loading under torch >= 2.6. ``mmdyn.ops`` needs torch alone: on
+mmengine's checkpoint loading under torch >= 2.6 (weights only: a checkpoint runs no
+code on load). ``mmdyn.ops`` needs torch alone: on
 a machine without mmengine, importing mmdyn registers nothing.
 """
 from importlib.util import find_spec

@@ -20,6 +20,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from mmdyn.utils.checkpoint import safe_torch_load
+
 #: (name, in_channels, out_channels) of the convolutions D2-Net keeps, in order
 VGG16_CONVS = (
     ('conv1_1', 3, 64), ('conv1_2', 64, 64),
@@ -202,7 +204,7 @@ def load_vgg16_weights(checkpoint: str, source: str = 'auto'):
     if source == 'hed':
         return read_hed_file(checkpoint), 'hed'
     try:
-        loaded = torch.load(checkpoint, map_location='cpu', weights_only=False)
+        loaded = safe_torch_load(checkpoint, map_location='cpu')  # runs no code from it
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
         raise ValueError(f'{checkpoint}: not a torch checkpoint ({type(err).__name__}: '
                          f'{err})') from None
