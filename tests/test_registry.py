@@ -42,3 +42,19 @@ def test_mmpretrain_scope_builds_mmdyn_backbones_in_its_classifier():
         assert registry.HOOKS.build(dict(type='RandomOptionHook',
                                          space=dict(stride=(1, 2)))) is not None
         assert registry.METRICS.build(dict(type='SparsityMetric')) is not None
+
+
+def test_every_registered_dynamic_backbone_is_in_the_shared_tables():
+    """A new dynamic backbone must join the tables the deployment, mixed-precision,
+    in-place conversion and bad-input tests run over (docs/design.md, adding a
+    backbone)."""
+    from mmengine.registry import MODELS
+
+    from backbone_table import BAD_ARGUMENTS, CASES
+    from mmdyn.models.backbones.dynamic import DynamicBackboneMixin
+    registered = {cls for cls in MODELS.module_dict.values()
+                  if isinstance(cls, type) and issubclass(cls, DynamicBackboneMixin)
+                  and cls.__module__.startswith('mmdyn.')}
+    assert registered, 'no dynamic backbone registered'
+    assert not registered - {case.cls for case in CASES}, 'missing from backbone_table.CASES'
+    assert not registered - set(BAD_ARGUMENTS), 'missing from backbone_table.BAD_ARGUMENTS'
