@@ -159,9 +159,9 @@ def test_bad_cad_settings_are_clear_errors():
         CADVGG(output_stride=2, mask_source=dict(type='SiftKeypointMask', output_stride=1))
     with pytest.raises(ValueError, match='execution_mode'):
         CADVGG(execution_mode='masked')
-    cad = CADVGG(output_stride=2, mask_source=dict(type='SiftKeypointMask', dilations=(5,)))
-    with pytest.raises(ValueError, match='one dilation per step'):
-        cad(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match='1 dilation.* 2 adaptive steps'):  # at build
+        CADVGG(output_stride=2, mask_source=dict(type='SiftKeypointMask', dilations=(5,)))
+    cad = CADVGG(output_stride=2)
     with pytest.raises(ValueError, match='list of 2 masks'):
         cad.set_masks([torch.ones(1, 4, 4)])
 
@@ -188,3 +188,20 @@ def test_separable_dilation_equals_the_square_max_pool():
     pixels = torch.rand(2, 23, 31, generator=torch.Generator().manual_seed(1)) > 0.97
     for size in (1, 3, 9, 25):
         assert torch.equal(separable_dilate(pixels, size), dilate(pixels, size))
+
+
+def test_forced_activation_replaces_the_mask_source_until_reset():
+    """set_forced_activation works on CAD-VGG as on CAD-ResNet: every cell kept at 1,
+    none at 0 (the coarse cells still compute), the configured source again at None."""
+    model = CADVGG(output_stride=2, base_channels=8,
+                   mask_source=dict(type='RandomMask', keep_ratio=0.5, seed=1)).eval()
+    x = torch.randn(1, 3, 64, 80)
+    rates = {}
+    for rate in (1.0, 0.0, None):
+        model.set_forced_activation(rate)
+        with torch.no_grad():
+            model(x)
+        rates[rate] = [float(b.activation_rate.mean()) for b in model.records.blocks]
+    assert all(r == 1.0 for r in rates[1.0])
+    assert all(low < mid < 1.0 for low, mid in zip(rates[0.0], rates[None]))
+    assert 'forced' not in ''.join(model.state_dict())

@@ -226,3 +226,12 @@ def test_frozen_stages_and_gradients_reach_every_weight():
     assert itd.layer1[0].conv1.weight.grad is None  # frozen
     for position in 'BCD':
         assert itd.position_convs[position].weight.grad.abs().sum() > 0
+
+
+def test_forcing_an_activation_rate_is_a_clear_error():
+    """ITD has no spatial masks: a forced rate says so (and what to use), None is the
+    model's own behaviour."""
+    model = ITDResNet(depth=18, init_cfg=None)
+    model.set_forced_activation(None)
+    with pytest.raises(ValueError, match=r'no spatial masks .*set_permutation'):
+        model.set_forced_activation(0.5)

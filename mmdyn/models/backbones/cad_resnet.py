@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
 from mmengine.registry import MODELS
 
-from mmdyn.models.mask_sources.basic import build_mask_source, source_keep_masks
+from mmdyn.models.mask_sources.basic import (build_mask_source, check_source_steps,
+                                            source_keep_masks)
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs
 from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
                                 dense_to_rows, fill_cells, rows_to_dense, step_levels)
@@ -34,8 +35,27 @@ OS8_STRIDES, OS8_DILATIONS = (1, 2, 1, 1), (1, 1, 2, 4)
 ADAPTIVE_STAGES = {16: (2,), 32: (2, 3)}
 
 
+class ForcedKeepMasks:
+    """``set_forced_activation`` for the backbones whose masks come from a mask source
+    (CAD-ResNet, CAD-VGG): random keep masks instead of the source (benchmarks, tests)."""
+
+    def set_forced_activation(self, rate, seed: int = 0):
+        """Random keep masks with probability ``rate`` per block
+        (``RandomMask(keep_ratio=rate, seed=seed)``) instead of the mask source; ``None``
+        gives control back to the mask source."""
+        if rate is not None:
+            check_number(rate, 'forced activation rate', 0.0, 1.0)
+        # kept outside the module tree: not a submodule, not in the state dict
+        self.__dict__['forced_source'] = None if rate is None else build_mask_source(
+            dict(type='RandomMask', keep_ratio=rate, seed=seed), type(self).__name__)
+
+    def active_mask_source(self):
+        """The forced random source while one is set, else the configured one."""
+        return self.__dict__.get('forced_source') or self.mask_source
+
+
 @MODELS.register_module()
-class CADResNet(DynamicResNetMixin, ResNet):
+class CADResNet(ForcedKeepMasks, DynamicResNetMixin, ResNet):
     """Content-adaptive-downsampling ResNet (depth 50/101/152) on the output-stride-8
     grid.
 
@@ -83,6 +103,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
         super().__init__(depth, strides=strides, dilations=dilations, deep_stem=deep_stem,
                          num_stages=num_stages, **kwargs)
         self.mask_source = build_mask_source(mask_source, 'CADResNet')
+        check_source_steps(self.mask_source, len(self.adaptive_stages), 'CADResNet')
         if self.mask_source.learned and len(self.adaptive_stages) != 1:
             raise ValueError(f'{type(self.mask_source).__name__} supports one adaptive step: '
                              'use base_output_stride=16')
@@ -101,16 +122,6 @@ class CADResNet(DynamicResNetMixin, ResNet):
         self.temperature = float(check_number(tau, 'temperature', low=0, low_inclusive=False))
         if hasattr(self, 'mask_source') and hasattr(self.mask_source, 'temperature'):
             self.mask_source.temperature = self.temperature
-
-    def set_forced_activation(self, rate, seed: int = 0):
-        """Benchmarks, tests: random keep masks with probability ``rate`` per block
-        (``RandomMask(keep_ratio=rate, seed=seed)``) instead of the mask source;
-        ``None`` gives control back to the mask source."""
-        if rate is not None:
-            check_number(rate, 'forced activation rate', 0.0, 1.0)
-        # kept outside the module tree: not a submodule, not in the state dict
-        self.__dict__['forced_source'] = None if rate is None else build_mask_source(
-            dict(type='RandomMask', keep_ratio=rate, seed=seed), 'CADResNet')
 
     def set_masks(self, masks):
         """Use these keep masks (one ``[B, rows, cols]`` per adaptive step, True = full
@@ -142,8 +153,7 @@ class CADResNet(DynamicResNetMixin, ResNet):
         height, width = features.shape[2:]
         grids = [block_grid(height, width, step + 1)
                  for step in range(len(self.adaptive_stages))]
-        source = self.__dict__.get('forced_source') or self.mask_source
-        masks = source_keep_masks(source, self.external_masks, inputs, features,
+        masks = source_keep_masks(self.active_mask_source(), self.external_masks, inputs, features,
                                   grids, 'adaptive steps')
         return [check_keep_mask(m, (features.shape[0], *g), f'keep mask of step {s + 1}')
                 if not (m.dtype.is_floating_point and m.requires_grad) else m

@@ -27,12 +27,14 @@ import torch
 from mmengine.registry import MODELS
 from torch import Tensor
 
-from mmdyn.models.mask_sources.basic import build_mask_source, source_keep_masks
+from mmdyn.models.mask_sources.basic import (build_mask_source, check_source_steps,
+                                            source_keep_masks)
 from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
 from mmdyn.ops.cell_pool import max_pool_rows
 from mmdyn.ops.multires import (CellLayout, RowBuffers, adaptive_downsample, block_grid,
                                 check_keep_mask, conv3x3_rows, fill_cells, rows_to_dense,
                                 step_levels)
+from .cad_resnet import ForcedKeepMasks
 from .d2net_vgg import BLOCKS, D2NetVGG, check_output_stride
 from .dynamic import DynamicBackboneMixin, tensor_state
 
@@ -60,7 +62,7 @@ class CellFeatures:
 
 
 @MODELS.register_module()
-class CADVGG(DynamicBackboneMixin, D2NetVGG):
+class CADVGG(ForcedKeepMasks, DynamicBackboneMixin, D2NetVGG):
     """D2-Net's VGG16 with its last 1, 2 or 3 max-pools adaptive (output stride 8 ->
     4 / 2 / 1).
 
@@ -95,6 +97,7 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
             raise ValueError('CADVGG takes hand-crafted masks (keypoints, random, ...); '
                              f'{type(self.mask_source).__name__} is a learned source')
         self._bind_output_stride(self.mask_source)
+        check_source_steps(self.mask_source, self.num_steps, 'CADVGG')
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise ValueError(f'chunk_rows={chunk_rows!r} must be a positive int')
         self.chunk_rows = chunk_rows
@@ -142,7 +145,7 @@ class CADVGG(DynamicBackboneMixin, D2NetVGG):
     def keep_masks(self, inputs: Tensor, features: Tensor):
         height, width = features.shape[2:]
         grids = [block_grid(height, width, step) for step in range(1, self.num_steps + 1)]
-        masks = source_keep_masks(self.mask_source, self.external_masks, inputs, features,
+        masks = source_keep_masks(self.active_mask_source(), self.external_masks, inputs, features,
                                   grids, 'adaptive pools')
         return [check_keep_mask(m.to(features.device), (features.shape[0], *g),
                                 f'keep mask of adaptive pool {s + 1}')

@@ -151,6 +151,14 @@ class ITDResNetMixin(DynamicResNetMixin):
             options.append(as_option(chosen, f'position {position}'))
         return self.check_permutation(options)
 
+    def set_forced_activation(self, rate, seed: int = 0):
+        """ITD has no spatial masks to force: its dynamic part is the option
+        permutation. ``None`` (the model's own behaviour) is accepted."""
+        if rate is not None:
+            raise ValueError(f'set_forced_activation({rate!r}): {type(self).__name__} has no '
+                             'spatial masks (its dynamic part is the option permutation: '
+                             'set_permutation(...)); benchmark it with --rates source')
+
     def set_permutation(self, permutation=None, **values):
         """Use this permutation for every sample of the next forwards (``None``: the
         default); or give per-attribute values: ``set_permutation(stride=(1, 2, 3, 2))``."""

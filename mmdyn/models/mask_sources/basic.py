@@ -44,6 +44,18 @@ def dilate(pixels: Tensor, size: int) -> Tensor:
     return F.max_pool2d(pixels.float().unsqueeze(1), size, 1, size // 2)[:, 0] > 0.5
 
 
+def check_source_steps(source, steps: int, backbone: str):
+    """Sources with one setting per adaptive step (keypoint dilations) must have one for
+    each of the backbone's ``steps``: checked when the backbone is built, not at the
+    first forward."""
+    for module in source.modules():
+        dilations = getattr(module, 'dilations', None)
+        if dilations is not None and len(dilations) < steps:
+            raise ValueError(f'{type(module).__name__}(dilations={tuple(dilations)}) gives '
+                             f'{len(dilations)} dilation(s) but {backbone} has {steps} '
+                             'adaptive steps: give one per step')
+
+
 def source_keep_masks(source, external, inputs, features, grids, steps: str) -> list:
     """The keep masks of one forward: ``external`` ones when set (``set_masks``),
     otherwise ``source``'s, which must give one mask per grid (``steps`` names what the
