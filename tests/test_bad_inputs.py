@@ -63,3 +63,14 @@ def test_bad_control_value_names_itself(built, cls, control):
     model = built[cls]
     with pytest.raises(ValueError, match=name):
         getattr(model, method)(*args)
+
+
+@pytest.mark.parametrize('cls', [c for c in BAD_ARGUMENTS if c.__name__ != 'CADVGG'],
+                         ids=lambda c: c.__name__)
+def test_a_misspelt_argument_is_reported_by_the_backbone_with_the_closest_name(cls):
+    """mmdet's ResNet would report ``ResNet.__init__() got an unexpected keyword
+    argument``: the user wrote the dynamic backbone's name in the config."""
+    base, _ = BAD_ARGUMENTS[cls]
+    with pytest.raises(TypeError, match=rf"^{cls.__name__} got an unexpected argument "
+                                        r"'frozen_stage' \(did you mean 'frozen_stages'\?\)"):
+        cls(init_cfg=None, **base, frozen_stage=1)

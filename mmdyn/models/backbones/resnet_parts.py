@@ -1,6 +1,8 @@
 """Pieces of mmdet's ResNet that the dynamic backbones rebuild: the shortcut
 projection, mmseg's contracted dilation, the FLOPs of a plain (static) block, and the
 BatchNorm-folded inference of the static parts (stem, static blocks, projections)."""
+import difflib
+import inspect
 from typing import Tuple
 
 import torch
@@ -210,9 +212,36 @@ def plain_block_flops(block, size: Tuple[int, int]):
     return flops, size
 
 
+def accepted_keywords(cls) -> set:
+    """The keyword arguments ``cls.__init__`` takes, following ``**kwargs`` up its MRO
+    (ResNeXt hands them to ResNet)."""
+    names = set()
+    for klass in cls.__mro__:
+        if '__init__' not in vars(klass) or klass is object:
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in parameters
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {'self'}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
 class DynamicResNetMixin(DynamicBackboneMixin):
     """What a dynamic subclass of mmdet's ``ResNet`` shares: the stem with its FLOPs,
-    the controls set at build time, and a ``train()`` that returns ``self``."""
+    the controls set at build time, a ``train()`` that returns ``self``, and unknown
+    arguments reported as this backbone's (mmdet's ResNet would name itself)."""
+
+    def __init__(self, *args, **kwargs):
+        base = type(self).__mro__[type(self).__mro__.index(DynamicBackboneMixin) + 1]
+        unknown = sorted(set(kwargs) - accepted_keywords(base))
+        if unknown:
+            known = accepted_keywords(type(self)) | accepted_keywords(base)
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            raise TypeError(f'{type(self).__name__} got an unexpected argument '
+                            f'{unknown[0]!r}' + (f' (did you mean {close[0]!r}?)' if close
+                                                 else ''))
+        super().__init__(*args, **kwargs)
 
     def finish_dynamic_init(self, execution_mode: str, temperature: float):
         """Call at the end of ``__init__``, after ``ResNet.__init__``."""
