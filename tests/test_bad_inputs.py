@@ -74,3 +74,24 @@ def test_a_misspelt_argument_is_reported_by_the_backbone_with_the_closest_name(c
     with pytest.raises(TypeError, match=rf"^{cls.__name__} got an unexpected argument "
                                         r"'frozen_stage' \(did you mean 'frozen_stages'\?\)"):
         cls(init_cfg=None, **base, frozen_stage=1)
+
+
+def test_a_tool_reports_a_bad_config_in_one_line_and_debug_shows_the_traceback(tmp_path):
+    """tools/train.py with a bad backbone argument: exit status 1, the last line names
+    the problem, no traceback through mmengine; ``--debug`` gives the traceback."""
+    import subprocess
+    import sys
+
+    from e2e_helpers import ROOT
+    command = [sys.executable, 'tools/train.py',
+               'configs/las_resnet/faster-rcnn_las-r101-s4421-t05_fpn_1x_coco.py',
+               '--work-dir', str(tmp_path), '--cfg-options', 'model.backbone.init_cfg=None',
+               'model.backbone.granularity=(4,4,0,1)']
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert last.startswith('train.py: error: ValueError: ') and 'granularity[2]=0' in last
+    assert 'Traceback' not in result.stderr
+    debug = subprocess.run(command + ['--debug'], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert debug.returncode == 1 and 'Traceback' in debug.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmdyn  # noqa: E402,F401  (registers mmdyn modules, fixes checkpoint loading)
 from mmdyn.utils import (add_common_args, build_runner, finish_distributed,  # noqa: E402
-                         load_config)
+                         load_config, run_tool)
 
 
 def parse_args():
@@ -44,4 +44,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

@@ -6,12 +6,31 @@ mmengine 0.10.7 would call ``torch.cuda.set_device`` and wrap the model in DDP w
 """
 import os
 import os.path as osp
+import sys
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+
+
+DEBUG_FLAG = '--debug'
+
+
+def run_tool(main):
+    """Run a tool's ``main()``. An error (a bad config value, a missing file) ends it
+    with one line naming the problem and exit status 1, not a traceback through
+    mmengine and mmdet; ``--debug`` shows the full traceback."""
+    if DEBUG_FLAG in sys.argv[1:]:
+        return main()
+    try:
+        return main()
+    except Exception as error:  # noqa: BLE001 - every error gets its one line
+        message = ' '.join(str(error).split()) or '(no message)'
+        print(f'{osp.basename(sys.argv[0])}: error: {type(error).__name__}: {message} '
+              f'({DEBUG_FLAG} for the traceback)', file=sys.stderr)
+        sys.exit(1)
 
 
 def add_common_args(parser):
@@ -22,6 +41,8 @@ def add_common_args(parser):
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument(DEBUG_FLAG, action='store_true',
+                        help='on an error, the full traceback instead of one line')
 
 
 def load_config(args) -> Config:
