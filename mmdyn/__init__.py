@@ -15,6 +15,6 @@ if find_spec('mmengine') is not None:
     from .utils import patch_mmengine_checkpoint_loading
     from .utils.torchvision_placeholder import install as _let_mmpretrain_import
 
-    patch_mmengine_checkpoint_loading()
-    _let_mmpretrain_import()  # mmpretrain imports torchvision, which the stack lacks
+    # mmpretrain imports torchvision, which the stack lacks
+    patch_mmengine_checkpoint_loading(torchvision_missing=_let_mmpretrain_import())
     from . import engine, evaluation, models  # noqa: F401,E402  (registers modules)

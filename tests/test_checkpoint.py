@@ -132,3 +132,15 @@ def test_mmengine_checkpoints_load_with_weights_only_and_nothing_more(tmp_path):
     assert isinstance(buffer, HistoryBuffer) and buffer.mean() == pytest.approx(0.5)
     assert loaded['meta']['seed'] == 7 and loaded['array'].tolist() == [0, 1, 2, 3]
     assert load(path)['optimizer']['state'][0]['momentum_buffer'].shape == (2, 3)
+
+
+def test_torchvision_pretrained_weights_say_which_config_key_to_set():
+    """The shipped detection configs start from ``torchvision://resnet101``; offline and
+    without torchvision the error names the key and the local alternative."""
+    from mmdyn.models.backbones import LASResNet
+    if not getattr(sys.modules.get('torchvision'), '__mmdyn_placeholder__', False):
+        pytest.skip('a real torchvision is installed')
+    model = LASResNet(18, init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet18'))
+    with pytest.raises(RuntimeError, match=r"torchvision://resnet18: .*model\.backbone\."
+                                           r"init_cfg=dict\(type='Pretrained'.*init_cfg=None"):
+        model.init_weights()

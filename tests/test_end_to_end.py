@@ -66,6 +66,15 @@ def test_train_resume_test_and_visualize(fixture_config):
     out = run('tools/test.py', config, work_dir / 'iter_4.pth', '--work-dir', tmp / 'test')
     assert 'coco/bbox_mAP' in out and 'sparsity/activation_rate' in out
     assert 'sparsity/backbone_gflops_executed' in out
+    # no detection at all (a score threshold above every score): a failed run that says
+    # so in its last line, not an mmengine ERROR line in a run that exits 0
+    empty = subprocess.run(
+        [sys.executable, 'tools/test.py', str(config), str(work_dir / 'iter_4.pth'),
+         '--work-dir', str(tmp / 'empty'), '--cfg-options', 'model.test_cfg.rcnn.score_thr=1.1'],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert empty.returncode == 1, empty.stderr[-2000:]
+    assert 'CocoMetric computed no metric: the model detected nothing' in \
+        empty.stderr.strip().splitlines()[-1]
 
     image = next(Path(data['val_img_dir']).glob('*.jpg'))
     run('tools/analysis/visualize_masks.py', config, work_dir / 'iter_4.pth', image,

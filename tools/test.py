@@ -9,8 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmdyn  # noqa: E402,F401  (registers mmdyn modules, fixes checkpoint loading)
-from mmdyn.utils import (add_common_args, build_runner, finish_distributed,  # noqa: E402
-                         load_config, resolve_checkpoint, run_tool)
+from mmdyn.utils import (add_common_args, build_runner,  # noqa: E402
+                         check_metrics_computed, finish_distributed, load_config,
+                         resolve_checkpoint, run_tool)
 
 
 def parse_args():
@@ -37,8 +38,9 @@ def main():
     if args.fuse_conv_bn:
         cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='FuseConvBNHook')]
     runner = build_runner(cfg, args.config, args.work_dir, args.launcher)
-    runner.test()
+    metrics = runner.test()
     finish_distributed()
+    check_metrics_computed(cfg.test_evaluator, metrics)
 
 
 if __name__ == '__main__':

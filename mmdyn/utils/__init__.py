@@ -1,8 +1,8 @@
 from .checkpoint import (allow_checkpoint_globals, patch_mmengine_checkpoint_loading,
                          safe_torch_load)
-from .launch import (add_common_args, build_runner, finish_distributed, load_config,
-                     resolve_checkpoint, run_tool)
+from .launch import (add_common_args, build_runner, check_metrics_computed,
+                     finish_distributed, load_config, resolve_checkpoint, run_tool)
 
 __all__ = ['allow_checkpoint_globals', 'patch_mmengine_checkpoint_loading', 'safe_torch_load',
-           'add_common_args', 'build_runner', 'finish_distributed', 'load_config',
-           'resolve_checkpoint', 'run_tool']
+           'add_common_args', 'build_runner', 'check_metrics_computed', 'finish_distributed',
+           'load_config', 'resolve_checkpoint', 'run_tool']

@@ -138,7 +138,21 @@ def _load_local_checkpoint(filename, map_location=None):
     return safe_torch_load(filename, map_location)
 
 
-def patch_mmengine_checkpoint_loading():
-    """mmengine's local-file checkpoint loader becomes :func:`safe_torch_load`."""
+def _torchvision_weights_unavailable(filename, map_location=None):
+    raise RuntimeError(
+        f"{filename}: torchvision's pretrained weights are downloaded by torchvision, which "
+        'this stack does not install (and nothing is downloaded at run time). Point the '
+        "config at a local file: model.backbone.init_cfg=dict(type='Pretrained', "
+        "checkpoint='/path/to/resnet.pth') (a torchvision or mmdet ResNet state dict), or "
+        'set model.backbone.init_cfg=None to start from random weights')
+
+
+def patch_mmengine_checkpoint_loading(torchvision_missing: bool = False):
+    """mmengine's local-file checkpoint loader becomes :func:`safe_torch_load`; without
+    torchvision, ``torchvision://`` checkpoints fail with an error that says which
+    config key to set instead."""
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', loader=_load_local_checkpoint, force=True)
+    if torchvision_missing:
+        CheckpointLoader.register_scheme(prefixes='torchvision://',
+                                         loader=_torchvision_weights_unavailable, force=True)

@@ -33,6 +33,28 @@ def run_tool(main):
         sys.exit(1)
 
 
+#: metrics that compute nothing (and only log an error) when the model predicted
+#: nothing, with the prefix of the keys they return otherwise
+_DETECTION_METRICS = {'CocoMetric': 'coco', 'VOCMetric': 'pascal_voc'}
+
+
+def check_metrics_computed(evaluators, metrics: dict):
+    """Raise when a detection metric returned nothing: mmdet's ``CocoMetric`` logs "The
+    testing results of the whole dataset is empty" and returns no mAP when the model
+    detected nothing on the whole set, and the run would otherwise end as a success."""
+    evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
+    for evaluator in evaluators:
+        prefix = _DETECTION_METRICS.get(evaluator.get('type'))
+        if prefix is None:
+            continue
+        prefix = evaluator.get('prefix') or prefix
+        if not any(key.startswith(f'{prefix}/') for key in metrics or {}):
+            raise RuntimeError(
+                f'{evaluator["type"]} computed no metric: the model detected nothing on '
+                'the whole evaluation set, so mAP is undefined (an untrained or diverged '
+                'model, or a score threshold above every score)')
+
+
 def add_common_args(parser):
     """Arguments shared by tools/train.py and tools/test.py (after ``config``)."""
     parser.add_argument('--work-dir', help='directory for logs and checkpoints')
