@@ -60,3 +60,25 @@ def test_extract_features_then_evaluate(tmp_path, capsys):
     assert 0 <= results['cad']['mma@3'] <= 1 and results['sift']['num_pairs'] == 10
     assert (out / 'mma_curves.png').stat().st_size > 0
     assert (out / 'mma3_vs_macs.png').stat().st_size > 0
+
+
+@pytest.mark.parametrize('extension', ['.jpg', '.ppm'])
+def test_an_image_that_cannot_be_decoded_is_named_and_the_rest_extracted(tmp_path, extension):
+    """A truncated JPEG decodes in OpenCV with only a libjpeg warning (grey rows), a
+    truncated PPM not at all: both are named, skipped, and the run fails at the end
+    with the others extracted."""
+    import cv2
+    from skimage import data
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    image = np.ascontiguousarray(data.astronaut()[::4, ::4, ::-1])  # BGR, 128 x 128
+    for name in ('a', 'b'):
+        assert cv2.imwrite(str(folder / f'{name}{extension}'), image)
+    broken = folder / f'b{extension}'
+    broken.write_bytes(broken.read_bytes()[:len(broken.read_bytes()) // 2])
+    extract = tool('tools/d2net/extract_features.py')
+    with pytest.raises(SystemExit, match=rf'1 of 2 images could not be decoded .*b\{extension}'):
+        extract.main(['--folder', str(folder), '--method', 'd2net-os8', '--ext', 'f',
+                      '--num-keypoints', '16', '--no-progress'])
+    assert (folder / f'a{extension}.f').is_file()
+    assert not (folder / f'b{extension}.f').exists()

@@ -62,11 +62,25 @@ def image_size(path: str) -> tuple:
 
 
 def load_image(path: str) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]``."""
+    """RGB uint8 ``[H, W, 3]``. An image that cannot be decoded to its end (a truncated
+    JPEG or PPM, which OpenCV fills with grey and only warns about) is a ValueError
+    naming the file."""
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f'image {path} cannot be read')
+    check_fully_decodable(path)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_fully_decodable(path: str):
+    """Decode ``path`` to its last pixel with Pillow, which refuses truncated data."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f'image {path} cannot be fully decoded (truncated or corrupt): '
+                         f'{error}') from None
 
 
 def project(points_xy: np.ndarray, homography: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ Every image gets ``<image>.<ext>`` (an npz, like D2-Net's ``.d2-net`` files) wit
 ``keypoints`` (x, y[, scale]), ``scores``, ``descriptors`` and ``macs``. Methods by name:
 see ``mmdyn.models.keypoints.methods``. ``--overlay-dir`` also writes, for CAD-VGG,
 one overlay per adaptive pool and image (which blocks kept full resolution).
+An image that cannot be decoded to its end (truncated, corrupt) is named and skipped;
+the others are extracted, and the run then exits with status 1 listing the skipped.
 """
 import argparse
 import os
@@ -64,8 +66,14 @@ def main(argv=None):
         from tqdm import tqdm
         iterator = tqdm(paths, desc=args.method)
     backbone = getattr(extractor, 'backbone', None)
+    unreadable = []
     for path in iterator:
-        image = load_image(path)
+        try:
+            image = load_image(path)
+        except ValueError as error:  # named now; the others are still extracted
+            print(f'skipped: {error}', file=sys.stderr)
+            unreadable.append(path)
+            continue
         features = extractor(image)
         with open(f'{path}.{ext}', 'wb') as f:
             np.savez(f, keypoints=features['keypoints'], scores=features['scores'],
@@ -78,7 +86,10 @@ def main(argv=None):
             save_pool_overlays(network_image(extractor, image),
                                backbone.level_map[0].cpu().numpy(), backbone.output_stride,
                                backbone.num_steps, stem)
-    print(f'wrote {len(paths)} feature files *.{ext}')
+    print(f'wrote {len(paths) - len(unreadable)} feature files *.{ext}')
+    if unreadable:
+        raise SystemExit(f'{len(unreadable)} of {len(paths)} images could not be decoded and '
+                         f'have no feature file: {", ".join(unreadable)}')
 
 
 if __name__ == '__main__':
