@@ -9,8 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmdyn  # noqa: E402,F401  (registers mmdyn modules, fixes checkpoint loading)
-from mmdyn.utils import (add_common_args, build_runner, finish_distributed,  # noqa: E402
-                         load_config, run_tool)
+from mmdyn.utils import (add_common_args, build_runner,  # noqa: E402
+                         check_metrics_computed, finish_distributed,
+                         last_validation_metrics, load_config, run_tool)
 
 
 def parse_args():
@@ -41,6 +42,11 @@ def main():
     runner = build_runner(cfg, args.config, args.work_dir, args.launcher)
     runner.train()
     finish_distributed()
+    if cfg.get('val_evaluator') and cfg.get('val_dataloader'):
+        try:  # the training ran: an empty validation is reported, not a failure
+            check_metrics_computed(cfg.val_evaluator, last_validation_metrics(runner))
+        except RuntimeError as empty:
+            print(f'train.py: the last validation: {empty}', file=sys.stderr)
 
 
 if __name__ == '__main__':

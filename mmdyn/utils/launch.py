@@ -38,6 +38,13 @@ def run_tool(main):
 _DETECTION_METRICS = {'CocoMetric': 'coco', 'VOCMetric': 'pascal_voc'}
 
 
+def last_validation_metrics(runner) -> dict:
+    """The metrics of the last validation of a training run (as the message hub keeps
+    them, without their ``val/`` prefix)."""
+    return {key[len('val/'):]: value for key, value in runner.message_hub.log_scalars.items()
+            if key.startswith('val/')}
+
+
 def check_metrics_computed(evaluators, metrics: dict):
     """Raise when a detection metric returned nothing: mmdet's ``CocoMetric`` logs "The
     testing results of the whole dataset is empty" and returns no mAP when the model
@@ -65,11 +72,20 @@ def add_common_args(parser):
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     parser.add_argument(DEBUG_FLAG, action='store_true',
                         help='on an error, the full traceback instead of one line')
+    parser.add_argument('--fixture', choices=['coco', 'voc', 'cityscapes', 'digits'],
+                        help='run the config on an offline fixture (built under '
+                        'data/fixtures/NAME if missing): small images, a few iterations, '
+                        'no downloaded weights (mmdyn.datasets.fixture_configs)')
+    parser.add_argument('--fixture-iters', type=int, default=2,
+                        help='iterations of a --fixture run (default 2)')
 
 
 def load_config(args) -> Config:
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = Config.fromfile(args.config)
+    if getattr(args, 'fixture', None):
+        from mmdyn.datasets.fixture_configs import apply_fixture
+        apply_fixture(cfg, args.fixture, iters=args.fixture_iters)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     return cfg
