@@ -115,10 +115,7 @@ def test_benchmark_script_writes_json(tmp_path, arch_args):
     for row in report['runs']:
         assert set(row['stages']) == {'stem', 'layer1', 'layer2', 'layer3', 'layer4'}
         total = row['total']
-        # at most the dense FLOPs plus the gates: a block above its measured crossover
-        # takes the dense route and executes its whole residual branch (64x96 maps are
-        # a few patches wide, where that happens)
-        assert 0 < total['flops_ratio'] < 1.05 and total['sparse_latency_s'] > 0
+        assert 0 < total['flops_ratio'] < 1 and total['sparse_latency_s'] > 0
         assert ('masked_latency_s' in total) == ('--arch' in arch_args)
 
 

@@ -306,7 +306,10 @@ def test_sparse_backbones_agree_with_their_reference_for_each_accumulating_kerne
 @pytest.mark.parametrize('case', [dict(depth=18), dict(depth=50),
                                   dict(depth=18, basic_conv1='sparse')],
                          ids=['r18', 'r50', 'r18-sparseconv1'])
-def test_dense_route_gives_the_masked_output_and_counts_dense_flops(case, monkeypatch):
+def test_dense_route_gives_the_masked_output_and_the_masks_flops(case, monkeypatch):
+    """The dense route: the masked output, and records that count the FLOPs the masks
+    select (the model's FLOPs, as a metric and the paper count them), not the route's:
+    the route depends on the machine's timings, a FLOPs figure must not."""
     from test_las_resnet import build, run_both
     monkeypatch.setenv('MMDYN_DENSE_FALLBACK', 'always')
     model = build(granularity=(4, 4, 2, 1), **case)
@@ -318,15 +321,9 @@ def test_dense_route_gives_the_masked_output_and_counts_dense_flops(case, monkey
             assert relative_error(a, b) < 1e-4
         blocks = model.dynamic_blocks()
         assert all(block.ran_densely == (rate > 0) for block in blocks)
-        for m_block, s_block, block in zip(masked_record.blocks, sparse_record.blocks, blocks):
+        for m_block, s_block in zip(masked_record.blocks, sparse_record.blocks):
             torch.testing.assert_close(s_block.activation_rate, m_block.activation_rate)
-            if rate == 0:
-                torch.testing.assert_close(s_block.executed_flops, m_block.executed_flops)
-            else:  # the whole residual branch ran: the full mask's count
-                full = m_block.executed_flops if rate == 1 else None
-                assert (s_block.executed_flops >= m_block.executed_flops).all()
-                if full is not None:
-                    torch.testing.assert_close(s_block.executed_flops, full)
+            torch.testing.assert_close(s_block.executed_flops, m_block.executed_flops)
 
 
 def block_input(model, name: str, x):
@@ -351,15 +348,16 @@ def median_block_seconds(block, x, repeats=7):
     return statistics.median(times)
 
 
-@pytest.mark.parametrize('granularity, rate, faster', [(1, 1.0, 'dense'), (8, 0.05, 'sparse')],
+@pytest.mark.parametrize('granularity, rate, faster', [(1, 1.0, 'dense'), (8, 0.02, 'sparse')],
                          ids=['S1-full', 'S8-sparse'])
 def test_the_measured_route_is_the_faster_one(granularity, rate, faster, tmp_path,
                                               monkeypatch):
     """The route the measured crossover picks for a block is the one that runs faster
     when both routes of that block are timed directly, each forced by its policy
     (cases whose two routes differ by 1.3x or more: a 1x1-patch block at full rate,
-    whose windows copy every pixel nine times, and an 8x8-patch block at 5%); the
-    crossover is stored for this device and block class."""
+    whose windows copy every pixel nine times, 2x; an 8x8-patch block at 2%, 2.2x; both
+    on the AMD EPYC of 2026-12-03); the crossover is stored for this device and block
+    class."""
     from mmdyn.ops.kernel_choice import CHOOSER
     from test_las_resnet import build
     monkeypatch.setattr(CHOOSER, '_cache_dir', str(tmp_path))
@@ -368,7 +366,7 @@ def test_the_measured_route_is_the_faster_one(granularity, rate, faster, tmp_pat
     model = build(depth=50, granularity=(granularity, ) * 4)
     model.set_execution_mode('sparse')
     model.set_forced_activation(rate, seed=4)
-    block, x = block_input(model, 'layer1.1', torch.randn(1, 3, 256, 320))
+    block, x = block_input(model, 'layer1.1', torch.randn(1, 3, 384, 480))
     seconds = {}
     for route, policy in (('sparse', 'never'), ('dense', 'always')):
         monkeypatch.setenv('MMDYN_DENSE_FALLBACK', policy)

@@ -56,6 +56,18 @@ def _coco(root: str) -> dict:
                 built=info is not None)
 
 
+def _segmentation_pipelines(crop, test_scale, resize=None):
+    """mmseg train / test pipelines at fixture size: ``crop`` training crops (after the
+    optional ``resize`` step), test images resized to ``test_scale``."""
+    train = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+             *([resize] if resize else []), dict(type='RandomCrop', crop_size=crop),
+             dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')]
+    test = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=test_scale,
+                                                 keep_ratio=True),
+            dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+    return train, test
+
+
 def _voc(root: str) -> dict:
     from .voc_fixture import build_voc_fixture
     data_root = os.path.join(root, 'VOCdevkit', 'VOC2012')
@@ -63,12 +75,7 @@ def _voc(root: str) -> dict:
     if built:
         data_root = build_voc_fixture(root)['data_root']
     crop = (128, 128)
-    train = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
-             dict(type='RandomCrop', crop_size=crop), dict(type='RandomFlip', prob=0.5),
-             dict(type='PackSegInputs')]
-    test = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(160, 128),
-                                                 keep_ratio=True),
-            dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+    train, test = _segmentation_pipelines(crop, test_scale=(160, 128))
 
     def split(name, pipeline):
         return dict(type='PascalVOCDataset', data_root=data_root, pipeline=pipeline,
@@ -83,14 +90,8 @@ def _cityscapes(root: str) -> dict:
     if built:
         build_cityscapes_fixture(root)
     crop = (128, 256)
-    train = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
-             dict(type='RandomResize', scale=(256, 128), ratio_range=(1.0, 1.5),
-                  keep_ratio=True),
-             dict(type='RandomCrop', crop_size=crop), dict(type='RandomFlip', prob=0.5),
-             dict(type='PackSegInputs')]
-    test = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(256, 128),
-                                                 keep_ratio=True),
-            dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+    train, test = _segmentation_pipelines(crop, test_scale=(256, 128), resize=dict(
+        type='RandomResize', scale=(256, 128), ratio_range=(1.0, 1.5), keep_ratio=True))
 
     def split(name, pipeline):
         return dict(type='CityscapesDataset', data_root=root, pipeline=pipeline,

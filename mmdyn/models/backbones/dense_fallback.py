@@ -5,11 +5,12 @@ Gathering windows and scattering patches cost time that a dense convolution does
 pay, so above some activation rate the sparse executor is slower than the dense one.
 Where that rate lies depends on the block's shape and on the CPU: it is measured where
 the code runs, the first time a block class meets a size class (the sparse cost is
-modelled as linear in the rate from runs at rates 1/2 and 1), and kept with the kernel
+modelled as linear in the rate from runs at about 1/2 and 1), and kept with the kernel
 choices in the per-machine file of :mod:`mmdyn.ops.kernel_choice`, per device (the
 entry names it; CUDA timings synchronise). The sparse route is timed only at rates the
 block's grid can draw (whole patches, at least one); on a device that cannot be timed
-(``meta``) the block stays sparse.
+(``meta``) the block stays sparse. The records count the FLOPs the mask selects on
+either route: a FLOPs figure does not depend on the machine's timings.
 
 ``MMDYN_DENSE_FALLBACK``: ``measured`` (default), ``never`` (always the sparse
 executor) or ``always`` (dense whenever a patch is active; tests of the dense route).

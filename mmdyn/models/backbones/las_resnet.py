@@ -92,8 +92,10 @@ class _LASBlockMixin(DynamicBlockMixin):
     def takes_dense_route(self, x, mask, grid, run_sparse, run_dense) -> bool:
         """Above its measured crossover rate the block computes its residual densely
         and applies the mask: the same output, never slower than the dense block
-        (:mod:`.dense_fallback`). ``run_sparse(mask)`` / ``run_dense(mask)`` run the
-        two routes on this forward's tensors, for the measurement."""
+        (:mod:`.dense_fallback`). The record still counts the FLOPs the mask selects
+        (the model's, independent of the machine); ``ran_densely`` says which route
+        ran. ``run_sparse(mask)`` / ``run_dense(mask)`` run the two routes on this
+        forward's tensors, for the measurement."""
         def measure():
             def sparse_at(rate):
                 return run_sparse(draw_forced_mask(x.shape[0], grid, rate, 0, x.device)
@@ -113,13 +115,6 @@ class _LASBlockMixin(DynamicBlockMixin):
         return (f'{type(self).__name__}:{shapes}-S{self.granularity}'
                 f'-ds{int(self.downsample is not None)}-b{batch}'
                 f'-a{size_class(grid.height, grid.width)}')
-
-    def executed_area(self, mask_area, grid):
-        """Output pixels the residual branch computed: the mask's, or all of them on
-        the dense route."""
-        if self.ran_densely:
-            return torch.full_like(mask_area, grid.height * grid.width)
-        return mask_area
 
     def sparse_output(self, x, identity, patches, index, grid, pointwise=None):
         """relu(identity + scatter(patches)). The identity is updated in place when it
@@ -238,7 +233,7 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         self.store_record(grid, mask, computed,
                           dense_flops=conv1_flops + out_pixels * per_pixel
                           + self.downsample_flops(out_pixels),
-                          executed_flops=always + self.executed_area(computed, grid) * per_pixel)
+                          executed_flops=always + computed * per_pixel)
 
 
 class LASBasicBlock(_LASBlockMixin, BasicBlock):
@@ -335,7 +330,7 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         conv1_per_pixel = conv_macs(c_in, c_out, 3)
         conv2_per_pixel = conv_macs(c_out, c_out, 3)
         computed = (mask * patch_extents(grid, x.device)).sum(dim=(1, 2, 3))
-        if self.sparse_conv1 and not self.ran_densely:
+        if self.sparse_conv1:
             conv1_pixels = self.conv1_region(mask, grid).sum(dim=(1, 2, 3))
         else:
             conv1_pixels = out_pixels
@@ -345,7 +340,7 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
                           dense_flops=out_pixels * (conv1_per_pixel + conv2_per_pixel)
                           + downsample,
                           executed_flops=gate + conv1_pixels * conv1_per_pixel + downsample
-                          + self.executed_area(computed, grid) * conv2_per_pixel)
+                          + computed * conv2_per_pixel)
 
 
 def expand_granularity(granularity, stage_blocks: Sequence[int]):
