@@ -95,3 +95,21 @@ def test_a_tool_reports_a_bad_config_in_one_line_and_debug_shows_the_traceback(t
     debug = subprocess.run(command + ['--debug'], cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert debug.returncode == 1 and 'Traceback' in debug.stderr
+
+
+def test_a_cfg_option_into_a_list_by_name_says_how_to_address_the_item():
+    """``test_evaluator`` is a list in the shipped detection configs: mmengine would
+    fail with 'list indices must be integers or slices, not str'."""
+    from types import SimpleNamespace
+
+    from e2e_helpers import ROOT
+    from mmdyn.utils import load_config
+    args = SimpleNamespace(
+        config=str(ROOT / 'configs/las_resnet/faster-rcnn_las-r101-s4421-t05_fpn_1x_coco.py'),
+        local_rank=0, fixture=None, cfg_options={'test_evaluator.ann_file': 'x.json'})
+    with pytest.raises(ValueError, match=r'test_evaluator is a list; address its items by '
+                                         r'index: test_evaluator\.0 \(CocoMetric\), '
+                                         r'test_evaluator\.1 \(SparsityMetric\)'):
+        load_config(args)
+    args.cfg_options = {'test_evaluator.0.ann_file': 'x.json'}
+    assert load_config(args).test_evaluator[0]['ann_file'] == 'x.json'

@@ -87,8 +87,33 @@ def load_config(args) -> Config:
         from mmdyn.datasets.fixture_configs import apply_fixture
         apply_fixture(cfg, args.fixture, iters=args.fixture_iters)
     if args.cfg_options:
+        for key in args.cfg_options:
+            check_option_path(cfg, key)
         cfg.merge_from_dict(args.cfg_options)
     return cfg
+
+
+def check_option_path(cfg, key: str):
+    """A ``--cfg-options`` key that walks into a list by name (``test_evaluator.ann_file``
+    when ``test_evaluator`` is a list of evaluators) is an error that says how to address
+    the item; mmengine would fail with 'list indices must be integers'."""
+    node, walked = cfg, []
+    for part in key.split('.'):
+        walked.append(part)
+        if isinstance(node, (list, tuple)):
+            if not part.isdigit():
+                items = ', '.join(f'{".".join(walked[:-1])}.{k}' + (
+                    f" ({item.get('type')})" if isinstance(item, dict) else '')
+                    for k, item in enumerate(node))
+                raise ValueError(f'--cfg-options {key}: {".".join(walked[:-1])} is a list; '
+                                 f'address its items by index: {items}')
+            node = node[int(part)] if int(part) < len(node) else None
+        elif hasattr(node, 'get'):  # a dict, ConfigDict or the Config itself
+            node = node.get(part)
+        else:
+            return
+        if node is None:
+            return
 
 
 def resolve_checkpoint(path: str, allow_none: bool = False):
