@@ -354,16 +354,16 @@ def test_the_measured_route_is_the_faster_one(granularity, rate, faster, tmp_pat
                                               monkeypatch):
     """The route the measured crossover picks for a block is the one that runs faster
     when both routes of that block are timed directly, each forced by its policy
-    (cases whose two routes differ by 1.3x or more: a 1x1-patch block at full rate,
-    whose windows copy every pixel nine times, 2x; an 8x8-patch block at 2%, 2.2x; both
-    on the AMD EPYC of 2026-12-03); the crossover is stored for this device and block
-    class."""
+    (cases whose two routes differ by 1.3x or more: a LAS-18 block with its conv1 on
+    the active region, at 1x1 patches and full rate, whose windows copy every pixel nine
+    times, 2.2x; at 8x8 patches and 2%, 3.5x; both on the AMD EPYC of 2026-12-03); the
+    crossover is stored for this device and block class."""
     from mmdyn.ops.kernel_choice import CHOOSER
     from test_las_resnet import build
     monkeypatch.setattr(CHOOSER, '_cache_dir', str(tmp_path))
     monkeypatch.setattr(CHOOSER, '_choices', {})
     monkeypatch.setattr(CHOOSER, '_loaded_key', None)
-    model = build(depth=50, granularity=(granularity, ) * 4)
+    model = build(depth=18, granularity=(granularity, ) * 4, basic_conv1='sparse')
     model.set_execution_mode('sparse')
     model.set_forced_activation(rate, seed=4)
     block, x = block_input(model, 'layer1.1', torch.randn(1, 3, 384, 480))
