@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmdyn.datasets.fixture_configs import segmentation_pipelines
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -91,7 +93,9 @@ def logged(work_dir, key):
 
 def tiny_voc_config(path, base, data_root, backbone_args=''):
     """Write a twin of the mmseg VOC config ``base`` shrunk to ResNet-18, BN, small heads
-    and 128 px crops, training 4 iterations on the fixture at ``data_root``."""
+    and 128 px crops (the pipelines of ``--fixture voc``), training 4 iterations on the
+    fixture at ``data_root``."""
+    train_pipeline, test_pipeline = segmentation_pipelines((128, 128), test_scale=(160, 128))
     path.write_text(f'''
 _base_ = ['{base}']
 data_root = '{data_root}'
@@ -101,13 +105,8 @@ model = dict(
     backbone=dict(depth=18, norm_cfg=norm_cfg, init_cfg=None, {backbone_args}),
     decode_head=dict(in_channels=512, channels=32, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=256, channels=16, norm_cfg=norm_cfg))
-train_pipeline = [
-    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
-    dict(type='RandomCrop', crop_size=(128, 128)), dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs')]
-test_pipeline = [
-    dict(type='LoadImageFromFile'), dict(type='Resize', scale=(160, 128), keep_ratio=True),
-    dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+train_pipeline = {train_pipeline!r}
+test_pipeline = {test_pipeline!r}
 dataset = dict(type='PascalVOCDataset', data_root=data_root,
                data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClass'))
 train_dataloader = dict(

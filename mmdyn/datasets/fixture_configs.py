@@ -56,7 +56,7 @@ def _coco(root: str) -> dict:
                 built=info is not None)
 
 
-def _segmentation_pipelines(crop, test_scale, resize=None):
+def segmentation_pipelines(crop, test_scale, resize=None):
     """mmseg train / test pipelines at fixture size: ``crop`` training crops (after the
     optional ``resize`` step), test images resized to ``test_scale``."""
     train = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
@@ -75,7 +75,7 @@ def _voc(root: str) -> dict:
     if built:
         data_root = build_voc_fixture(root)['data_root']
     crop = (128, 128)
-    train, test = _segmentation_pipelines(crop, test_scale=(160, 128))
+    train, test = segmentation_pipelines(crop, test_scale=(160, 128))
 
     def split(name, pipeline):
         return dict(type='PascalVOCDataset', data_root=data_root, pipeline=pipeline,
@@ -90,7 +90,7 @@ def _cityscapes(root: str) -> dict:
     if built:
         build_cityscapes_fixture(root)
     crop = (128, 256)
-    train, test = _segmentation_pipelines(crop, test_scale=(256, 128), resize=dict(
+    train, test = segmentation_pipelines(crop, test_scale=(256, 128), resize=dict(
         type='RandomResize', scale=(256, 128), ratio_range=(1.0, 1.5), keep_ratio=True))
 
     def split(name, pipeline):

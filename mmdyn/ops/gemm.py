@@ -109,7 +109,7 @@ _ONEDNN_CONV = torch.ops.aten.mkldnn_convolution if torch.backends.mkldnn.is_ava
 def _conv1x1(rows: Tensor, matrix: Tensor, bias) -> Tensor:
     if rows.shape[0] == 0:  # oneDNN refuses empty maps
         return rows.new_zeros(0, matrix.shape[1])
-    if _ONEDNN_CONV is not None and rows.dtype == torch.float32 and rows.device.type == 'cpu':
+    if _ONEDNN_CONV is not None and CPU_FLOAT32.covers(rows.device, rows.dtype):
         return _map_as_rows(_ONEDNN_CONV(_rows_as_map(rows), _conv_weight(matrix), bias,
                                          [0, 0], [1, 1], [1, 1], 1))
     return _map_as_rows(F.conv2d(_rows_as_map(rows), _conv_weight(matrix), bias))

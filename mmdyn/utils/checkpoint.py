@@ -134,10 +134,6 @@ def _unreadable(filename: str, error: Exception) -> RuntimeError:
                         f'corrupt?): {type(error).__name__}: {error}')
 
 
-def _load_local_checkpoint(filename, map_location=None):
-    return safe_torch_load(filename, map_location)
-
-
 def _torchvision_weights_unavailable(filename, map_location=None):
     raise RuntimeError(
         f"{filename}: torchvision's pretrained weights are downloaded by torchvision, which "
@@ -152,7 +148,7 @@ def patch_mmengine_checkpoint_loading(torchvision_missing: bool = False):
     torchvision, ``torchvision://`` checkpoints fail with an error that says which
     config key to set instead."""
     from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_local_checkpoint, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=safe_torch_load, force=True)
     if torchvision_missing:
         CheckpointLoader.register_scheme(prefixes='torchvision://',
                                          loader=_torchvision_weights_unavailable, force=True)
