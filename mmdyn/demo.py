@@ -114,7 +114,8 @@ def main():
     height, width = sample.img_shape
     rgb = cv2.resize(rgb, (width, height))
     overlays = save_block_overlays(rgb, las_backbone.records, 0, sample.batch_input_shape,
-                                   os.path.join(masks_dir, Path(sample.img_path).stem))
+                                   os.path.join(masks_dir, Path(sample.img_path).stem),
+                                   terms=las_backbone.mask_terms)
 
     rows = [
         dict(model='Faster R-CNN + ResNet-18 (static)',

@@ -217,7 +217,7 @@ def save_mask_overlays(cfg, checkpoint, out_dir: str, num_images: int = 6) -> li
     (mmdyn.visualization's overlay), one PNG per block tiling the digits."""
     import cv2
 
-    from mmdyn.visualization.masks import overlay
+    from mmdyn.visualization import overlay, write_with_legend
     from mmengine.runner import Runner
     model = build_classifier(cfg, checkpoint)
     loader = Runner.build_dataloader(cfg.test_dataloader)
@@ -240,7 +240,7 @@ def save_mask_overlays(cfg, checkpoint, out_dir: str, num_images: int = 6) -> li
                 tiles.append(overlay(big, big_sel))
             suffix = f'.g{group}' if record.mask.shape[1] > 1 else ''
             path = os.path.join(out_dir, f'{record.name}{suffix}.png')
-            cv2.imwrite(path, cv2.cvtColor(np.concatenate(tiles, axis=1), cv2.COLOR_RGB2BGR))
+            write_with_legend(path, np.concatenate(tiles, axis=1), model.backbone.mask_terms)
             paths.append(path)
     return paths
 

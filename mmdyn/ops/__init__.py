@@ -5,7 +5,7 @@ alone, so it can be reused by plain PyTorch code and on machines without mmcv.
 """
 from .attribute_conv import (ConvOption, DynamicAttributeConv2d, as_option,
                              attribute_conv2d, resize_kernel, transposed_weight)
-from .flops import BlockRecord, ForwardRecord, conv_macs, patch_extents
+from .flops import BlockRecord, ForwardRecord, MaskTerms, conv_macs, patch_extents
 from .gemm import gemm, gemm_acc, gemm_into
 from .gumbel import gumbel_gate
 from .kernel_choice import kernel_choices, pin_kernel
@@ -21,7 +21,7 @@ from .sparse_conv import FoldedConv, fold_conv_bn
 __all__ = [
     'ConvOption', 'DynamicAttributeConv2d', 'as_option', 'attribute_conv2d', 'resize_kernel',
     'transposed_weight',
-    'BlockRecord', 'ForwardRecord', 'conv_macs', 'patch_extents', 'gumbel_gate',
+    'BlockRecord', 'ForwardRecord', 'MaskTerms', 'conv_macs', 'patch_extents', 'gumbel_gate',
     'PatchMasker', 'PatchGrid', 'Window', 'active_patches', 'gather_windows',
     'scatter_add_patches', 'upsample_patch_mask', 'patch_halo_pixels', 'pixel_rows',
     'patch_pixels', 'pair',

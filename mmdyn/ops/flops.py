@@ -6,6 +6,16 @@ import torch
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class MaskTerms:
+    """How a method names what its masks measure and select, for figures and tables:
+    ``rate`` (e.g. LAS's activation rate, SAR's refine rate), ``selected`` and
+    ``skipped`` (what a mask's on and off cells mean for that method)."""
+    rate: str = 'activation rate'
+    selected: str = 'computed'
+    skipped: str = 'skipped'
+
+
 @dataclass
 class BlockRecord:
     """What one dynamic block did in the last forward (DESIGN contract 3).

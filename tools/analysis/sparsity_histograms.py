@@ -42,13 +42,15 @@ def main():
     cfg.test_evaluator = [e for e in evaluators if e['type'] != 'SparsityMetric'] + [
         dict(type='SparsityMetric', per_block=args.per_block, per_image_file=per_image)]
     cfg.load_from = resolve_checkpoint(args.checkpoint, allow_none=True)
-    build_runner(cfg, args.config, args.work_dir or args.out_dir, args.launcher).test()
+    runner = build_runner(cfg, args.config, args.work_dir or args.out_dir, args.launcher)
+    runner.test()
+    terms = getattr(runner.model, 'module', runner.model).backbone.mask_terms
     with open(per_image) as f:
         stats = json.load(f)
     summary = plot_sparsity_histograms(stats, os.path.join(args.out_dir, 'histograms.png'),
-                                       args.bins)
+                                       args.bins, terms, title=Path(args.config).stem)
     if args.per_block:
-        rates = plot_block_rates(stats, os.path.join(args.out_dir, 'per_block.png'))
+        rates = plot_block_rates(stats, os.path.join(args.out_dir, 'per_block.png'), terms)
         with open(os.path.join(args.out_dir, 'per_block.json'), 'w') as f:
             json.dump(rates, f, indent=2)
         summary['per_block_png'] = os.path.join(args.out_dir, 'per_block.png')

@@ -4,7 +4,9 @@
 
 Works for mmdet and mmseg configs with a dynamic backbone; writes
 ``DIR/<image stem>/<block>.png`` (``<block>.g<k>.png`` per channel group for SAR-ResNet)
-and ``DIR/<image stem>/all_blocks.png``.
+and ``DIR/<image stem>/all_blocks.png`` (``all_blocks_<page>.png`` for deep networks),
+each with a legend in the method's words (LAS: computed / skipped patch; SAR: refined /
+base branch only; SFSI: sampled / interpolated; CAD: kept / downsampled).
 """
 import argparse
 import os
@@ -54,7 +56,8 @@ def main():
         rgb = cv2.resize(image[..., ::-1], (shape[1], shape[0]))
         out_dir = os.path.join(args.out_dir, Path(image_path).stem)
         paths = save_block_overlays(rgb, model.backbone.records, 0,
-                                    result.metainfo['batch_input_shape'], out_dir)
+                                    result.metainfo['batch_input_shape'], out_dir,
+                                    terms=model.backbone.mask_terms)
         print(f'{image_path}: {len(paths)} PNGs in {out_dir}')
 
 

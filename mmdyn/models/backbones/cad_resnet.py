@@ -23,7 +23,7 @@ from mmengine.registry import MODELS
 
 from mmdyn.models.mask_sources.basic import (build_mask_source, check_source_steps,
                                             source_keep_masks)
-from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs
+from mmdyn.ops import BlockRecord, ForwardRecord, MaskTerms, PatchGrid, conv_macs
 from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
                                 dense_to_rows, fill_cells, rows_to_dense, step_levels)
 from .dynamic import check_number, fold_cache_of, folded_cached
@@ -68,6 +68,8 @@ class CADResNet(ForcedKeepMasks, DynamicResNetMixin, ResNet):
         execution_mode: ``'auto'`` (dense reference in training, sparse in eval),
             ``'dense'`` or ``'sparse'`` (inference only).
     """
+
+    mask_terms = MaskTerms('keep ratio', 'kept at full resolution', 'downsampled')
     arch_settings = {
         50: (Bottleneck, (3, 4, 6, 3)),
         101: (Bottleneck, (3, 4, 23, 3)),

@@ -29,7 +29,8 @@ from torch import Tensor
 
 from mmdyn.models.mask_sources.basic import (build_mask_source, check_source_steps,
                                             source_keep_masks)
-from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs, fold_conv_bn
+from mmdyn.ops import (BlockRecord, ForwardRecord, MaskTerms, PatchGrid, conv_macs,
+                       fold_conv_bn)
 from mmdyn.ops.cell_pool import max_pool_rows
 from mmdyn.ops.multires import (CellLayout, RowBuffers, adaptive_downsample, block_grid,
                                 check_keep_mask, conv3x3_rows, fill_cells, rows_to_dense,
@@ -81,6 +82,8 @@ class CADVGG(ForcedKeepMasks, DynamicBackboneMixin, D2NetVGG):
             time (page faults); they stay allocated with the module. The returned
             cells are always fresh memory. One forward at a time per module.
     """
+
+    mask_terms = MaskTerms('keep ratio', 'kept at full resolution', 'downsampled')
     EXECUTION_MODES = ('dense', 'sparse')
 
     def __init__(self, output_stride: int = 1, mask_source=dict(type='FullResolutionMask'),

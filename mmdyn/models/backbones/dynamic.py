@@ -14,7 +14,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, fold_conv_bn
+from mmdyn.ops import BlockRecord, ForwardRecord, MaskTerms, PatchGrid, fold_conv_bn
 
 EXECUTION_MODES = ('auto', 'masked', 'sparse')
 
@@ -208,6 +208,9 @@ class SparsitySummary:
 
 class DynamicBackboneMixin:
     """Backbone-level controls (DESIGN contract 4) and records (contract 3)."""
+
+    #: the method's words for its rate and masks (figure legends, axis labels)
+    mask_terms = MaskTerms()
 
     def dynamic_blocks(self):
         return [m for m in self.modules() if isinstance(m, DynamicBlockMixin)]

@@ -38,7 +38,7 @@ from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 from mmengine.registry import MODELS
 from torch import nn
 
-from mmdyn.ops import BlockRecord, ForwardRecord, PatchGrid, conv_macs
+from mmdyn.ops import BlockRecord, ForwardRecord, MaskTerms, PatchGrid, conv_macs
 from mmdyn.ops.attribute_conv import (ATTRIBUTES, ConvOption, DynamicAttributeConv2d,
                                       as_option)
 from .resnet_parts import (DynamicResNetMixin, check_resnet_sizes, check_resnext_width,
@@ -424,6 +424,8 @@ class ITDResNet(ITDResNetMixin, ResNet):
             or a dict of per-position attribute values like ``dict(stride=(1, 2, 3, 2))``).
         min_feature_size: the smallest feature map allowed (a clear error otherwise).
     """
+
+    mask_terms = MaskTerms('relative stage cost', 'computed', 'skipped')
 
     def __init__(self, depth: int, dynamic_positions=POSITIONS, upsampling_positions=None,
                  output_size: str = 'actual', permutation=None, min_feature_size: int = 1,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmengine.registry import MODELS
 
-from mmdyn.ops import (FoldedConv, ForwardRecord, PatchGrid, PatchMasker, Window,
+from mmdyn.ops import (FoldedConv, ForwardRecord, MaskTerms, PatchGrid, PatchMasker, Window,
                        active_patches, conv_macs, conv_tap_rows, gather_windows, gemm_acc,
                        patch_extents, patch_halo_pixels, pixel_rows, sampled_pixels,
                        scatter_add_patches, upsample_patch_mask)
@@ -380,6 +380,8 @@ class LASResNet(DynamicResNetMixin, ResNet):
         contract_dilation: mmseg ResNetV1c semantics, the first block of a dilated
             stage uses half the dilation.
     """
+
+    mask_terms = MaskTerms('activation rate', 'computed patch', 'skipped patch (shortcut only)')
     arch_settings = {
         18: (LASBasicBlock, (2, 2, 2, 2)),
         34: (LASBasicBlock, (3, 4, 6, 3)),

@@ -39,8 +39,8 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import nn
 
-from mmdyn.ops import (ForwardRecord, PatchGrid, PatchMasker, Window, active_patches,
-                       conv_macs, gather_windows, patch_extents,
+from mmdyn.ops import (ForwardRecord, MaskTerms, PatchGrid, PatchMasker, Window,
+                       active_patches, conv_macs, gather_windows, patch_extents,
                        patch_pixels, pixel_rows, upsample_patch_mask)
 from .dynamic import DynamicBlockMixin, check_number, fold_cache_of
 from .resnet_parts import (DynamicResNetMixin, build_shortcut, first_block_dilation,
@@ -429,6 +429,8 @@ class SARResNet(DynamicResNetMixin, ResNet):
         execution_mode, temperature, mask_init_bias: as in ``LASResNet``.
         contract_dilation: mmseg ResNetV1c semantics for dilated stages.
     """
+
+    mask_terms = MaskTerms('refine rate', 'refined at full resolution', 'base branch only (coarse)')
     arch_settings = {
         18: (BasicBlock, (2, 2, 2, 2)),
         34: (BasicBlock, (3, 4, 6, 3)),

@@ -47,8 +47,8 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from mmdyn.ops import (BlockRecord, FoldedConv, ForwardRecord, PatchGrid, conv_macs,
-                       pixel_rows)
+from mmdyn.ops import (BlockRecord, FoldedConv, ForwardRecord, MaskTerms, PatchGrid,
+                       conv_macs, pixel_rows)
 from mmdyn.ops.gemm import gather_gemm, gemm, gemm_acc
 from mmdyn.ops.pixel_sampling import (PixelMaskHead, SeededGenerators, apply_grid_prior,
                                       bilinear_tap_rows, blur_macs, check_grid_prior,
@@ -355,6 +355,8 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
             or ``'sparse'`` (inference only).
         contract_dilation: mmseg ``ResNetV1c`` semantics.
     """
+
+    mask_terms = MaskTerms('sampling rate', 'sampled pixel', 'interpolated pixel')
     arch_settings = {
         50: (SFSIBottleneck, (3, 4, 6, 3)),
         101: (SFSIBottleneck, (3, 4, 23, 3)),
