@@ -98,14 +98,14 @@ def test_flops_ratio_loss_with_an_active_bounds_term():
 
 
 def test_flops_ratio_loss_gradient_reaches_the_blocks_out_of_bounds():
-    loss = FlopsRatioLoss(target=0.5, bounds_weight=1.0)
+    loss = FlopsRatioLoss(target=0.5, bounds_weight=1.0)  # loss_weight 10 by default
     loss.set_progress(0.0)
     executed = torch.tensor([80.0], requires_grad=True)
     record = ForwardRecord({'stem': 0.0}, [BlockRecord('a', None, executed / 100, 100.0,
                                                        executed)])
     loss(record)['loss_sparsity'].backward()
-    # d/de [ (e/100 - 0.5)^2 + (e/100 - 0.5)^2 ] = 4 (e/100 - 0.5) / 100
-    assert float(executed.grad) == pytest.approx(4 * 0.3 / 100)
+    # d/de 10 [ (e/100 - 0.5)^2 + (e/100 - 0.5)^2 ] = 40 (e/100 - 0.5) / 100
+    assert float(executed.grad) == pytest.approx(40 * 0.3 / 100)
 
 
 def test_keep_ratio_loss_by_hand():

@@ -186,7 +186,7 @@ def test_refine_rate_losses_eq10_and_eq11():
     batch = RefineRateLoss(target=0.5, mode='batch')(record)['loss_sparsity']
     sample = RefineRateLoss(target=0.5, mode='sample')(record)['loss_sparsity']
     assert float(batch) == pytest.approx(0.0)                       # block means hit t
-    assert float(sample) == pytest.approx((0.09 + 0.09) / 4)         # per-sample misses
+    assert float(sample) == pytest.approx(10 * (0.09 + 0.09) / 4)    # per-sample misses, lambda 10
     loss = RefineRateLoss(target=0.5, loss_weight=2.0, mode='batch')
     loss.set_target(0.3)
     out = loss(record)

@@ -6,7 +6,7 @@ _base_ = ['./faster-rcnn_r18_fpn_demo-fixture.py', '../_base_/las_runtime.py']
 model = dict(
     type='DynFasterRCNN',
     backbone=dict(type='LASResNet', granularity=(4, 4, 2, 1)),
-    sparsity_loss=dict(type='FlopsRatioLoss', target=0.7, loss_weight=1.0))
+    sparsity_loss=dict(type='FlopsRatioLoss', target=0.7, loss_weight=10.0))
 custom_hooks = [
     dict(type='TemperatureHook', start=1.0, end=0.1),
     dict(type='SparsityTargetHook', num_steps=3, end_fraction=0.5),

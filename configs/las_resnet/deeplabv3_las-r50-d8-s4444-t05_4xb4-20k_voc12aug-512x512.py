@@ -4,6 +4,6 @@ _base_ = ['mmseg::deeplabv3/deeplabv3_r50-d8_4xb4-20k_voc12aug-512x512.py', '../
 model = dict(
     type='DynEncoderDecoder',
     backbone=dict(type='LASResNet', deep_stem=True, granularity=(4, 4, 4, 4)),
-    sparsity_loss=dict(type='FlopsRatioLoss', target=0.5, loss_weight=1.0))
+    sparsity_loss=dict(type='FlopsRatioLoss', target=0.5, loss_weight=10.0))
 val_evaluator = [{{_base_.val_evaluator}}, dict(type='SparsityMetric')]
 test_evaluator = val_evaluator

@@ -5,6 +5,6 @@ _base_ = ['mmdet::faster_rcnn/faster-rcnn_r101_fpn_1x_coco.py', '../_base_/las_r
 model = dict(
     type='DynFasterRCNN',
     backbone=dict(type='LASResNet', granularity=(4, 4, 2, 1)),
-    sparsity_loss=dict(type='FlopsRatioLoss', target=0.5, loss_weight=1.0))
+    sparsity_loss=dict(type='FlopsRatioLoss', target=0.5, loss_weight=10.0))
 val_evaluator = [{{_base_.val_evaluator}}, dict(type='SparsityMetric')]
 test_evaluator = val_evaluator

@@ -4,6 +4,6 @@ _base_ = ['mmseg::pspnet/pspnet_r50-d8_4xb2-40k_cityscapes-512x1024.py', '../_ba
 model = dict(
     type='DynEncoderDecoder',
     backbone=dict(type='LASResNet', deep_stem=True, granularity=(4, 4, 4, 4)),
-    sparsity_loss=dict(type='FlopsRatioLoss', target=0.5, loss_weight=1.0))
+    sparsity_loss=dict(type='FlopsRatioLoss', target=0.5, loss_weight=10.0))
 val_evaluator = [{{_base_.val_evaluator}}, dict(type='SparsityMetric')]
 test_evaluator = val_evaluator

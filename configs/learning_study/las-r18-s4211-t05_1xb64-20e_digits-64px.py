@@ -10,6 +10,6 @@ model = dict(
     type='DynImageClassifier',
     backbone=dict(_delete_=True, type='LASResNet', depth=18, granularity=(4, 2, 1, 1),
                   basic_conv1='sparse', out_indices=(3, ), init_cfg=None),
-    sparsity_loss=dict(type='FlopsRatioLoss', target=0.5, loss_weight=1.0))
+    sparsity_loss=dict(type='FlopsRatioLoss', target=0.5, loss_weight=10.0))
 val_evaluator = [dict(type='Accuracy', topk=(1, )), dict(type='SparsityMetric', per_block=False)]
 test_evaluator = val_evaluator

@@ -8,6 +8,6 @@ model = dict(
     type='DynImageClassifier',
     backbone=dict(_delete_=True, type='SARResNet', depth=18, sar_setting='G2s2a2b1',
                   mask_size=(4, 4, 2), min_input_size=64, out_indices=(3, ), init_cfg=None),
-    sparsity_loss=dict(type='RefineRateLoss', target=0.5, loss_weight=1.0, mode='batch'))
+    sparsity_loss=dict(type='RefineRateLoss', target=0.5, loss_weight=10.0, mode='batch'))
 val_evaluator = [dict(type='Accuracy', topk=(1, )), dict(type='SparsityMetric', per_block=False)]
 test_evaluator = val_evaluator

@@ -6,6 +6,6 @@ model = dict(
     type='DynMaskRCNN',
     backbone=dict(type='SARResNet', sar_setting='G2s2a2b1', mask_size=(7, 7, 2),
                   frozen_stages=-1, init_cfg=None),  # frozen_stages=1 once pre-trained
-    sparsity_loss=dict(type='RefineRateLoss', target=0.5, loss_weight=1.0, mode='batch'))
+    sparsity_loss=dict(type='RefineRateLoss', target=0.5, loss_weight=10.0, mode='batch'))
 val_evaluator = [{{_base_.val_evaluator}}, dict(type='SparsityMetric')]
 test_evaluator = val_evaluator

@@ -10,6 +10,6 @@ model = dict(
     pretrained=None,
     backbone=dict(type='SARResNet', deep_stem=True, sar_setting='G2s4a1',
                   mask_size=(7, 7, 2), init_cfg=None),
-    sparsity_loss=dict(type='RefineRateLoss', target=0.5, loss_weight=1.0, mode='batch'))
+    sparsity_loss=dict(type='RefineRateLoss', target=0.5, loss_weight=10.0, mode='batch'))
 val_evaluator = [{{_base_.val_evaluator}}, dict(type='SparsityMetric')]
 test_evaluator = val_evaluator

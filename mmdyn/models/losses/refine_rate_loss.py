@@ -7,7 +7,9 @@ G groups), differentiable through the straight-through masks; t the target rate.
     sample target  L = lambda * 1/(L N) sum_l sum_i ( r_{l,i} - t )^2          (Eq. 11)
 
 The batch target lets easy and hard images share the budget; the sample target holds
-every image to it.
+every image to it. lambda defaults to 10: with 1, the learning study's SAR-ResNet-18
+ended at a refine rate of 0.332 for t = 0.3, with 10 at 0.306 (the quadratic penalty's
+offset from the target shrinks as 1/lambda; see :mod:`.flops_loss`).
 """
 import torch
 from mmengine.registry import MODELS
@@ -21,7 +23,7 @@ TARGET_MODES = ('batch', 'sample')
 class RefineRateLoss(ScheduledSparsityLoss):
     """``loss_sparsity`` from the refinement rates of every dynamic block."""
 
-    def __init__(self, target: float = 0.5, loss_weight: float = 1.0, mode: str = 'batch'):
+    def __init__(self, target: float = 0.5, loss_weight: float = 10.0, mode: str = 'batch'):
         super().__init__(target, loss_weight)
         if mode not in TARGET_MODES:
             raise ValueError(f'mode={mode!r} is not one of {TARGET_MODES} '
