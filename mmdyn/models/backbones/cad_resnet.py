@@ -16,6 +16,8 @@ only the active cells, as rows: 1x1 convs are matrix products, 3x3 convs gather 
 nine taps. Parameter names are mmdet's ResNet's: dense ResNet checkpoints load
 unchanged and nothing needs retraining (a learned mask source has its own weights).
 """
+from typing import Dict, Optional, Sequence
+
 import torch
 import torch.nn.functional as F
 from mmdet.models.backbones.resnet import Bottleneck, ResNet
@@ -59,14 +61,35 @@ class CADResNet(ForcedKeepMasks, DynamicResNetMixin, ResNet):
     """Content-adaptive-downsampling ResNet (depth 50/101/152) on the output-stride-8
     grid.
 
-    Args (beyond mmdet's ``ResNet``):
-        base_output_stride: 16 (stage 3's downsampling is adaptive: OS 16 -> 8) or 32
-            (stages 3 and 4: OS 32 -> 8).
-        mask_source: config of a registered mask source (``EdgeMask``,
+    Hesse et al., "Content-Adaptive Downsampling in Convolutional Neural Networks",
+    CVPR-W 2023.
+
+    Args:
+        depth (int): Depth of the ResNet, one of {50, 101, 152}.
+        base_output_stride (int): 16 (stage 3's downsampling is adaptive: OS 16 -> 8)
+            or 32 (stages 3 and 4: OS 32 -> 8). Default: 16.
+        mask_source (dict): config of a registered mask source (``EdgeMask``,
             ``LearnedMask``, ``KeypointMask``, ``RandomMask``, ``InverseMask``,
             ``FullResolutionMask``, ``DownsampleAllMask``, ...).
-        execution_mode: ``'auto'`` (dense reference in training, sparse in eval),
-            ``'dense'`` or ``'sparse'`` (inference only).
+            Default: dict(type='EdgeMask').
+        execution_mode (str): ``'auto'`` (dense reference in training, sparse in
+            eval), ``'dense'`` or ``'sparse'`` (inference only). Default: 'auto'.
+        strides (Sequence[int]): strides of the first block of each stage; must be
+            the output-stride-8 layout. Default: (1, 2, 1, 1).
+        dilations (Sequence[int]): dilation of each stage; must be the
+            output-stride-8 layout. Default: (1, 1, 2, 4).
+        contract_dilation (bool): mmseg ``ResNetV1c`` semantics, the first block of a
+            dilated stage uses half the dilation. Default: True.
+        deep_stem (bool): replace the 7x7 stem conv with three 3x3 convs (mmseg's
+            ``ResNetV1c``). Default: True.
+        num_stages (int): number of ResNet stages; must be 4. Default: 4.
+        multi_grid (Sequence[int], optional): mmseg ``ResNetV1c``'s multi-grid
+            dilations; not supported, must be None. Default: None.
+        temperature (float): initial Gumbel temperature of a mask source that has one
+            (``LearnedMask``; hooks change it during training). Default: 1.0.
+        **kwargs: other arguments: mmdet's ``ResNet`` (``style='pytorch'``, no
+            ``dcn``, ``plugins`` or ``with_cp=True``; ``norm_cfg`` must be a
+            BatchNorm).
     """
 
     mask_terms = MaskTerms('keep ratio', 'kept at full resolution', 'downsampled')
@@ -78,10 +101,12 @@ class CADResNet(ForcedKeepMasks, DynamicResNetMixin, ResNet):
     EXECUTION_MODES = ('auto', 'dense', 'sparse')
 
     def __init__(self, depth: int, base_output_stride: int = 16,
-                 mask_source=dict(type='EdgeMask'), execution_mode: str = 'auto',
-                 strides=OS8_STRIDES, dilations=OS8_DILATIONS, contract_dilation: bool = True,
-                 deep_stem: bool = True, num_stages: int = 4, multi_grid=None,
-                 temperature: float = 1.0, **kwargs):
+                 mask_source: Dict = dict(type='EdgeMask'), execution_mode: str = 'auto',
+                 strides: Sequence[int] = OS8_STRIDES,
+                 dilations: Sequence[int] = OS8_DILATIONS, contract_dilation: bool = True,
+                 deep_stem: bool = True, num_stages: int = 4,
+                 multi_grid: Optional[Sequence[int]] = None, temperature: float = 1.0,
+                 **kwargs):
         if depth not in self.arch_settings:
             raise ValueError(f'depth={depth!r} is not supported by CADResNet; choose one of '
                              f'{sorted(self.arch_settings)}')

@@ -23,6 +23,8 @@ the image) and the large temporaries live on storage reused across forwards
 (:class:`~mmdyn.ops.multires.RowBuffers`). Multiply-adds are counted per conv from the
 cells it computes.
 """
+from typing import Dict
+
 import torch
 from mmengine.registry import MODELS
 from torch import Tensor
@@ -67,26 +69,35 @@ class CADVGG(ForcedKeepMasks, DynamicBackboneMixin, D2NetVGG):
     """D2-Net's VGG16 with its last 1, 2 or 3 max-pools adaptive (output stride 8 ->
     4 / 2 / 1).
 
-    Args (beyond :class:`D2NetVGG`'s):
-        output_stride: 4, 2 or 1, the fine grid (1, 2 or 3 adaptive pools).
-        mask_source: a registered mask source (``SiftKeypointMask`` with one dilation
-            per adaptive pool, ``RandomMask``, ``InverseMask``, ``FullResolutionMask``,
-            ``DownsampleAllMask``, ...); it gets the Caffe-preprocessed input, the map
-            entering the first adaptive pool, and one block grid per adaptive pool
-            (blocks of 2^s x 2^s fine pixels for step s).
-        execution_mode: ``'sparse'`` (only the active cells) or ``'dense'`` (the
-            reference on the full fine grid).
-        chunk_rows: cells per gather-and-multiply in the sparse path (bounds memory).
-        reuse_buffers: keep the sparse path's large temporaries (the gather buffer, two
-            intermediate cell maps) between forwards instead of mapping them anew each
-            time (page faults); they stay allocated with the module. The returned
-            cells are always fresh memory. One forward at a time per module.
+    Hesse et al., "Content-Adaptive Downsampling in Convolutional Neural Networks",
+    CVPR-W 2023, Sec. 4.3.
+
+    Args:
+        output_stride (int): 4, 2 or 1, the fine grid (1, 2 or 3 adaptive pools).
+            Default: 1.
+        mask_source (dict): config of a registered mask source (``SiftKeypointMask``
+            with one dilation per adaptive pool, ``RandomMask``, ``InverseMask``,
+            ``FullResolutionMask``, ``DownsampleAllMask``, ...); it gets the
+            Caffe-preprocessed input, the map entering the first adaptive pool, and
+            one block grid per adaptive pool (blocks of 2^s x 2^s fine pixels for step
+            s). Default: dict(type='FullResolutionMask').
+        execution_mode (str): ``'sparse'`` (only the active cells) or ``'dense'`` (the
+            reference on the full fine grid). Default: 'sparse'.
+        chunk_rows (int): cells per gather-and-multiply in the sparse path (bounds
+            memory). Default: 16384.
+        reuse_buffers (bool): keep the sparse path's large temporaries (the gather
+            buffer, two intermediate cell maps) between forwards instead of mapping
+            them anew each time (page faults); they stay allocated with the module.
+            The returned cells are always fresh memory. One forward at a time per
+            module. Default: True.
+        **kwargs: other arguments: :class:`D2NetVGG` (``d2net_pool3`` must be False).
     """
 
     mask_terms = MaskTerms('keep ratio', 'kept at full resolution', 'downsampled')
     EXECUTION_MODES = ('dense', 'sparse')
 
-    def __init__(self, output_stride: int = 1, mask_source=dict(type='FullResolutionMask'),
+    def __init__(self, output_stride: int = 1,
+                 mask_source: Dict = dict(type='FullResolutionMask'),
                  execution_mode: str = 'sparse', chunk_rows: int = 16384,
                  reuse_buffers: bool = True, **kwargs):
         check_output_stride(output_stride, (4, 2, 1))

@@ -18,7 +18,7 @@ the mean of the weights' source (``self.mean_bgr``). Weights come from local fil
 ``.h5``, or ``'hed'`` for the file inside the installed package).
 """
 import math
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -57,21 +57,34 @@ def check_output_stride(value, allowed=OUTPUT_STRIDES, name='output_stride') -> 
 class D2NetVGG(BaseModule):
     """VGG16 conv1_1 ... conv4_3 at output stride 8, 4, 2 or 1.
 
+    Dusmanu et al., "D2-Net: A Trainable CNN for Joint Description and Detection of
+    Local Features", CVPR 2019.
+
     Args:
-        output_stride: 8 (VGG16), 4 (D2-Net), 2 or 1.
-        final_relu: ReLU after conv4_3 (D2-Net's default; ``--no-relu`` disables it).
-        d2net_pool3: D2-Net's test model: pool3 is a 2x2 average pool of stride 1
-            (output stride 4 only; the map is one pixel smaller).
-        checkpoint: local weights (see :func:`load_vgg16_weights`) or None (random).
-        weights_source: ``'auto'``, ``'d2net'``, ``'torchvision'`` or ``'hed'``.
-        base_channels: conv1's width (64 in VGG16; blocks 2-4 have 2, 4, 8 times it).
-            Narrower networks are for tests and cannot load VGG16 weights.
-    Returns ``(features,)``, the ``[B, 512, H / s, W / s]`` dense descriptor map.
+        output_stride (int): 8 (VGG16), 4 (D2-Net), 2 or 1. Default: 4.
+        final_relu (bool): ReLU after conv4_3 (D2-Net's default; ``--no-relu``
+            disables it). Default: True.
+        d2net_pool3 (bool): D2-Net's test model: pool3 is a 2x2 average pool of
+            stride 1 (output stride 4 only; the map is one pixel smaller).
+            Default: False.
+        checkpoint (str, optional): local weights, a file path or ``'hed'`` (see
+            :func:`load_vgg16_weights`), or None (random). Default: None.
+        weights_source (str): ``'auto'``, ``'d2net'``, ``'torchvision'`` or
+            ``'hed'``. Default: 'auto'.
+        base_channels (int): conv1's width (64 in VGG16; blocks 2-4 have 2, 4, 8
+            times it). Narrower networks are for tests and cannot load VGG16 weights.
+            Default: 64.
+        init_cfg (dict or list[dict], optional): Initialization config dict (not
+            applied when ``checkpoint`` is given). Default: None.
+
+    The forward returns ``(features,)``, the ``[B, 512, H / s, W / s]`` dense
+    descriptor map.
     """
 
     def __init__(self, output_stride: int = 4, final_relu: bool = True,
-                 d2net_pool3: bool = False, checkpoint=None, weights_source: str = 'auto',
-                 base_channels: int = 64, init_cfg=None):
+                 d2net_pool3: bool = False, checkpoint: Optional[str] = None,
+                 weights_source: str = 'auto', base_channels: int = 64,
+                 init_cfg: Optional[Union[Dict, List[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         self.output_stride = check_output_stride(output_stride)
         if d2net_pool3 and self.output_stride != 4:

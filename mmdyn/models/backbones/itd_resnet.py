@@ -29,7 +29,7 @@ permutation's count and ``executed_flops`` the chosen one's; its ``activation_ra
 their ratio (the relative cost of the stage, > 1 when a stage runs at a finer grid).
 """
 import itertools
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -414,22 +414,41 @@ class ITDResNet(ITDResNetMixin, ResNet):
     parameter names; mmseg ``ResNetV1c`` arguments (``deep_stem``, ``strides``,
     ``dilations``, ``contract_dilation``) are accepted for DeepLabv3/PSPNet.
 
-    Args (beyond mmdet's ``ResNet``):
-        dynamic_positions: which of A, B, C, D (first block of stage 1..4) are dynamic.
-        upsampling_positions: where stride 1/2 may be asked for (default: every
-            dynamic position).
-        output_size: ``'actual'`` (feature maps follow the permutation) or ``'nominal'``
-            (resampled to the default permutation's sizes, for detectors).
-        permutation: the initial permutation (``None``: the default; a list of options,
-            or a dict of per-position attribute values like ``dict(stride=(1, 2, 3, 2))``).
-        min_feature_size: the smallest feature map allowed (a clear error otherwise).
+    "The Untapped Potential of Off-the-Shelf Convolutional Neural Networks" (2021).
+
+    Args:
+        depth (int): Depth of the ResNet, one of {18, 34, 50, 101, 152}.
+        dynamic_positions (Sequence[str]): which of A, B, C, D (first block of stage
+            1..4) are dynamic. Default: ('A', 'B', 'C', 'D').
+        upsampling_positions (Sequence[str], optional): where stride 1/2 may be asked
+            for (None: every dynamic position). Default: None.
+        output_size (str): ``'actual'`` (feature maps follow the permutation) or
+            ``'nominal'`` (resampled to the default permutation's sizes, for
+            detectors). Default: 'actual'.
+        permutation (Sequence[ConvOption | dict | tuple] | dict, optional): the
+            initial permutation (``None``: the default; a list of options, or a dict
+            of per-position attribute values like ``dict(stride=(1, 2, 3, 2))``).
+            Default: None.
+        min_feature_size (int): the smallest feature map allowed (a clear error
+            otherwise). Default: 1.
+        contract_dilation (bool): mmseg ``ResNetV1c`` semantics, the first block of a
+            dilated stage uses half the dilation. Default: False.
+        multi_grid (Sequence[int], optional): mmseg ``ResNetV1c``'s multi-grid
+            dilations; not supported, must be None. Default: None.
+        **kwargs: other arguments: mmdet's ``ResNet`` (``style='pytorch'``, no
+            ``dcn``, ``plugins`` or ``with_cp=True``; ``norm_cfg`` must be a
+            BatchNorm).
     """
 
     mask_terms = MaskTerms('relative stage cost', 'computed', 'skipped')
 
-    def __init__(self, depth: int, dynamic_positions=POSITIONS, upsampling_positions=None,
-                 output_size: str = 'actual', permutation=None, min_feature_size: int = 1,
-                 contract_dilation: bool = False, multi_grid=None, **kwargs):
+    def __init__(self, depth: int, dynamic_positions: Sequence[str] = POSITIONS,
+                 upsampling_positions: Optional[Sequence[str]] = None,
+                 output_size: str = 'actual',
+                 permutation: Optional[Union[Sequence[Union[ConvOption, Dict, Sequence]],
+                                             Dict[str, Sequence]]] = None,
+                 min_feature_size: int = 1, contract_dilation: bool = False,
+                 multi_grid: Optional[Sequence[int]] = None, **kwargs):
         if depth not in self.arch_settings:
             raise ValueError(f'depth={depth!r} is not supported by {type(self).__name__}; '
                              f'choose one of {sorted(self.arch_settings)}')
@@ -456,7 +475,17 @@ class ITDResNet(ITDResNetMixin, ResNet):
 @MODELS.register_module()
 class ITDResNeXt(ITDResNet):
     """Inference-time-dynamic ResNeXt (depth 50/101/152; 32x4d: ``groups=32,
-    base_width=4``) with mmdet ``ResNeXt`` parameter names; arguments as ITDResNet."""
+    base_width=4``) with mmdet ``ResNeXt`` parameter names.
+
+    Args:
+        depth (int): Depth of the ResNeXt, one of {50, 101, 152}.
+        groups (int): number of groups of the 3x3 convs, as in mmdet's ``ResNeXt``.
+            Default: 32.
+        base_width (int): base width of each group, as in mmdet's ``ResNeXt``.
+            Default: 4.
+        **kwargs: other arguments: :class:`ITDResNet` (and through it mmdet's
+            ``ResNet``).
+    """
     arch_settings = {
         50: (ResNeXtBottleneck, (3, 4, 6, 3)),
         101: (ResNeXtBottleneck, (3, 4, 23, 3)),

@@ -29,7 +29,7 @@ and writes the results back.
 """
 import math
 import re
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -417,17 +417,49 @@ class SARResNet(DynamicResNetMixin, ResNet):
     """SAR-ResNet (depth 18/34/50/101) for mmdet/mmseg; returns the feature maps of
     mmdet's ResNet (same strides and channels for every ``out_indices``).
 
-    Args (beyond mmdet's ``ResNet``):
-        sar_setting: the paper's shorthand for all SAR stages, e.g. ``'G2s2a2b1'``.
-        groups, base_scale, alpha, beta: G, s, alpha, beta per SAR stage (one value
-            or three); alternative to ``sar_setting``.
-        mask_size: K per SAR stage, the region-selection grid (default 7-7-2 as in
-            the reference ImageNet models).
-        min_input_size: the smallest input (int or (h, w)) the config will see; K
-            must fit the smallest refinement map it produces.
-        fusion_reduction: channel reduction of the fusion weights' hidden layer.
-        execution_mode, temperature, mask_init_bias: as in ``LASResNet``.
-        contract_dilation: mmseg ResNetV1c semantics for dilated stages.
+    Han et al., "Spatially Adaptive Feature Refinement for Efficient Inference", IEEE
+    TIP 2021.
+
+    Args:
+        depth (int): Depth of the ResNet, one of {18, 34, 50, 101}.
+        sar_setting (str, optional): the paper's shorthand for all SAR stages, e.g.
+            ``'G2s2a2b1'`` (G groups, base scale s, alpha, beta). Default: None.
+        groups (int | Sequence[int], optional): G, the number of region masks and
+            channel groups of the refinement branch, per SAR stage (one value or
+            three); alternative to ``sar_setting``. Default: None (2).
+        base_scale (int | Sequence[int], optional): s, the base branch's downsampling
+            factor (a power of two) per SAR stage (one value or three); alternative to
+            ``sar_setting``. Default: None (2).
+        alpha (int | Sequence[int], optional): the base branch's width reduction
+            (width C/alpha) per SAR stage (one value or three); alternative to
+            ``sar_setting``. Default: None (2).
+        beta (float | Sequence[float], optional): the refinement branch's width factor
+            (width C*beta) per SAR stage (one value or three); alternative to
+            ``sar_setting``. Default: None (1.0).
+        mask_size (int | Sequence[int]): K per SAR stage (one value or three), the
+            region-selection grid; the default is that of the reference ImageNet
+            models. Default: (7, 7, 2).
+        min_input_size (int | Sequence[int]): the smallest input (int or (h, w)) the
+            config will see; K must fit the smallest refinement map it produces.
+            Default: 224.
+        fusion_reduction (int): channel reduction of the fusion weights' hidden layer.
+            Default: 16.
+        execution_mode (str): ``'auto'`` (masked in training, sparse in eval),
+            ``'masked'`` or ``'sparse'`` (inference only), as in ``LASResNet``.
+            Default: 'auto'.
+        temperature (float): initial Gumbel temperature (hooks change it during
+            training), as in ``LASResNet``. Default: 1.0.
+        mask_init_bias (float): initial "refine" logit bias of the region selectors;
+            > 0 starts every region refined, as in ``LASResNet``. Default: 3.0.
+        contract_dilation (bool): mmseg ``ResNetV1c`` semantics for dilated stages.
+            Default: False.
+        num_stages (int): number of ResNet stages, an int in [1, 4]. Default: 4.
+        strides (Sequence[int]): strides of the first block of each stage, as in
+            mmdet's ``ResNet``. Default: (1, 2, 2, 2).
+        multi_grid (Sequence[int], optional): mmseg ``ResNetV1c``'s multi-grid
+            dilations; not supported, must be None. Default: None.
+        **kwargs: other arguments: mmdet's ``ResNet`` (no ``dcn``, ``plugins`` or
+            ``with_cp=True``; ``norm_cfg`` must be a BatchNorm).
     """
 
     mask_terms = MaskTerms('refine rate', 'refined at full resolution', 'base branch only (coarse)')
@@ -441,12 +473,18 @@ class SARResNet(DynamicResNetMixin, ResNet):
     #: twin is the plain ResNet of the same depth and layout, with its own weights.
     twin_extra_keys = None
 
-    def __init__(self, depth: int, sar_setting: Optional[str] = None, groups=None,
-                 base_scale=None, alpha=None, beta=None, mask_size=(7, 7, 2),
-                 min_input_size=224, fusion_reduction: int = 16,
-                 execution_mode: str = 'auto', temperature: float = 1.0,
-                 mask_init_bias: float = 3.0, contract_dilation: bool = False,
-                 num_stages: int = 4, strides=(1, 2, 2, 2), multi_grid=None, **kwargs):
+    def __init__(self, depth: int, sar_setting: Optional[str] = None,
+                 groups: Optional[Union[int, Sequence[int]]] = None,
+                 base_scale: Optional[Union[int, Sequence[int]]] = None,
+                 alpha: Optional[Union[int, Sequence[int]]] = None,
+                 beta: Optional[Union[float, Sequence[float]]] = None,
+                 mask_size: Union[int, Sequence[int]] = (7, 7, 2),
+                 min_input_size: Union[int, Sequence[int]] = 224,
+                 fusion_reduction: int = 16, execution_mode: str = 'auto',
+                 temperature: float = 1.0, mask_init_bias: float = 3.0,
+                 contract_dilation: bool = False, num_stages: int = 4,
+                 strides: Sequence[int] = (1, 2, 2, 2),
+                 multi_grid: Optional[Sequence[int]] = None, **kwargs):
         if depth not in self.arch_settings:
             raise ValueError(f'depth={depth!r} is not supported by SARResNet; choose one of '
                              f'{sorted(self.arch_settings)}')

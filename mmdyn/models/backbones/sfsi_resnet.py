@@ -38,7 +38,7 @@ Module tree and parameter names are mmdet's ``ResNet`` / ``ResNeXt`` (plus
 ``conv{1,2}_mask`` and ``conv{1,2}_sigma`` per block), so dense checkpoints load.
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 from mmdet.models.backbones.resnet import ResNet
@@ -336,24 +336,48 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
 class SFSIResNet(DynamicResNetMixin, ResNet):
     """SFSI-ResNet (depth 50/101/152; ResNeXt through ``groups`` / ``base_width``).
 
-    Args (beyond mmdet's ``ResNet``; ``dcn`` / ``stage_with_dcn`` as there, DCNv2):
-        sampling: ``'stochastic'`` (Gumbel, noise kept at test), ``'deterministic'``
-            (Gumbel-softmax, thresholded at test) or ``'relu'`` (ReLU gating).
-        grid_prior_interval: every k-th pixel is always sampled; None disables it.
-        interpolation_kernel: size of the Gaussian interpolation kernel (odd).
-        init_sigma: initial inverse width of every interpolation kernel (learnable).
-        mask_init_bias: initial mask-head bias (3: masks start almost fully on).
-        temperature / test_temperature: Gumbel temperature in training (hooks change
-            it) and at inference.
-        sampling_seed: seed of the inference-time sampling noise (None: torch's RNG).
-        sparse_conv3: how the sparse path runs conv3: ``'dense'`` (default; the
-            reference order: interpolate conv2's output, conv3 on every pixel) or
-            ``'sampled'`` (on the sampled pixels, then the interpolation of its 4x
-            wider output: fewer FLOPs, slower on the CPUs measured). Both equal the
-            masked network; they differ in cost (see docs/benchmarks.md).
-        execution_mode: ``'auto'`` (masked in training, sparse in eval), ``'masked'``
-            or ``'sparse'`` (inference only).
-        contract_dilation: mmseg ``ResNetV1c`` semantics.
+    Xie et al., "Spatially Adaptive Inference with Stochastic Feature Sampling and
+    Interpolation", ECCV 2020.
+
+    Args:
+        depth (int): Depth of the ResNet, one of {50, 101, 152}.
+        groups (int): ResNeXt's number of groups of the 3x3 convs (1: ResNet).
+            Default: 1.
+        base_width (int): ResNeXt's base width per group (used when ``groups`` > 1).
+            Default: 4.
+        sampling (str): ``'stochastic'`` (Gumbel, noise kept at test),
+            ``'deterministic'`` (Gumbel-softmax, thresholded at test) or ``'relu'``
+            (ReLU gating). Default: 'stochastic'.
+        grid_prior_interval (int, optional): every k-th pixel is always sampled;
+            None disables it. Default: 11.
+        interpolation_kernel (int): size of the Gaussian interpolation kernel (odd).
+            Default: 7.
+        init_sigma (float): initial inverse width of every interpolation kernel
+            (learnable). Default: 3.0.
+        mask_init_bias (float): initial mask-head bias (3: masks start almost fully
+            on). Default: 3.0.
+        temperature (float): Gumbel temperature in training (hooks change it).
+            Default: 1.0.
+        test_temperature (float): Gumbel temperature at inference. Default: 0.01.
+        sampling_seed (int, optional): seed of the inference-time sampling noise
+            (None: torch's RNG). Default: None.
+        sparse_conv3 (str): how the sparse path runs conv3: ``'dense'`` (the reference
+            order: interpolate conv2's output, conv3 on every pixel) or ``'sampled'``
+            (on the sampled pixels, then the interpolation of its 4x wider output:
+            fewer FLOPs, slower on the CPUs measured). Both equal the masked network;
+            they differ in cost (see docs/benchmarks.md). Default: 'dense'.
+        execution_mode (str): ``'auto'`` (masked in training, sparse in eval),
+            ``'masked'`` or ``'sparse'`` (inference only). Default: 'auto'.
+        contract_dilation (bool): mmseg ``ResNetV1c`` semantics. Default: False.
+        multi_grid (Sequence[int], optional): mmseg ``ResNetV1c``'s multi-grid
+            dilations; not supported, must be None. Default: None.
+        num_stages (int): number of ResNet stages, an int in [1, 4]. Default: 4.
+        dcn (dict, optional): deformable conv config as in mmdet's ``ResNet``; only
+            ``dict(type='DCNv2', deform_groups=1)`` (mmcv's modulated deformable
+            conv) without ``fallback_on_stride``. Default: None.
+        **kwargs: other arguments: mmdet's ``ResNet`` (``stage_with_dcn`` as there;
+            ``style='pytorch'``, no ``plugins`` or ``with_cp=True``; ``norm_cfg`` must
+            be a BatchNorm).
     """
 
     mask_terms = MaskTerms('sampling rate', 'sampled pixel', 'interpolated pixel')
@@ -370,7 +394,8 @@ class SFSIResNet(DynamicResNetMixin, ResNet):
                  test_temperature: float = 0.01, sampling_seed: Optional[int] = None,
                  sparse_conv3: str = 'dense',
                  execution_mode: str = 'auto', contract_dilation: bool = False,
-                 multi_grid=None, num_stages: int = 4, dcn=None, **kwargs):
+                 multi_grid: Optional[Sequence[int]] = None, num_stages: int = 4,
+                 dcn: Optional[Dict] = None, **kwargs):
         if depth not in self.arch_settings:
             raise ValueError(f'depth={depth!r} is not supported by SFSIResNet; choose one '
                              f'of {sorted(self.arch_settings)}')
