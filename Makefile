@@ -46,8 +46,9 @@ $(NATIVE): $(STAMP) $(wildcard mmdyn/ops/native/csrc/*.cpp mmdyn/ops/native/csrc
 	-$(PY) -m mmdyn.ops.native.build
 	mkdir -p $(dir $@) && touch $@
 
+# `make demo DEMO_ARGS="--iters 100"`: the demo's options (python -m mmdyn.demo --help).
 demo: $(STAMP) $(NATIVE)
-	$(PY) -m mmdyn.demo
+	$(PY) -m mmdyn.demo $(DEMO_ARGS)
 
 test: $(STAMP) $(NATIVE)
 	$(PY) -m pytest -q tests

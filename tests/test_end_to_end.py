@@ -147,3 +147,20 @@ def test_sparsity_histograms_over_the_validation_set(fixture_config):
     for image in stats:  # random init: masks start dense, plus the gate's cost
         assert image['backbone_flops_executed'] <= 1.01 * image['backbone_flops_dense']
     assert (out / 'histograms.png').stat().st_size > 1000
+
+
+def test_make_demo_prints_its_table(tmp_path):
+    """`make demo`'s program at a tiny size: the static training, the LAS fine-tune from
+    its checkpoint, the table with its column explanations, the JSON and the overlays
+    with their legend; at 4 iterations the masks cannot have sparsified, and the table
+    says so."""
+    out = run('-m', 'mmdyn.demo', '--iters', '4', '--work-dir', str(tmp_path))
+    assert 'iterations from the static weights' in out and 'columns:' in out
+    assert 'too few for them to sparsify' in out
+    result = json.loads((tmp_path / 'demo_results.json').read_text())
+    static, las = result['rows']
+    assert static['latency_ms'] > 0 and las['latency_ms'] > 0
+    assert result['latency_ratio'] == pytest.approx(las['latency_ms'] / static['latency_ms'])
+    assert las['activation'] > 0.9 and las['gflops'] > 0
+    assert (tmp_path / 'static' / 'iter_4.pth').is_file()
+    assert any(p.endswith('all_blocks.png') for p in result['overlays'])

@@ -1,7 +1,7 @@
-# The demo's dynamic model: the static twin with LAS-ResNet-18 (S=4-4-2-1), the same
-# schedule, and the LAS schedules and sparsity metric. FLOPs target 0.7: conv1 stays
-# dense in every block, so 0.7 of the FLOPs is about half of the patches; a lower
-# target starves a detector trained from scratch in 160 iterations.
+# The demo's dynamic model: the static twin with LAS-ResNet-18 (S=4-4-2-1), fine-tuned
+# from the twin's weights (python -m mmdyn.demo sets load_from), with the LAS schedules
+# and sparsity metric. FLOPs target 0.7: conv1 stays dense in every block, so 0.7 of the
+# FLOPs is about 40% of the patches; a lower target starves a detector this small.
 _base_ = ['./faster-rcnn_r18_fpn_demo-fixture.py', '../_base_/las_runtime.py']
 model = dict(
     type='DynFasterRCNN',
