@@ -13,8 +13,8 @@ pipeline works end to end, not what the method achieves on COCO.
     python -m mmdyn.demo [--iters N] [--work-dir DIR]
 
 ``--iters`` (default 160) sets the static training; the LAS fine-tune takes half as
-many. About 5 minutes on 2 cores at the default; when the masks have had too few steps
-to sparsify (more than 90 % of the patches computed), the table says so.
+many. About 2.5 minutes on 2 quiet cores at the default; when the masks have had too
+few steps to sparsify (more than 90 % of the patches computed), the table says so.
 """
 import argparse
 import json
@@ -66,8 +66,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--iters', type=int, default=160,
                         help='iterations of the static training (the LAS fine-tune from '
-                             'its weights takes half as many); default 160, about 5 min '
-                             'on 2 cores')
+                             'its weights takes half as many); default 160, about 2.5 '
+                             'min on 2 quiet cores')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     return parser.parse_args()
 
