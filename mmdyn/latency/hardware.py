@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Tuple, Union
 
+from .machine import is_machine_name, machine_profile_path
+
 PROFILE_DIR = Path(__file__).parent / 'profiles'
 FP32_BYTES = 4
 LATENCY_MODES = ('add', 'max')
@@ -119,14 +121,19 @@ def hardware_from_dict(data: dict) -> Hardware:
 
 
 def load_profile(name_or_path: Union[str, Path]) -> Hardware:
-    """A shipped profile by name (``'v100'``, see :func:`available_profiles`) or a JSON
-    file written by :func:`save_profile`."""
+    """A shipped profile by name (``'v100'``, see :func:`available_profiles`), this
+    machine's calibrated CPU profile (``'cpu'``: current thread count, ``'cpu-t4'``: 4
+    threads; see :mod:`mmdyn.latency.machine`) or a JSON file written by
+    :func:`save_profile`."""
     path = Path(name_or_path)
-    if path.suffix != '.json':
+    if path.suffix != '.json' and is_machine_name(str(name_or_path)):
+        path = machine_profile_path(str(name_or_path))
+    elif path.suffix != '.json':
         path = PROFILE_DIR / f'{name_or_path}.json'
         if not path.is_file():
             raise ValueError(f'unknown hardware profile {str(name_or_path)!r}; available: '
-                             f'{", ".join(available_profiles())}')
+                             f'{", ".join(available_profiles())}, cpu (calibrated on '
+                             'this machine), or a .json path')
     elif not path.is_file():
         raise ValueError(f'hardware profile file {str(path)!r} does not exist')
     return hardware_from_dict(json.loads(path.read_text()))

@@ -1,0 +1,296 @@
+"""Predicted against measured latency of real mmdyn LAS bottlenecks (accuracy study).
+
+One block per stage of a LAS-ResNet (by default the second block of each stage of
+LAS-ResNet-101: stride 1, no projection, the block most stages are made of) is timed
+on this machine on its sparse path (``prepare_for_timing``: eval, BatchNorm folded,
+channels-last; the dense-route fallback switched off with ``MMDYN_DENSE_FALLBACK=never``
+so that every rate runs the sparse executor) with masks forced to exactly
+``round(r * patches)`` active patches, alternating with the same block of the static
+twin (``static_twin()``, BatchNorm folded). The predictor is then evaluated at the
+measured patch count. Reported: mean absolute relative error of the dynamic latency
+and of the latency ratio r_l, per stage and overall, the worst stage, Spearman's rank
+correlation, and how often the fastest S of a stage at a rate is the predicted one.
+
+torch and mmdyn's models are imported inside the functions (``import mmdyn.latency``
+stays numpy-only).
+"""
+import contextlib
+import math
+import os
+import statistics
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .hardware import Hardware
+from .network import EXPANSION, STEM_CHANNELS
+from .predictor import dynamic_block_latency, num_patches, static_block_latency
+from .search import BackboneLayout, check_rate
+
+DEFAULT_SIZES = (1, 2, 4, 7, 8)
+DEFAULT_RATES = tuple(round(0.1 * k, 1) for k in range(1, 11))
+FALLBACK_ENV = 'MMDYN_DENSE_FALLBACK'
+
+
+def stage_blocks(depth: int, input_hw: Tuple[int, int], block_index: int = 1):
+    """``[(stage, in_channels, mid, out_channels, h, w)]`` of block ``block_index`` of
+    every stage (index >= 1: stride 1, no projection) of mmdet's layout."""
+    if block_index < 1:
+        raise ValueError('block_index must be >= 1 (a stride-1 block without projection)')
+    layout = BackboneLayout(depth, tuple(input_hw))
+    out = []
+    for stage, (h, w) in enumerate(layout.stage_maps()):
+        if block_index >= layout.stage_blocks[stage]:
+            raise ValueError(f'stage {stage + 1} has only {layout.stage_blocks[stage]} blocks')
+        mid = STEM_CHANNELS * 2 ** stage
+        out.append((stage, mid * EXPANSION, mid, mid * EXPANSION, h, w))
+    return out
+
+
+@contextlib.contextmanager
+def sparse_executor_only():
+    """``MMDYN_DENSE_FALLBACK=never`` for the duration (restored afterwards)."""
+    old = os.environ.get(FALLBACK_ENV)
+    os.environ[FALLBACK_ENV] = 'never'
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(FALLBACK_ENV, None)
+        else:
+            os.environ[FALLBACK_ENV] = old
+
+
+def _check_inputs(sizes, rates, threads, repeats, warmup):
+    sizes = tuple(sizes)
+    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                        for s in sizes):
+        raise ValueError(f'sizes must be positive ints, got {sizes!r}')
+    rates = tuple(check_rate(r) for r in rates)
+    if not rates:
+        raise ValueError('give at least one rate')
+    for name, value, low in (('repeats', repeats, 1), ('warmup', warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f'{name} must be an int >= {low}, got {value!r}')
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ValueError(f'threads must be a positive int, got {threads!r}')
+    return sizes, rates
+
+
+def _time_pair(static: Callable, dynamic: Callable, x, warmup: int, repeats: int):
+    """Median seconds of ``static(x)`` and ``dynamic(fresh copy of x)``, alternating.
+    The copy (untimed) lets the dynamic block update its input in place, as it does
+    inside the backbone."""
+    import torch
+    times = ([], [])
+    for step in range(warmup + repeats):
+        start = time.perf_counter()
+        static(x)
+        t_static = time.perf_counter() - start
+        fresh = x.clone(memory_format=torch.channels_last)
+        start = time.perf_counter()
+        dynamic(fresh)
+        t_dynamic = time.perf_counter() - start
+        if step >= warmup:
+            times[0].append(t_static)
+            times[1].append(t_dynamic)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def measure_las_blocks(sizes: Sequence[int] = DEFAULT_SIZES,
+                       rates: Sequence[float] = DEFAULT_RATES,
+                       input_hw: Tuple[int, int] = (800, 1216), depth: int = 101,
+                       threads: Optional[int] = None, repeats: int = 7, warmup: int = 2,
+                       stages: Iterable[int] = (0, 1, 2, 3), block_index: int = 1,
+                       seed: int = 0, progress: Optional[Callable[[str], None]] = None
+                       ) -> List[dict]:
+    """Time block ``block_index`` of each stage of a LAS-ResNet-``depth`` (random
+    weights; BatchNorm folded) for every S in ``sizes`` that fits the stage's map
+    (S <= min(h, w)) and every rate. Returns one dict per point: stage (0-based), S,
+    rate (requested), patches, cells, the block shape, measured ``dynamic`` and
+    ``static`` seconds (medians of ``repeats`` after ``warmup``)."""
+    import torch
+    from mmdyn.models.backbones import LASResNet
+    sizes, rates = _check_inputs(sizes, rates, threads, repeats, warmup)
+    shapes = [s for s in stage_blocks(depth, input_hw, block_index) if s[0] in set(stages)]
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(seed)
+    inputs = {s[0]: torch.rand(1, s[1], s[4], s[5], generator=gen)
+              .contiguous(memory_format=torch.channels_last) for s in shapes}
+    points = []
+    try:
+        with sparse_executor_only(), torch.no_grad():
+            for S in sizes:
+                fitting = [s for s in shapes if S <= min(s[4], s[5])]
+                if not fitting:
+                    continue
+                backbone = LASResNet(depth, granularity=(S, ) * 4, init_cfg=None)
+                twin = backbone.static_twin()  # before folding: it copies the weights
+                backbone.prepare_for_timing()
+                for stage, cin, mid, cout, h, w in fitting:
+                    block = getattr(backbone, f'layer{stage + 1}')[block_index]
+                    static = getattr(twin, f'layer{stage + 1}')[block_index]
+                    for rate in rates:
+                        block.forced_rate, block.forced_seed = rate, seed
+                        t_static, t_dynamic = _time_pair(static, block, inputs[stage],
+                                                         warmup, repeats)
+                        if block.ran_densely:  # cannot happen with the fallback off
+                            raise RuntimeError(f'stage {stage + 1} S={S} r={rate}: the '
+                                               'block took the dense route')
+                        mask = block.record.mask
+                        point = dict(stage=stage, S=S, rate=rate,
+                                     patches=int(mask.sum()), cells=int(mask.numel()),
+                                     in_channels=cin, mid_channels=mid, out_channels=cout,
+                                     h=h, w=w, dynamic=t_dynamic, static=t_static)
+                        points.append(point)
+                        if progress:
+                            progress(f'stage {stage + 1} S={S} r={rate:g}: dynamic '
+                                     f'{t_dynamic * 1e3:.3f} ms, static {t_static * 1e3:.3f} '
+                                     f'ms, measured ratio {t_dynamic / t_static:.3f}')
+                del backbone, twin
+    finally:
+        torch.set_num_threads(previous)
+    return points
+
+
+def rate_for_patches(patches: int, h: int, w: int, size: int) -> float:
+    """A rate r with ``num_patches(r, h, w, size) == patches`` (guards float rounding)."""
+    cells = math.ceil(h / size) * math.ceil(w / size)
+    rate = patches / cells
+    while num_patches(rate, h, w, size) > patches:
+        rate = math.nextafter(rate, 0.0)
+    return rate
+
+
+def predict_points(hw: Hardware, points: Sequence[dict]) -> List[dict]:
+    """``points`` with the predicted ``predicted_dynamic`` / ``predicted_static`` (s)
+    and both latency ratios added, at each point's measured patch count."""
+    out = []
+    for p in points:
+        args = (hw, p['in_channels'], p['mid_channels'], p['out_channels'], p['h'], p['w'])
+        rate = rate_for_patches(p['patches'], p['h'], p['w'], p['S'])
+        dyn = dynamic_block_latency(*args, p['S'], rate, 1, downsample=False).total
+        stat = static_block_latency(*args, 1, downsample=False).total
+        out.append(dict(p, predicted_dynamic=dyn, predicted_static=stat,
+                        ratio=p['dynamic'] / p['static'], predicted_ratio=dyn / stat))
+    return out
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan when undefined."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size != b.size:
+        raise ValueError('spearman: sequences of different lengths')
+    if a.size < 2:
+        return float('nan')
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float('nan')
+    return float(np.clip(np.corrcoef(ra, rb)[0, 1], -1.0, 1.0))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind='mergesort')
+    ranks = np.empty(x.size)
+    ranks[order] = np.arange(x.size, dtype=np.float64)
+    for value in np.unique(x):  # average the ranks of ties
+        tied = x == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def _mare(rows, key, ref) -> float:
+    return float(np.mean([abs(r[key] - r[ref]) / r[ref] for r in rows])) if rows \
+        else float('nan')
+
+
+def _fastest_agreement(rows) -> Tuple[float, List[dict]]:
+    """Over the (rate) groups with at least two S: the fraction where the measured
+    fastest S is the predicted fastest, and the groups."""
+    groups: Dict[float, List[dict]] = {}
+    for r in rows:
+        groups.setdefault(r['rate'], []).append(r)
+    checks = []
+    for rate, group in sorted(groups.items()):
+        if len(group) < 2:
+            continue
+        measured = min(group, key=lambda r: (r['dynamic'], r['S']))['S']
+        predicted = min(group, key=lambda r: (r['predicted_dynamic'], r['S']))['S']
+        checks.append(dict(rate=rate, measured_S=measured, predicted_S=predicted))
+    agree = [c['measured_S'] == c['predicted_S'] for c in checks]
+    return (float(np.mean(agree)) if agree else float('nan')), checks
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Accuracy statistics of predicted points (see :func:`predict_points`)."""
+    per_stage = {}
+    for stage in sorted({r['stage'] for r in rows}):
+        mine = [r for r in rows if r['stage'] == stage]
+        agreement, checks = _fastest_agreement(mine)
+        per_stage[stage + 1] = dict(
+            points=len(mine), mean_abs_rel_error=_mare(mine, 'predicted_dynamic', 'dynamic'),
+            mean_abs_rel_error_ratio=_mare(mine, 'predicted_ratio', 'ratio'),
+            static_abs_rel_error=_mare(mine, 'predicted_static', 'static'),
+            spearman=spearman([r['predicted_dynamic'] for r in mine],
+                              [r['dynamic'] for r in mine]),
+            spearman_ratio=spearman([r['predicted_ratio'] for r in mine],
+                                    [r['ratio'] for r in mine]),
+            fastest_s_agreement=agreement, fastest_s=checks)
+    agreements = [c['measured_S'] == c['predicted_S'] for s in per_stage.values()
+                  for c in s['fastest_s']]
+    errors = {s: v['mean_abs_rel_error'] for s, v in per_stage.items()}
+    return dict(
+        points=len(rows),
+        mean_abs_rel_error=_mare(rows, 'predicted_dynamic', 'dynamic'),
+        mean_abs_rel_error_ratio=_mare(rows, 'predicted_ratio', 'ratio'),
+        worst_stage=max(errors, key=lambda s: errors[s]) if errors else None,
+        spearman=spearman([r['predicted_dynamic'] for r in rows], [r['dynamic'] for r in rows]),
+        spearman_ratio=spearman([r['predicted_ratio'] for r in rows],
+                                [r['ratio'] for r in rows]),
+        fastest_s_agreement=float(np.mean(agreements)) if agreements else float('nan'),
+        per_stage=per_stage)
+
+
+def accuracy_study(hw: Hardware, sizes: Sequence[int] = DEFAULT_SIZES,
+                   rates: Sequence[float] = DEFAULT_RATES,
+                   input_hw: Tuple[int, int] = (800, 1216), depth: int = 101,
+                   threads: Optional[int] = None, repeats: int = 7, warmup: int = 2,
+                   block_index: int = 1, seed: int = 0,
+                   progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Measure (:func:`measure_las_blocks`), predict on ``hw`` and summarise
+    (:func:`summarize`). Returns the summary with ``settings``, ``hardware`` and every
+    ``point``. Full size (LAS-ResNet-101 at 800 x 1216, 5 S x 10 rates x 4 stages)
+    takes minutes; tests use tiny inputs."""
+    import torch
+    start = time.perf_counter()
+    points = measure_las_blocks(sizes, rates, input_hw, depth, threads, repeats, warmup,
+                                block_index=block_index, seed=seed, progress=progress)
+    rows = predict_points(hw, points)
+    result = summarize(rows)
+    result.update(hardware=hw.name, points_detail=rows, seconds=time.perf_counter() - start,
+                  settings=dict(sizes=list(sizes), rates=list(rates), input=list(input_hw),
+                                depth=depth, block_index=block_index, repeats=repeats,
+                                warmup=warmup, seed=seed,
+                                threads=threads or torch.get_num_threads(),
+                                torch=torch.__version__))
+    return result
+
+
+def format_summary(result: dict) -> str:
+    lines = [f'{result["points"]} points, profile {result["hardware"]}: mean |rel. error| '
+             f'latency {result["mean_abs_rel_error"]:.3f}, ratio '
+             f'{result["mean_abs_rel_error_ratio"]:.3f}; Spearman {result["spearman"]:.3f} '
+             f'(ratio {result["spearman_ratio"]:.3f}); fastest S agreement '
+             f'{result["fastest_s_agreement"]:.2f}; worst stage {result["worst_stage"]}']
+    for stage, s in result['per_stage'].items():
+        lines.append(f'  stage {stage}: {s["points"]:3d} points, error '
+                     f'{s["mean_abs_rel_error"]:.3f} (ratio '
+                     f'{s["mean_abs_rel_error_ratio"]:.3f}), static error '
+                     f'{s["static_abs_rel_error"]:.3f}, Spearman {s["spearman"]:.3f}, '
+                     f'fastest S agreement {s["fastest_s_agreement"]:.2f}')
+    return '\n'.join(lines)
