@@ -76,7 +76,8 @@ def _tiles(record, sample: int, terms: MaskTerms):
         suffix = f'.g{group}' if groups > 1 else ''
         area = (record.mask[sample, group] * patch_extents(grid, record.mask.device)).sum()
         rate = float(area) / (grid.height * grid.width)
-        yield f'{record.name}{suffix}', f'{record.name}{suffix} {size} {terms.rate} {rate:.2f}', group
+        label = f'{record.name}{suffix} {size} {terms.rate} {rate:.2f}'
+        yield f'{record.name}{suffix}', label, group
 
 
 def _mask_views(record):
