@@ -21,7 +21,6 @@ import math
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -277,16 +276,15 @@ def test_bad_arguments():
         predict_las_resnet(hw, 101, rates=-0.1)
 
 
-def test_caching_makes_resnet101_fast():
+def test_second_resnet101_prediction_is_served_by_the_cache():
+    """The tiling searches are cached by shape (a cold ResNet-101 prediction takes about
+    15 ms here; timing is for benchmark scripts, not tests): the repeated prediction
+    searches nothing."""
     clear_caches()
-    start = time.perf_counter()
     first = predict_las_resnet('v100', 101, (800, 1216), (8, 4, 7, 1), 0.5)
-    cold = time.perf_counter() - start
     misses = cache_info()['misses']
-    start = time.perf_counter()
+    assert misses > 0
     again = predict_las_resnet('v100', 101, (800, 1216), (8, 4, 7, 1), 0.5)
-    warm = time.perf_counter() - start
-    assert cold < 1.0 and warm < 1.0, (cold, warm)
     assert cache_info()['misses'] == misses  # the second prediction searched nothing
     assert again.dynamic == first.dynamic and 0 < first.ratio < 1
 
