@@ -141,14 +141,7 @@ class Calibration:
 
 def _median_seconds(fn: Callable[[], object], repeats: int, calls: int = 1) -> float:
     """Median over ``repeats`` samples of the mean seconds of ``calls`` calls."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples)
+    return _interleaved({None: fn}, repeats, calls)[None]
 
 
 def _interleaved(fns: Dict[object, Callable[[], object]], repeats: int,

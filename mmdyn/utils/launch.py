@@ -62,6 +62,12 @@ def check_metrics_computed(evaluators, metrics: dict):
                 'model, or a score threshold above every score)')
 
 
+def add_debug_arg(parser):
+    """The ``--debug`` flag that :func:`run_tool` reads."""
+    parser.add_argument(DEBUG_FLAG, action='store_true',
+                        help='on an error, the full traceback instead of one line')
+
+
 def add_common_args(parser):
     """Arguments shared by tools/train.py and tools/test.py (after ``config``)."""
     parser.add_argument('--work-dir', help='directory for logs and checkpoints')
@@ -70,8 +76,7 @@ def add_common_args(parser):
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    parser.add_argument(DEBUG_FLAG, action='store_true',
-                        help='on an error, the full traceback instead of one line')
+    add_debug_arg(parser)
     parser.add_argument('--fixture', choices=['coco', 'voc', 'cityscapes', 'digits'],
                         help='run the config on an offline fixture (built under '
                         'data/fixtures/NAME if missing): small images, a few iterations, '

@@ -32,6 +32,7 @@ from mmdyn.latency import accuracy as acc  # noqa: E402
 from mmdyn.latency.machine import is_this_machine  # noqa: E402
 from mmdyn.latency.predictor import latency_ratio  # noqa: E402
 from mmdyn.latency.search import candidate_sizes, check_rate  # noqa: E402
+from mmdyn.utils import add_debug_arg, run_tool  # noqa: E402
 
 COLORS = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown',
           'tab:pink', 'tab:gray')
@@ -67,6 +68,7 @@ def parse_args(argv=None):
     parser.add_argument('--no-tune-allocator', action='store_true',
                         help='measure in the default process (no kept freed memory)')
     parser.add_argument('--out', default='work_dirs/latency_predictor', help='output folder')
+    add_debug_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -258,7 +260,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except ValueError as error:
-        raise SystemExit(f'error: {error}')
+    run_tool(main)

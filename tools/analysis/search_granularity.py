@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from mmdyn.latency import load_profile  # noqa: E402
 from mmdyn.latency.search import (derived_config_text, layout_from_config,  # noqa: E402
                                   search_granularity)
+from mmdyn.utils import add_debug_arg, run_tool  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -48,6 +49,7 @@ def parse_args(argv=None):
     parser.add_argument('--write-config', default=None, metavar='OUT',
                         help='write a config inheriting CONFIG with the chosen S')
     parser.add_argument('--json', default=None, help='save the result as JSON')
+    add_debug_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -95,7 +97,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except ValueError as error:
-        raise SystemExit(f'error: {error}')
+    run_tool(main)
