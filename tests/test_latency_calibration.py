@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mmdyn.latency import (BackboneLayout, Hardware, accuracy_study, calibrate_cpu,
+                           hardware_from_dict,
                            candidate_sizes, layout_from_config, load_profile,
                            predict_backbone, predict_las_resnet, save_calibration,
                            search_granularity, spearman)
@@ -62,7 +63,7 @@ def test_calibration_round_trips_through_json(quick_calibration, profile_dir):
     assert load_profile(path) == quick_calibration.hardware
     side = json.loads(cal.sidecar_path(path).read_text())
     assert side['quick'] and side['measurements']['threads'] == 1
-    assert side['hardware'] == dataclasses.asdict(quick_calibration.hardware)
+    assert hardware_from_dict(side['hardware']) == quick_calibration.hardware
     # Saved as this machine's full profile, it loads by name.
     save_calibration(quick_calibration, machine.profile_path(1))
     assert load_profile('cpu-t1') == quick_calibration.hardware

@@ -13,7 +13,9 @@ mmdyn's models when mmengine is installed. See docs/latency_predictor.md.
 """
 from .accuracy import accuracy_study, measure_las_blocks, spearman
 from .calibrate import Calibration, calibrate_cpu, save_calibration
-from .hardware import Hardware, available_profiles, load_profile, save_profile
+from .engine import EngineModel, fit_engine
+from .hardware import (Hardware, available_profiles, hardware_from_dict, hardware_to_dict,
+                       load_profile, save_profile)
 from .network import BlockPrediction, NetworkLatency, StageLatency, predict_las_resnet
 from .predictor import (BlockLatency, OpLatency, cache_info, clear_caches,
                         dynamic_block_latency, dynamic_conv, elementwise_add, latency_ratio,
@@ -23,7 +25,8 @@ from .search import (BackboneLayout, GranularitySearch, candidate_sizes, layout_
                      predict_backbone, search_granularity)
 
 __all__ = [
-    'Hardware', 'available_profiles', 'load_profile', 'save_profile', 'OpLatency',
+    'Hardware', 'available_profiles', 'load_profile', 'save_profile', 'hardware_from_dict',
+    'hardware_to_dict', 'EngineModel', 'fit_engine', 'OpLatency',
     'BlockLatency', 'static_conv', 'dynamic_conv', 'elementwise_add', 'max_pool',
     'scatter_add', 'masker_conv1', 'num_patches', 'static_block_latency',
     'dynamic_block_latency', 'latency_ratio', 'clear_caches', 'cache_info',

@@ -33,9 +33,11 @@ DEFAULT_RATES = tuple(round(0.1 * k, 1) for k in range(1, 11))
 FALLBACK_ENV = 'MMDYN_DENSE_FALLBACK'
 
 
-def stage_blocks(depth: int, input_hw: Tuple[int, int], block_index: int = 1):
+def stage_blocks(depth: int, input_hw: Tuple[int, int], block_index: int = 1,
+                 base_channels: int = STEM_CHANNELS):
     """``[(stage, in_channels, mid, out_channels, h, w)]`` of block ``block_index`` of
-    every stage (index >= 1: stride 1, no projection) of mmdet's layout."""
+    every stage (index >= 1: stride 1, no projection) of mmdet's layout (``mid`` =
+    ``base_channels * 2**stage``)."""
     if block_index < 1:
         raise ValueError('block_index must be >= 1 (a stride-1 block without projection)')
     layout = BackboneLayout(depth, tuple(input_hw))
@@ -43,7 +45,7 @@ def stage_blocks(depth: int, input_hw: Tuple[int, int], block_index: int = 1):
     for stage, (h, w) in enumerate(layout.stage_maps()):
         if block_index >= layout.stage_blocks[stage]:
             raise ValueError(f'stage {stage + 1} has only {layout.stage_blocks[stage]} blocks')
-        mid = STEM_CHANNELS * 2 ** stage
+        mid = base_channels * 2 ** stage
         out.append((stage, mid * EXPANSION, mid, mid * EXPANSION, h, w))
     return out
 
@@ -104,17 +106,20 @@ def measure_las_blocks(sizes: Sequence[int] = DEFAULT_SIZES,
                        input_hw: Tuple[int, int] = (800, 1216), depth: int = 101,
                        threads: Optional[int] = None, repeats: int = 7, warmup: int = 2,
                        stages: Iterable[int] = (0, 1, 2, 3), block_index: int = 1,
-                       seed: int = 0, progress: Optional[Callable[[str], None]] = None
-                       ) -> List[dict]:
+                       seed: int = 0, progress: Optional[Callable[[str], None]] = None,
+                       base_channels: int = STEM_CHANNELS) -> List[dict]:
     """Time block ``block_index`` of each stage of a LAS-ResNet-``depth`` (random
     weights; BatchNorm folded) for every S in ``sizes`` that fits the stage's map
-    (S <= min(h, w)) and every rate. Returns one dict per point: stage (0-based), S,
-    rate (requested), patches, cells, the block shape, measured ``dynamic`` and
-    ``static`` seconds (medians of ``repeats`` after ``warmup``)."""
+    (S <= min(h, w)) and every rate (``base_channels``: the width of mmdet's ResNet,
+    64 for the standard network; the calibration times other widths). Returns one
+    dict per point: stage (0-based), S, rate (requested), patches, cells, the block
+    shape, measured ``dynamic`` and ``static`` seconds (medians of ``repeats`` after
+    ``warmup``)."""
     import torch
     from mmdyn.models.backbones import LASResNet
     sizes, rates = _check_inputs(sizes, rates, threads, repeats, warmup)
-    shapes = [s for s in stage_blocks(depth, input_hw, block_index) if s[0] in set(stages)]
+    shapes = [s for s in stage_blocks(depth, input_hw, block_index, base_channels)
+              if s[0] in set(stages)]
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -128,7 +133,8 @@ def measure_las_blocks(sizes: Sequence[int] = DEFAULT_SIZES,
                 fitting = [s for s in shapes if S <= min(s[4], s[5])]
                 if not fitting:
                     continue
-                backbone = LASResNet(depth, granularity=(S, ) * 4, init_cfg=None)
+                backbone = LASResNet(depth, granularity=(S, ) * 4, base_channels=base_channels,
+                                     init_cfg=None)
                 twin = backbone.static_twin()  # before folding: it copies the weights
                 backbone.prepare_for_timing()
                 for stage, cin, mid, cout, h, w in fitting:
@@ -209,9 +215,14 @@ def _mare(rows, key, ref) -> float:
         else float('nan')
 
 
+def _fastest(group: Sequence[dict], key: str) -> int:
+    return min(group, key=lambda r: (r[key], r['S']))['S']
+
+
 def _fastest_agreement(rows) -> Tuple[float, List[dict]]:
     """Over the (rate) groups with at least two S: the fraction where the measured
-    fastest S is the predicted fastest, and the groups."""
+    fastest S is the predicted fastest, and the groups; each group also gives the
+    ``regret``, measured latency at the predicted S over the measured best, minus 1."""
     groups: Dict[float, List[dict]] = {}
     for r in rows:
         groups.setdefault(r['rate'], []).append(r)
@@ -219,11 +230,33 @@ def _fastest_agreement(rows) -> Tuple[float, List[dict]]:
     for rate, group in sorted(groups.items()):
         if len(group) < 2:
             continue
-        measured = min(group, key=lambda r: (r['dynamic'], r['S']))['S']
-        predicted = min(group, key=lambda r: (r['predicted_dynamic'], r['S']))['S']
-        checks.append(dict(rate=rate, measured_S=measured, predicted_S=predicted))
+        measured, predicted = _fastest(group, 'dynamic'), _fastest(group, 'predicted_dynamic')
+        by_size = {r['S']: r['dynamic'] for r in group}
+        checks.append(dict(rate=rate, measured_S=measured, predicted_S=predicted,
+                           regret=by_size[predicted] / by_size[measured] - 1))
     agree = [c['measured_S'] == c['predicted_S'] for c in checks]
     return (float(np.mean(agree)) if agree else float('nan')), checks
+
+
+def _stage_choice(rows) -> Optional[dict]:
+    """The S of a stage with the smallest latency summed over the rates, measured and
+    predicted (only S measured at every rate), and the predicted S's regret."""
+    rates = {r['rate'] for r in rows}
+    sums: Dict[int, List[float]] = {}
+    for r in rows:
+        sums.setdefault(r['S'], [0.0, 0.0, 0])
+        sums[r['S']][0] += r['dynamic']
+        sums[r['S']][1] += r['predicted_dynamic']
+        sums[r['S']][2] += 1
+    full = {S: v for S, v in sums.items() if v[2] == len(rates)}
+    if len(full) < 2:
+        return None
+    measured = min(full, key=lambda S: (full[S][0], S))
+    predicted = min(full, key=lambda S: (full[S][1], S))
+    return dict(measured_S=measured, predicted_S=predicted,
+                regret=full[predicted][0] / full[measured][0] - 1,
+                measured_ms={S: v[0] / v[2] * 1e3 for S, v in sorted(full.items())},
+                predicted_ms={S: v[1] / v[2] * 1e3 for S, v in sorted(full.items())})
 
 
 def summarize(rows: Sequence[dict]) -> dict:
@@ -240,9 +273,12 @@ def summarize(rows: Sequence[dict]) -> dict:
                               [r['dynamic'] for r in mine]),
             spearman_ratio=spearman([r['predicted_ratio'] for r in mine],
                                     [r['ratio'] for r in mine]),
-            fastest_s_agreement=agreement, fastest_s=checks)
+            fastest_s_agreement=agreement, fastest_s=checks,
+            stage_choice=_stage_choice(mine))
     agreements = [c['measured_S'] == c['predicted_S'] for s in per_stage.values()
                   for c in s['fastest_s']]
+    regrets = [c['regret'] for s in per_stage.values() for c in s['fastest_s']]
+    choices = [s['stage_choice'] for s in per_stage.values() if s['stage_choice']]
     errors = {s: v['mean_abs_rel_error'] for s, v in per_stage.items()}
     return dict(
         points=len(rows),
@@ -253,6 +289,10 @@ def summarize(rows: Sequence[dict]) -> dict:
         spearman_ratio=spearman([r['predicted_ratio'] for r in rows],
                                 [r['ratio'] for r in rows]),
         fastest_s_agreement=float(np.mean(agreements)) if agreements else float('nan'),
+        fastest_s_regret_mean=float(np.mean(regrets)) if regrets else float('nan'),
+        fastest_s_regret_max=float(np.max(regrets)) if regrets else float('nan'),
+        stage_choice_agreement=float(np.mean([c['measured_S'] == c['predicted_S']
+                                              for c in choices])) if choices else float('nan'),
         per_stage=per_stage)
 
 
@@ -286,11 +326,23 @@ def format_summary(result: dict) -> str:
              f'latency {result["mean_abs_rel_error"]:.3f}, ratio '
              f'{result["mean_abs_rel_error_ratio"]:.3f}; Spearman {result["spearman"]:.3f} '
              f'(ratio {result["spearman_ratio"]:.3f}); fastest S agreement '
-             f'{result["fastest_s_agreement"]:.2f}; worst stage {result["worst_stage"]}']
+             f'{result["fastest_s_agreement"]:.2f} of (stage, rate) pairs (the predicted S '
+             f'measured {result["fastest_s_regret_mean"]:.1%} slower than the best on '
+             f'average, at most {result["fastest_s_regret_max"]:.1%}); fastest S per stage '
+             f'over all rates agreeing in {result["stage_choice_agreement"]:.2f} of the '
+             f'stages; worst stage {result["worst_stage"]}']
     for stage, s in result['per_stage'].items():
         lines.append(f'  stage {stage}: {s["points"]:3d} points, error '
                      f'{s["mean_abs_rel_error"]:.3f} (ratio '
                      f'{s["mean_abs_rel_error_ratio"]:.3f}), static error '
                      f'{s["static_abs_rel_error"]:.3f}, Spearman {s["spearman"]:.3f}, '
                      f'fastest S agreement {s["fastest_s_agreement"]:.2f}')
+        choice = s['stage_choice']
+        if choice:
+            lines.append(f'           fastest S over all rates: measured {choice["measured_S"]}'
+                         f', predicted {choice["predicted_S"]} (measured '
+                         f'{choice["regret"]:.1%} slower than the best); mean ms per S '
+                         'measured / predicted: ' + ', '.join(
+                             f'{S}: {m:.2f} / {choice["predicted_ms"][S]:.2f}'
+                             for S, m in choice['measured_ms'].items()))
     return '\n'.join(lines)

@@ -44,7 +44,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import machine
-from .hardware import Hardware, save_profile
+from .engine import UNITS, calibration_samples, fit_engine
+from .hardware import Hardware, hardware_to_dict, save_profile
 from .predictor import access_efficiency, clear_caches, elementwise_add, static_conv
 
 QUANTUM_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -70,6 +71,16 @@ class ConvSpec:
 
 
 @dataclass(frozen=True)
+class BlockSet:
+    """Calibration LAS bottlenecks: block 1 of ``stages`` of a LAS-ResNet-``depth`` of
+    width ``base_channels`` at ``input_hw`` (shapes unlike the standard ResNet's)."""
+    depth: int
+    base_channels: int
+    input_hw: Tuple[int, int]
+    stages: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     """Sizes and repeats of one calibration (``FULL`` or ``QUICK``)."""
     repeats: int  # samples per measurement (the median is kept)
@@ -82,6 +93,13 @@ class Plan:
     gather_elements: int  # fp32 gathered per gather sample
     gather_runs: Tuple[int, ...]  # run lengths n
     gather_reference: int  # long run defining e = 1
+    # the engine model (mmdyn.latency.engine): LAS blocks of other widths, their convs
+    # and generic GEMMs (rows, k, n)
+    block_sets: Tuple[BlockSet, ...]
+    block_sizes: Tuple[int, ...]
+    block_rates: Tuple[float, ...]
+    block_repeats: int
+    gemm_shapes: Tuple[Tuple[int, int, int], ...]
 
 
 FULL = Plan(repeats=15, dispatch_calls=200, gemm_n=1024,
@@ -91,12 +109,23 @@ FULL = Plan(repeats=15, dispatch_calls=200, gemm_n=1024,
                    ConvSpec(16, 256, 1, 112)),
             add_shape=(256, 112, 112), dram_bytes=256 * 2 ** 20, cache_calls=40,
             gather_elements=2 ** 15, gather_runs=(1, 2, 3, 4, 6, 7, 8, 9, 10, 16, 32, 64),
-            gather_reference=512)
+            gather_reference=512,
+            block_sets=(BlockSet(50, 48, (704, 1056), (0, 1, 2, 3)),
+                        BlockSet(50, 96, (480, 736), (0, 1, 2))),
+            block_sizes=(1, 2, 3, 4, 5, 6, 7, 8), block_rates=(0.1, 0.4, 0.7, 1.0),
+            block_repeats=5,
+            gemm_shapes=((46464, 192, 49), (11616, 384, 97), (2904, 768, 193),
+                         (726, 1536, 385), (20000, 48, 192), (5000, 96, 384),
+                         (1200, 192, 768), (300, 384, 1536), (40000, 432, 48),
+                         (3000, 1728, 192)))
 QUICK = Plan(repeats=3, dispatch_calls=20, gemm_n=128,
              convs=(ConvSpec(32, 16, 1, 14), ConvSpec(16, 16, 3, 14),
                     ConvSpec(8, 32, 1, 28)),
              add_shape=(32, 28, 28), dram_bytes=8 * 2 ** 20, cache_calls=4,
-             gather_elements=2 ** 12, gather_runs=(1, 3, 8, 16), gather_reference=128)
+             gather_elements=2 ** 12, gather_runs=(1, 3, 8, 16), gather_reference=128,
+             block_sets=(BlockSet(50, 8, (64, 96), (0, 1)), ), block_sizes=(1, 2, 4),
+             block_rates=(0.5, 1.0), block_repeats=1,
+             gemm_shapes=((256, 16, 8), (64, 32, 64)))
 
 
 @dataclass
@@ -109,7 +138,7 @@ class Calibration:
     quick: bool
 
     def as_dict(self) -> dict:
-        return dict(hardware=dataclasses.asdict(self.hardware), cpu=machine.describe(),
+        return dict(hardware=hardware_to_dict(self.hardware), cpu=machine.describe(),
                     quick=self.quick, seconds=self.seconds, measurements=self.measurements,
                     fit=self.fit)
 
@@ -133,6 +162,14 @@ class Calibration:
         for label, row in self.fit['ops'].items():
             lines.append(f'    {label:<22} measured {row["measured"] * 1e6:10.1f} us, '
                          f'predicted {row["predicted"] * 1e6:10.1f} us')
+        engine = self.fit['engine']
+        lines.append(f'  engine model (mmdyn LAS executor): rms relative error '
+                     f'{engine["rms_rel_error"]:.3f}, max {engine["max_rel_error"]:.3f} '
+                     f'({engine["dropped"]} disturbed samples dropped)')
+        for name, value in engine['coefficients'].items():
+            rate = f'  ({1 / value / 1e9:.1f} G/s)' if value > 0 and (
+                '_mac' in name or name.endswith('_byte')) else ''
+            lines.append(f'    {name:<16} {value:10.3e} {UNITS[name]}{rate}')
         lines += [f'  WARNING: {w}' for w in self.fit['warnings']]
         return '\n'.join(lines)
 
@@ -259,6 +296,41 @@ def measure_gather(plan: Plan, source_bytes: int) -> dict:
                 efficiency={str(n): rate[n] / ref for n in plan.gather_runs})
 
 
+def measure_engine(plan: Plan) -> dict:
+    """What the engine model is fitted to (:func:`.engine.calibration_samples`): the
+    calibration LAS blocks on their sparse path and their static twins
+    (:func:`.accuracy.measure_las_blocks`), the twins' oneDNN convs one by one (so that
+    1x1 and 3x3 rates separate), and generic GEMMs."""
+    import torch
+    import torch.nn.functional as F
+    from mmdyn.ops.gemm import gemm
+    from .accuracy import measure_las_blocks, stage_blocks
+    blocks, convs, gemms = [], [], []
+    cl = torch.channels_last
+    for bs in plan.block_sets:
+        blocks += measure_las_blocks(plan.block_sizes, plan.block_rates, bs.input_hw,
+                                     bs.depth, repeats=plan.block_repeats, warmup=1,
+                                     stages=bs.stages, base_channels=bs.base_channels)
+        for stage, cin, mid, cout, h, w in stage_blocks(bs.depth, bs.input_hw, 1,
+                                                        bs.base_channels):
+            if stage not in bs.stages:
+                continue
+            shapes = ((cin, mid, 1), (mid, mid, 3), (mid, cout, 1))
+            runs = {}
+            for ci, co, k in shapes:
+                x = torch.rand(1, ci, h, w).contiguous(memory_format=cl)
+                weight = torch.rand(co, ci, k, k).contiguous(memory_format=cl)
+                runs[(ci, co, k)] = (lambda x=x, weight=weight, b=torch.rand(co), p=k // 2:
+                                     F.conv2d(x, weight, b, padding=p))
+            for (ci, co, k), t in _interleaved(runs, plan.repeats).items():
+                convs.append(dict(cin=ci, cout=co, k=k, h=h, w=w, seconds=t))
+    for rows, k, n in plan.gemm_shapes:
+        a, b, bias = torch.rand(rows, k), torch.rand(k, n), torch.rand(n)
+        gemms.append(dict(rows=rows, k=k, n=n, seconds=_median_seconds(
+            lambda a=a, b=b, bias=bias: gemm(a, b, bias), plan.repeats)))
+    return dict(blocks=blocks, convs=convs, gemms=gemms)
+
+
 # ---------------------------------------------------------------- fits
 
 def fit_access_quantum(efficiency: Dict[int, float],
@@ -375,13 +447,14 @@ def calibrate_cpu(threads: Optional[int] = None, quick: bool = False,
             l2 = measure_cache_copy(plan, l2_bytes)
             llc = measure_cache_copy(plan, machine.cache_size(3, 8 * 1024 ** 2))
             gather = measure_gather(plan, l2_bytes // 2)
+            engine = measure_engine(plan)
     finally:
         torch.set_num_threads(previous)
     measurements = dict(threads=threads, torch=torch.__version__,
                         isa=torch.backends.cpu.get_cpu_capability(),
                         date=time.strftime('%Y-%m-%d %H:%M:%S %Z'), dispatch=dispatch,
                         gemm=gemm, ops=convs, dram=dram, l2=l2, llc=llc, gather=gather,
-                        caches=machine.cache_sizes())
+                        engine=engine, caches=machine.cache_sizes())
     hw, fit = fit_hardware(measurements, plan, latency_mode,
                            name or machine.profile_name(threads, quick))
     return Calibration(hw, measurements, fit, time.perf_counter() - start, quick)
@@ -416,6 +489,9 @@ def fit_hardware(m: dict, plan: Plan, latency_mode: str, name: str) -> Tuple[Har
         f'conv rate {hw.peak_macs / 1e9:.1f} GMAC/s, clock from {frequency_source}'))
     predicted = predict_calibration_ops(hw, plan)
     clear_caches()  # the fit filled the operator caches with trial devices
+    llc_bytes = int(m['llc']['cache_bytes'])
+    engine, engine_fit = fit_engine(calibration_samples(m['engine'], llc_bytes), llc_bytes)
+    hw = dataclasses.replace(hw, engine=engine)
     fit = dict(warnings=_warnings(m, fits[mode][1]), conv_rate=hw.peak_macs,
                initial_rate=initial, frequency=frequency,
                frequency_source=frequency_source, num_pes=num_pes,
@@ -423,7 +499,8 @@ def fit_hardware(m: dict, plan: Plan, latency_mode: str, name: str) -> Tuple[Har
                rms_log_error={k: v[1] for k, v in fits.items()},
                access_quantum_rms_log_error={str(k): v for k, v in quantum_errors.items()},
                llc_ratio=m['llc']['bandwidth'] / dram,
-               ops={k: dict(measured=measured[k], predicted=predicted[k]) for k in measured})
+               ops={k: dict(measured=measured[k], predicted=predicted[k]) for k in measured},
+               engine=dict(engine_fit, coefficients=dict(engine.coefficients)))
     return hw, fit
 
 

@@ -14,8 +14,9 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
+from .engine import EngineModel
 from .machine import is_machine_name, machine_profile_path
 
 PROFILE_DIR = Path(__file__).parent / 'profiles'
@@ -46,6 +47,9 @@ class Hardware:
         latency_mode (str): how an operator's compute and data-movement latencies
             combine: ``'add'`` (Appendix A) or ``'max'`` (full overlap). Default: 'add'.
         notes (str): where the values come from. Default: ''.
+        engine (EngineModel, optional): a CPU profile's fitted cost model of mmdyn's
+            LAS executor (:mod:`.engine`); when given, blocks are predicted with it
+            instead of the tiled GPU model. Default: None.
     """
 
     name: str
@@ -60,6 +64,7 @@ class Hardware:
     batch_size: int = 1
     latency_mode: str = 'add'
     notes: str = ''
+    engine: Optional[EngineModel] = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -78,6 +83,9 @@ class Hardware:
                 or not math.isfinite(self.launch_time) or self.launch_time < 0:
             raise ValueError(f'Hardware.launch_time must be a finite number >= 0, '
                              f'got {self.launch_time!r}')
+        if self.engine is not None and not isinstance(self.engine, EngineModel):
+            raise ValueError(f'Hardware.engine must be an EngineModel or None, '
+                             f'got {type(self.engine).__name__}')
         if self.latency_mode not in LATENCY_MODES:
             raise ValueError(f'Hardware.latency_mode must be one of {LATENCY_MODES}, '
                              f'got {self.latency_mode!r}')
@@ -117,6 +125,18 @@ def hardware_from_dict(data: dict) -> Hardware:
     if unknown:
         raise ValueError(f'unknown Hardware fields {unknown}; expected a subset of '
                          f'{sorted(names)}')
+    missing = sorted(f.name for f in dataclasses.fields(Hardware)
+                     if f.default is dataclasses.MISSING and f.name not in data)
+    if missing:
+        raise ValueError(f'hardware profile lacks the field(s) {missing}')
+    engine = data.get('engine')
+    if engine is not None:
+        if not isinstance(engine, dict) or set(engine) != {'coefficients', 'llc_bytes'} \
+                or not isinstance(engine['coefficients'], dict):
+            raise ValueError("Hardware.engine must be a mapping with 'coefficients' (a "
+                             "mapping of name to seconds) and 'llc_bytes'")
+        data = dict(data, engine=EngineModel.from_mapping(engine['coefficients'],
+                                                          engine['llc_bytes']))
     return Hardware(**data)
 
 
@@ -139,8 +159,16 @@ def load_profile(name_or_path: Union[str, Path]) -> Hardware:
     return hardware_from_dict(json.loads(path.read_text()))
 
 
+def hardware_to_dict(hw: Hardware) -> dict:
+    """``hw`` as plain JSON data (the inverse of :func:`hardware_from_dict`)."""
+    data = dataclasses.asdict(hw)
+    if hw.engine is not None:
+        data['engine'] = hw.engine.as_dict()
+    return data
+
+
 def save_profile(hw: Hardware, path: Union[str, Path]) -> Path:
     """Write ``hw`` as JSON (readable by :func:`load_profile`); returns the path."""
     path = Path(path)
-    path.write_text(json.dumps(dataclasses.asdict(hw), indent=2) + '\n')
+    path.write_text(json.dumps(hardware_to_dict(hw), indent=2) + '\n')
     return path

@@ -185,7 +185,8 @@ def predict_las_resnet(hw: Union[Hardware, str], depth: int = 101,
             S, r = sizes[stage][k], block_rates[stage][k]
             blocks.append(BlockPrediction(
                 stage, k, S, r, (h, w),
-                dynamic_block_latency(*args, S, r, stride, downsample=k == 0),
+                dynamic_block_latency(*args, S, r, stride, downsample=k == 0,
+                                      dense_route=True),
                 static_block_latency(*args, stride, downsample=k == 0)))
             if stride == 2:
                 h, w = _half(h), _half(w)

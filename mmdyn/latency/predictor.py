@@ -24,6 +24,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from . import engine as cpu_engine
 from .hardware import Hardware
 
 MAX_POW2_TILE = 128  # largest power-of-two tile candidate (the simulator's 2**7)
@@ -46,10 +47,13 @@ class OpLatency:
 @dataclass(frozen=True)
 class BlockLatency:
     """The operators of one block and their sum. ``fused`` tells, for a dynamic block,
-    whether the masker was fused with conv1 (None for a static block)."""
+    whether the masker was fused with conv1 (None for a static block); ``route``, for a
+    dynamic block on a CPU engine model, which route mmdyn would run (``'sparse'`` or
+    ``'dense'``, see :func:`dynamic_block_latency`), else None."""
 
     ops: Tuple[OpLatency, ...]
     fused: Optional[bool] = None
+    route: Optional[str] = None
 
     @property
     def total(self) -> float:
@@ -362,6 +366,22 @@ def _wants_downsample(in_channels, out_channels, stride, downsample):
         else bool(downsample)
 
 
+_FIXED_TERMS = ('sparse_call', 'dense_call', 'index_element')
+
+
+def _engine_block(hw: Hardware, ops, route: Optional[str] = None) -> BlockLatency:
+    """A block predicted by a CPU profile's fitted engine model (:mod:`.engine`):
+    per operator, compute = the MAC terms, memory = the byte terms, launch = the
+    per-call and per-index terms."""
+    out = []
+    for name, features in ops.items():
+        total = hw.engine.cost(features)
+        memory = hw.engine.cost({k: v for k, v in features.items() if k.endswith('_byte')})
+        fixed = hw.engine.cost({k: v for k, v in features.items() if k in _FIXED_TERMS})
+        out.append(OpLatency(name, total - memory - fixed, memory, fixed, total))
+    return BlockLatency(tuple(out), None if route is None else True, route)
+
+
 def static_block_latency(hw: Hardware, in_channels: int, mid_channels: int,
                          out_channels: int, H: int, W: int, stride: int = 1,
                          downsample: Optional[bool] = None) -> BlockLatency:
@@ -369,6 +389,10 @@ def static_block_latency(hw: Hardware, in_channels: int, mid_channels: int,
     in mmdet's ``style='pytorch'``): conv1, conv2, conv3, the residual add and, when
     ``downsample`` (default: channels or stride change), the 1x1 projection."""
     _check_block_args(in_channels, mid_channels, out_channels, H, W, stride)
+    if hw.engine is not None:
+        return _engine_block(hw, cpu_engine.dense_block_ops(
+            hw.engine.llc_bytes, in_channels, mid_channels, out_channels, H, W, stride,
+            _wants_downsample(in_channels, out_channels, stride, downsample)))
     oh, ow = _out_size(H, stride), _out_size(W, stride)
     ops = [static_conv(hw, in_channels, mid_channels, H, W, 1, name='conv1'),
            static_conv(hw, mid_channels, mid_channels, H, W, 3, stride, name='conv2'),
@@ -382,14 +406,31 @@ def static_block_latency(hw: Hardware, in_channels: int, mid_channels: int,
 
 def dynamic_block_latency(hw: Hardware, in_channels: int, mid_channels: int,
                           out_channels: int, H: int, W: int, S: int, r: float,
-                          stride: int = 1, downsample: Optional[bool] = None
-                          ) -> BlockLatency:
+                          stride: int = 1, downsample: Optional[bool] = None,
+                          dense_route: bool = False) -> BlockLatency:
     """The LAS bottleneck computing a fraction ``r`` of its ``S x S`` output patches
     (P = ceil(r * ceil(H'/S) * ceil(W'/S)) on the H' x W' output): masker+conv1,
-    gather-conv2, conv3, scatter-add, and the dense projection when ``downsample``."""
+    gather-conv2, conv3, scatter-add, and the dense projection when ``downsample``.
+
+    With a CPU engine model (``hw.engine``) the operators are mmdyn's sparse executor's
+    (:mod:`.engine`); ``dense_route=True`` then returns the cheaper of the sparse
+    executor and the dense route, as mmdyn's dense fallback chooses
+    (``BlockLatency.route`` says which). The GPU model has no dense route and ignores
+    the flag."""
     _check_block_args(in_channels, mid_channels, out_channels, H, W, stride, S, r)
     oh, ow = _out_size(H, stride), _out_size(W, stride)
     patches = num_patches(r, oh, ow, S)
+    if hw.engine is not None:
+        args = (hw.engine.llc_bytes, in_channels, mid_channels, out_channels, H, W)
+        ds = _wants_downsample(in_channels, out_channels, stride, downsample)
+        sparse = _engine_block(hw, cpu_engine.sparse_block_ops(*args, S, patches, stride, ds),
+                               'sparse')
+        if not dense_route or patches == 0:
+            return sparse
+        dense = _engine_block(hw, cpu_engine.dense_route_ops(
+            *args, stride, ds, partial=patches < math.ceil(oh / S) * math.ceil(ow / S)),
+            'dense')
+        return dense if dense.total < sparse.total else sparse
     first, fused = masker_conv1(hw, in_channels, mid_channels, H, W, S, r)
     ops = list(first) + [
         dynamic_conv(hw, mid_channels, mid_channels, H, W, 3, S, patches, stride,

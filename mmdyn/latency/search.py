@@ -154,7 +154,7 @@ def predict_backbone(hw: Union[Hardware, str], layout: BackboneLayout,
         args = (hw, b.in_channels, b.mid_channels, b.out_channels, *b.in_hw)
         stages[b.stage].append(BlockPrediction(
             b.stage, b.index, S, rate, b.in_hw,
-            dynamic_block_latency(*args, S, rate, b.stride, b.downsample),
+            dynamic_block_latency(*args, S, rate, b.stride, b.downsample, dense_route=True),
             static_block_latency(*args, b.stride, b.downsample)))
     return NetworkLatency(hw.name, layout.depth, tuple(layout.input_hw), _stem(hw, layout),
                           tuple(StageLatency(tuple(s)) for s in stages))
@@ -196,7 +196,8 @@ class GranularitySearch:
 
 def _block_cost(hw, b: BlockShape, S: int, rate: float) -> float:
     return dynamic_block_latency(hw, b.in_channels, b.mid_channels, b.out_channels,
-                                 *b.in_hw, S, rate, b.stride, b.downsample).total
+                                 *b.in_hw, S, rate, b.stride, b.downsample,
+                                 dense_route=True).total
 
 
 def _pick(costs: Dict[int, float], tolerance: float) -> int:
