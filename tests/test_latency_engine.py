@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmdyn.latency import (EngineModel, Hardware, dynamic_block_latency, fit_engine,
+from mmdyn.latency import (EngineModel, Hardware, dense_route_crossover, dynamic_block_latency,
+                           fit_engine,
                            hardware_from_dict, hardware_to_dict, load_profile, save_profile,
                            static_block_latency)
 from mmdyn.latency import engine as E
+from mmdyn.latency.accuracy import rate_for_patches
 
 LLC = 32 * 2 ** 20
 
@@ -145,3 +147,57 @@ def test_fit_rejects_bad_samples():
         fit_engine([], LLC)
     with pytest.raises(ValueError, match='positive and finite'):
         fit_engine([({'gemm_mac': 1.0}, 0.0)], LLC)
+
+
+def test_dense_route_crossover_is_where_the_route_flips():
+    hw = Hardware('cpu-test', 2, 16.0, 2.5e9, 40e9, engine=_model())
+    for shape, S in (((256, 64, 256, 50, 76), 4), ((512, 128, 512, 25, 38), 1),
+                     ((1024, 256, 1024, 13, 19), 2)):
+        crossover = dense_route_crossover(hw, *shape, S)
+        h, w = shape[3:]
+        cells = -(-h // S) * -(-w // S)
+        for patches in range(1, cells + 1):  # brute force over every patch count
+            rate = rate_for_patches(patches, h, w, S)  # exactly `patches` patches
+            routes = dynamic_block_latency(hw, *shape, S, rate, dense_route=True)
+            assert (routes.route == 'dense') == (patches / cells > crossover), (shape, patches)
+    with pytest.raises(ValueError, match='no CPU engine model'):
+        dense_route_crossover(load_profile('v100'), 256, 64, 256, 50, 76, 4)
+
+
+def test_first_forward_takes_crossovers_from_the_profile(tmp_path, monkeypatch):
+    """MMDYN_LATENCY_PROFILE: the dense-route decision of every LAS bottleneck comes
+    from the profile (nothing timed), and the output is the masked reference's."""
+    from mmdyn.models.backbones import LASResNet, dense_fallback
+    hw = Hardware('cpu-test', 2, 16.0, 2.5e9, 40e9, engine=_model())
+    path = save_profile(hw, tmp_path / 'cpu-test.json')
+    monkeypatch.setenv('MMDYN_LATENCY_PROFILE', str(path))
+    monkeypatch.setattr(dense_fallback, '_PREDICTED', {})
+
+    measured = dense_fallback.CHOOSER.measured
+
+    def no_route_timing(entry, measure):  # kernel choices may still be measured
+        assert not entry.startswith('crossover:'), f'{entry} was timed'
+        return measured(entry, measure)
+    monkeypatch.setattr(dense_fallback.CHOOSER, 'measured', no_route_timing)
+    torch.manual_seed(0)
+    backbone = LASResNet(50, granularity=(2, 2, 1, 1), base_channels=8, init_cfg=None).eval()
+    x = torch.rand(1, 3, 96, 128)
+    backbone.prepare_for_timing()
+    for rate in (0.2, 0.9):
+        for block in backbone.modules():
+            if hasattr(block, 'forced_rate'):
+                block.forced_rate, block.forced_seed = rate, 1
+        with torch.no_grad():
+            sparse = backbone(x)
+            backbone.execution_mode = 'masked'
+            reference = backbone(x)
+            backbone.execution_mode = 'sparse'
+        for a, b in zip(sparse, reference):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    decisions = dense_fallback.predicted_crossovers()
+    assert len(decisions) >= 4 and all(0.0 <= v <= 1.0 for v in decisions.values())
+    monkeypatch.setenv('MMDYN_LATENCY_PROFILE', 'v100')
+    dense_fallback._predicted_crossover.cache_clear()
+    with pytest.raises(ValueError, match='no CPU engine model'):
+        with torch.no_grad():
+            backbone(x)

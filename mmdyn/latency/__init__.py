@@ -18,9 +18,9 @@ from .hardware import (Hardware, available_profiles, hardware_from_dict, hardwar
                        load_profile, save_profile)
 from .network import BlockPrediction, NetworkLatency, StageLatency, predict_las_resnet
 from .predictor import (BlockLatency, OpLatency, cache_info, clear_caches,
-                        dynamic_block_latency, dynamic_conv, elementwise_add, latency_ratio,
-                        masker_conv1, max_pool, num_patches, scatter_add,
-                        static_block_latency, static_conv)
+                        dense_route_crossover, dynamic_block_latency, dynamic_conv,
+                        elementwise_add, latency_ratio, masker_conv1, max_pool, num_patches,
+                        scatter_add, static_block_latency, static_conv)
 from .search import (BackboneLayout, GranularitySearch, candidate_sizes, layout_from_config,
                      predict_backbone, search_granularity)
 
@@ -29,8 +29,8 @@ __all__ = [
     'hardware_to_dict', 'EngineModel', 'fit_engine', 'OpLatency',
     'BlockLatency', 'static_conv', 'dynamic_conv', 'elementwise_add', 'max_pool',
     'scatter_add', 'masker_conv1', 'num_patches', 'static_block_latency',
-    'dynamic_block_latency', 'latency_ratio', 'clear_caches', 'cache_info',
-    'BlockPrediction', 'StageLatency', 'NetworkLatency', 'predict_las_resnet',
+    'dynamic_block_latency', 'dense_route_crossover', 'latency_ratio', 'clear_caches',
+    'cache_info', 'BlockPrediction', 'StageLatency', 'NetworkLatency', 'predict_las_resnet',
     'Calibration', 'calibrate_cpu', 'save_calibration', 'BackboneLayout',
     'GranularitySearch', 'candidate_sizes', 'layout_from_config', 'predict_backbone',
     'search_granularity', 'accuracy_study', 'measure_las_blocks', 'spearman'

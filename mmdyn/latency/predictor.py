@@ -444,6 +444,39 @@ def dynamic_block_latency(hw: Hardware, in_channels: int, mid_channels: int,
     return BlockLatency(tuple(ops), fused)
 
 
+def dense_route_crossover(hw: Hardware, in_channels: int, mid_channels: int,
+                          out_channels: int, H: int, W: int, S: int, stride: int = 1,
+                          downsample: Optional[bool] = None) -> float:
+    """The activation rate above which a CPU profile's engine model predicts mmdyn's
+    dense route faster than its sparse executor for this block (what
+    ``mmdyn.models.backbones.dense_fallback`` otherwise measures in the first forward):
+    ``(P - 1) / cells`` for the smallest patch count P where the dense route wins, 1.0
+    when the sparse executor wins with every patch on."""
+    if hw.engine is None:
+        raise ValueError(f'profile {hw.name!r} has no CPU engine model: the dense-route '
+                         'crossover is predicted from a profile calibrated on this machine '
+                         '(python tools/analysis/calibrate_latency.py)')
+    _check_block_args(in_channels, mid_channels, out_channels, H, W, stride, S)
+    oh, ow = _out_size(H, stride), _out_size(W, stride)
+    cells = math.ceil(oh / S) * math.ceil(ow / S)
+    args = (hw.engine.llc_bytes, in_channels, mid_channels, out_channels, H, W)
+    ds = _wants_downsample(in_channels, out_channels, stride, downsample)
+
+    def dense_wins(patches: int) -> bool:
+        sparse = cpu_engine.sparse_block_ops(*args, S, patches, stride, ds)
+        dense = cpu_engine.dense_route_ops(*args, stride, ds, partial=patches < cells)
+        return hw.engine.cost(cpu_engine.total_features(dense)) \
+            < hw.engine.cost(cpu_engine.total_features(sparse))
+
+    if not dense_wins(cells):
+        return 1.0
+    low, high = 0, cells  # sparse wins at low (0 patches: nothing to run), dense at high
+    while high - low > 1:  # the sparse cost grows with P; the dense cost hardly moves
+        mid = (low + high) // 2
+        low, high = (low, mid) if dense_wins(mid) else (mid, high)
+    return (high - 1) / cells
+
+
 def latency_ratio(hw: Hardware, in_channels: int, mid_channels: int, out_channels: int,
                   H: int, W: int, S: int, r: float, stride: int = 1,
                   downsample: Optional[bool] = None) -> float:

@@ -14,18 +14,28 @@ either route: a FLOPs figure does not depend on the machine's timings.
 
 ``MMDYN_DENSE_FALLBACK``: ``measured`` (default), ``never`` (always the sparse
 executor) or ``always`` (dense whenever a patch is active; tests of the dense route).
+
+``MMDYN_LATENCY_PROFILE`` (a profile name such as ``cpu`` or a .json path, see
+:mod:`mmdyn.latency`): on CPU tensors, the crossover of every block whose shape the
+latency predictor's engine model covers (LAS bottlenecks, dilation 1) is predicted from
+that calibrated profile instead of timed, so the first forward times no routes
+(:func:`predicted_crossovers` lists what was chosen); other blocks and devices are
+measured as above. A profile without an engine model (the GPU profiles) is an error.
 """
 import math
 import os
 import statistics
-from typing import Callable
+from functools import lru_cache
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 from mmdyn.ops.kernel_choice import CHOOSER, TIMEABLE_DEVICES, device_tag, time_call
 
 ENV_POLICY = 'MMDYN_DENSE_FALLBACK'
+ENV_PROFILE = 'MMDYN_LATENCY_PROFILE'
 POLICIES = ('measured', 'never', 'always')
+_PREDICTED: Dict[str, float] = {}  # block class -> crossover predicted from the profile
 
 
 def fallback_policy() -> str:
@@ -68,13 +78,41 @@ def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable
     return min(1.0, max(0.0, (dense - (full - slope)) / slope))
 
 
+@lru_cache(maxsize=8)
+def _load_profile(name: str):
+    from mmdyn.latency import load_profile
+    hw = load_profile(name)
+    if hw.engine is None:
+        raise ValueError(f'{ENV_PROFILE}={name!r}: profile {hw.name!r} has no CPU engine '
+                         'model; give a profile calibrated on this machine (cpu)')
+    return hw
+
+
+@lru_cache(maxsize=None)
+def _predicted_crossover(profile: str, shape: Tuple) -> float:
+    from mmdyn.latency import dense_route_crossover
+    return dense_route_crossover(_load_profile(profile), *shape)
+
+
+def predicted_crossovers() -> Dict[str, float]:
+    """``{block class: crossover rate}`` predicted from ``MMDYN_LATENCY_PROFILE`` in this
+    process (the engine's decisions; the measured ones live in the kernel-choice file)."""
+    return dict(_PREDICTED)
+
+
 def runs_densely(rate: float, block_class: str, measure: Callable[[], float],
-                 device='cpu') -> bool:
+                 device='cpu', shape: Optional[Tuple] = None) -> bool:
     """Whether a block of ``block_class`` at activation ``rate`` on ``device`` takes the
-    dense route."""
+    dense route. ``shape`` (``(in, mid, out channels, H, W, S, stride, downsample)`` of
+    a bottleneck the latency predictor covers, else None) lets a CPU crossover come from
+    ``MMDYN_LATENCY_PROFILE``."""
     policy, device = fallback_policy(), torch.device(device)
     if policy != 'measured' or rate <= 0.0:
         return policy == 'always' and rate > 0.0
     if device.type not in TIMEABLE_DEVICES:
         return False
+    profile = os.environ.get(ENV_PROFILE, '')
+    if profile and shape is not None and device.type == 'cpu':
+        crossover = _PREDICTED[block_class] = _predicted_crossover(profile, tuple(shape))
+        return rate > crossover
     return rate > CHOOSER.measured(f'crossover:{device_tag(device)}:{block_class}', measure)

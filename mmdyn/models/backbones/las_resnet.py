@@ -103,8 +103,18 @@ class _LASBlockMixin(DynamicBlockMixin):
             return measure_crossover(sparse_at, lambda: run_dense(torch.ones_like(mask)),
                                      grid.rows * grid.cols, x.device)
         self.ran_densely = runs_densely(float(mask.mean()), self.route_class(x.shape[0], grid),
-                                        measure, x.device)
+                                        measure, x.device, self.route_shape(x))
         return self.ran_densely
+
+    def route_shape(self, x) -> Optional[tuple]:
+        """The block as the latency predictor's engine model takes it (a bottleneck of
+        dilation 1 and batch 1), or None: its crossover is then measured."""
+        conv3 = getattr(self, 'conv3', None)
+        if conv3 is None or x.shape[0] != 1 or self.conv2.dilation[0] != 1:
+            return None
+        return (self.conv1.in_channels, self.conv2.in_channels, conv3.out_channels,
+                x.shape[2], x.shape[3], self.granularity, self.conv2.stride[0],
+                self.downsample is not None)
 
     def route_class(self, batch: int, grid) -> str:
         """Blocks of one class share a measured crossover: same convs, patch size,
