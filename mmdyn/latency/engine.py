@@ -201,9 +201,8 @@ def dense_route_ops(llc_bytes: int, cin: int, mid: int, cout: int, h: int, w: in
     oh, ow = _out(h, stride), _out(w, stride)
     ops = _conv1_gate_and_identity(llc_bytes, cin, mid, cout, h, w, stride, downsample)
     ops['masker+conv1'].add('sparse_call', 1.0)
-    conv2 = ops['conv2'] = _Features(llc_bytes)
-    conv2.add('conv3x3_mac', 9 * mid * mid * oh * ow)
-    conv2.move(3 * mid * h * w + 3 * mid * oh * ow + 9 * mid * mid)
+    conv2 = ops['conv2'] = dense_conv(llc_bytes, mid, mid, 3, h, w, stride)
+    conv2.move(2 * mid * h * w + 2 * mid * oh * ow)  # ReLU of its input and output
     conv3 = ops['conv3+add'] = _Features(llc_bytes)
     conv3.add('gemm_mac', mid * cout * oh * ow)
     conv3.move(mid * oh * ow + 2 * cout * oh * ow + mid * cout
