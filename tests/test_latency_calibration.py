@@ -72,6 +72,26 @@ def test_calibration_round_trips_through_json(quick_calibration, profile_dir):
     assert not machine.is_this_machine('v100')
 
 
+def test_interrupted_calibration_writes_nothing(profile_dir, monkeypatch, quick_calibration):
+    """Ctrl-C during the measurement or while saving leaves no profile, no sidecar and
+    no partial file behind."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cal, 'measure_engine', interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate_cpu(threads=1, quick=True)
+    monkeypatch.undo()
+    monkeypatch.setenv(machine.ENV_DIR, str(profile_dir))
+    monkeypatch.setattr(cal, 'save_profile', interrupt)  # killed after the sidecar
+    with pytest.raises(KeyboardInterrupt):
+        save_calibration(quick_calibration)
+    left = sorted(p.name for p in profile_dir.glob('*') if not p.name.endswith(
+        '.calibration.json'))
+    assert left == []
+    with pytest.raises(ValueError, match='calibrate_latency.py'):
+        load_profile('cpu-t1')
+
+
 def test_missing_machine_profile_says_how_to_make_it(profile_dir):
     with pytest.raises(ValueError, match='calibrate_latency.py --threads 7'):
         load_profile('cpu-t7')

@@ -45,7 +45,7 @@ import numpy as np
 
 from . import machine
 from .engine import UNITS, calibration_samples, fit_engine
-from .hardware import Hardware, hardware_to_dict, save_profile
+from .hardware import Hardware, hardware_to_dict, save_profile, write_atomically
 from .predictor import access_efficiency, clear_caches, elementwise_add, static_conv
 
 QUANTUM_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -535,6 +535,7 @@ def save_calibration(cal: Calibration, path: Union[str, Path, None] = None) -> P
     if path.suffix != '.json':
         raise ValueError(f'a profile path must end in .json, got {str(path)!r}')
     path.parent.mkdir(parents=True, exist_ok=True)
+    # the measurements first: a profile on disk always has its sidecar
+    write_atomically(sidecar_path(path), json.dumps(cal.as_dict(), indent=2) + '\n')
     save_profile(cal.hardware, path)
-    sidecar_path(path).write_text(json.dumps(cal.as_dict(), indent=2) + '\n')
     return path

@@ -12,6 +12,7 @@ are not part of the model (neither the paper nor the simulator has them).
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -167,8 +168,19 @@ def hardware_to_dict(hw: Hardware) -> dict:
     return data
 
 
+def write_atomically(path: Union[str, Path], text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it: an
+    interrupted write leaves the old file (or none), never half a file."""
+    path = Path(path)
+    partial = path.with_name(f'.{path.name}.partial')
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
 def save_profile(hw: Hardware, path: Union[str, Path]) -> Path:
     """Write ``hw`` as JSON (readable by :func:`load_profile`); returns the path."""
-    path = Path(path)
-    path.write_text(json.dumps(hardware_to_dict(hw), indent=2) + '\n')
-    return path
+    return write_atomically(path, json.dumps(hardware_to_dict(hw), indent=2) + '\n')
