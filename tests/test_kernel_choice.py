@@ -407,3 +407,23 @@ def test_prepacked_weights_follow_the_row_count_and_do_not_travel_with_copies(mo
     assert torch.equal(pickle.loads(pickle.dumps(matrix)), matrix)
     x = torch.randn(40, 64)
     assert_product(gemm(x, copied, bias), reference(x, copied, bias))
+
+
+@pytest.mark.parametrize('dense_partial, dense_full, expected', [
+    (15.0, None, 0.5),     # sparse 10 + 10 r meets the dense route at r = 0.5
+    (25.0, None, 1.0),     # sparse wins at every rate
+    (25.0, 15.0, 0.9),     # ... except with every patch on, where the mask costs nothing
+    (15.0, 12.0, 0.5),     # the partial crossover already lies lower
+    (5.0, 4.0, 0.0),       # dense wins from the first patch
+])
+def test_crossover_arithmetic(dense_partial, dense_full, expected, monkeypatch):
+    """measure_crossover from known route costs (no timing): the sparse cost is linear
+    through rates 1/2 and 1; a full mask may run densely below the partial crossover."""
+    from mmdyn.models.backbones import dense_fallback
+    costs = {'sparse': lambda rate: 10.0 + 10.0 * rate, 'dense': dense_partial,
+             'full': dense_full}
+    monkeypatch.setattr(dense_fallback, '_median_seconds', lambda fn, device, repeats: fn())
+    crossover = dense_fallback.measure_crossover(
+        costs['sparse'], lambda: costs['dense'], cells=10,
+        run_dense_full=None if dense_full is None else (lambda: costs['full']))
+    assert crossover == pytest.approx(expected)

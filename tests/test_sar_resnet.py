@@ -265,3 +265,25 @@ def test_fusion_inference_path_equals_the_formula(refine_size, base_size):
     with torch.no_grad():
         got = fusion(base, refine.clone().contiguous(memory_format=torch.channels_last))
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('depth, groups', [(18, 2), (50, 2), (50, 1)])
+@pytest.mark.parametrize('policy', ['always', 'measured'])
+def test_dense_route_equals_masked_and_keeps_the_records(depth, groups, policy, monkeypatch):
+    """The refine blocks' dense route (grouped convs on the whole map, masked) gives the
+    masked reference's output and records the same FLOPs as the sparse route."""
+    model = shared_model(depth, groups)
+    x = torch.randn(1, 3, 75, 101)
+    for rate in (0.3, 1.0):
+        model.set_forced_activation(rate, seed=5)
+        monkeypatch.setenv('MMDYN_DENSE_FALLBACK', 'never')
+        sparse = run_both(model, x)
+        monkeypatch.setenv('MMDYN_DENSE_FALLBACK', policy)
+        outputs = run_both(model, x)
+        assert_same(outputs)
+        refine = [m for m in model.modules() if hasattr(m, 'refine_dense')]
+        if policy == 'always':
+            assert all(block.ran_densely for block in refine)
+        for a, b in zip(outputs['sparse_record'].blocks, sparse['sparse_record'].blocks):
+            assert torch.equal(a.executed_flops, b.executed_flops)
+    model.set_forced_activation(None)

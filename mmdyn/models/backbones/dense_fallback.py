@@ -56,18 +56,25 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
 
 
 def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable[[], object],
-                      cells: int, device='cpu', repeats: int = 3) -> float:
-    """The activation rate above which ``run_dense()`` is faster than
-    ``run_sparse(rate)`` on ``device``; the sparse cost is taken as linear in the rate
-    through its measurements at about 1/2 and 1. ``cells``: the patches of the block's
-    grid per sample; the lower rate is ``floor(cells / 2) / cells``, a count the grid can
-    draw (a one-patch grid has no lower rate: any active patch is the whole map).
+                      cells: int, device='cpu', repeats: int = 3,
+                      run_dense_full: Optional[Callable[[], object]] = None) -> float:
+    """The activation rate above which ``run_dense()`` (the dense route with a partial
+    mask) is faster than ``run_sparse(rate)`` on ``device``; the sparse cost is taken as
+    linear in the rate through its measurements at about 1/2 and 1. ``cells``: the
+    patches of the block's grid per sample; the lower rate is ``floor(cells / 2) /
+    cells``, a count the grid can draw (a one-patch grid has no lower rate: any active
+    patch is the whole map). ``run_dense_full()``: the dense route with every patch on
+    (it skips applying the mask); when it beats the sparse executor at rate 1 the
+    crossover is at most ``(cells - 1) / cells``, so that a full mask runs densely.
     1.0: the sparse executor wins even with every patch on."""
     device = torch.device(device)
-    dense = _median_seconds(run_dense, device, repeats)
     full = _median_seconds(lambda: run_sparse(1.0), device, repeats)
+    upper = 1.0
+    if run_dense_full is not None and _median_seconds(run_dense_full, device, repeats) < full:
+        upper = (cells - 1) / cells
+    dense = _median_seconds(run_dense, device, repeats)
     if full <= dense:
-        return 1.0
+        return upper
     low_rate = (cells // 2) / cells
     if low_rate <= 0.0:  # one patch per sample: the full map or nothing
         return 0.0
@@ -75,7 +82,7 @@ def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable
     slope = (full - low) / (1.0 - low_rate)
     if slope <= 0:  # no measurable growth with the rate: the fixed cost decides
         return 0.0
-    return min(1.0, max(0.0, (dense - (full - slope)) / slope))
+    return min(upper, max(0.0, (dense - (full - slope)) / slope))
 
 
 @lru_cache(maxsize=8)

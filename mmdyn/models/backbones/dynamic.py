@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from mmdyn.ops import BlockRecord, ForwardRecord, MaskTerms, PatchGrid, fold_conv_bn
+from .dense_fallback import measure_crossover, runs_densely, size_class
 
 EXECUTION_MODES = ('auto', 'masked', 'sparse')
 
@@ -184,6 +185,43 @@ class DynamicBlockMixin:
         """BatchNorm-folded weights of ``conv`` + ``bn`` (cached). ``bn`` may already
         be folded away (an ``nn.Identity`` left by mmcv's ``fuse_conv_bn``)."""
         return folded_cached(self._fold_cache, name, conv, bn)
+
+    def takes_dense_route(self, x, mask, grid: PatchGrid, run_sparse, run_dense,
+                          groups: int = 1, shape: Optional[tuple] = None) -> bool:
+        """Above its crossover rate (measured, or predicted from a latency profile) the
+        block computes its residual densely and applies the mask: the same output,
+        never slower than the dense block (:mod:`.dense_fallback`). The record still
+        counts the FLOPs the mask selects (the model's, independent of the machine);
+        ``ran_densely`` says which route ran. ``run_sparse(mask)`` / ``run_dense(mask)``
+        run the two routes on this forward's tensors without changing them, for the
+        measurement; ``groups``: masks per sample; ``shape``: see
+        :func:`.dense_fallback.runs_densely`."""
+        def measure():
+            def at(rate):
+                return draw_forced_mask(x.shape[0], grid, rate, 0, x.device,
+                                        groups).to(x.dtype)
+            # below rate 1 the dense route pays for applying the mask, which a full
+            # mask skips: it is timed both ways
+            half, ones = at(0.5), torch.ones_like(mask)
+            return measure_crossover(lambda rate: run_sparse(at(rate)),
+                                     lambda: run_dense(half), grid.rows * grid.cols,
+                                     x.device, run_dense_full=lambda: run_dense(ones))
+        self.ran_densely = runs_densely(float(mask.mean()), self.route_class(x.shape[0], grid),
+                                        measure, x.device, shape)
+        return self.ran_densely
+
+    def route_class(self, batch: int, grid: PatchGrid) -> str:
+        """Blocks of one class share a crossover: same convs (and groups), patch size,
+        shortcut, batch and map size class."""
+        convs = [getattr(self, f'conv{i}', None) for i in (1, 2, 3)]
+        shapes = '-'.join(f'{c.in_channels}.{c.out_channels}.{c.stride[0]}.{c.dilation[0]}'
+                          + (f'.g{c.groups}' if c.groups > 1 else '')
+                          for c in convs if c is not None)
+        patch = f'{grid.patch_h}' if grid.patch_h == grid.patch_w \
+            else f'{grid.patch_h}x{grid.patch_w}'
+        return (f'{type(self).__name__}:{shapes}-S{patch}'
+                f'-ds{int(getattr(self, "downsample", None) is not None)}-b{batch}'
+                f'-a{size_class(grid.height, grid.width)}')
 
     def store_record(self, grid: PatchGrid, mask: Tensor, computed_area: Tensor,
                      dense_flops: float, executed_flops: Tensor):

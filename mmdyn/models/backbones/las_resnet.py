@@ -30,9 +30,7 @@ from mmdyn.ops import (FoldedConv, ForwardRecord, MaskTerms, PatchGrid, PatchMas
                        patch_extents, patch_halo_pixels, pixel_rows, sampled_pixels,
                        scatter_add_patches, upsample_patch_mask)
 from mmdyn.ops.multires import conv3x3_rows
-from .dense_fallback import measure_crossover, runs_densely, size_class
-from .dynamic import (DynamicBlockMixin, check_granularity, check_number, draw_forced_mask,
-                      fold_sources)
+from .dynamic import DynamicBlockMixin, check_granularity, check_number, fold_sources
 from .resnet_parts import (DynamicResNetMixin, check_norm_cfg, output_memory_format,
                            plain_res_layer)
 
@@ -90,21 +88,10 @@ class _LASBlockMixin(DynamicBlockMixin):
         return self.relu(identity + residual * upsample_patch_mask(mask, grid))
 
     def takes_dense_route(self, x, mask, grid, run_sparse, run_dense) -> bool:
-        """Above its measured crossover rate the block computes its residual densely
-        and applies the mask: the same output, never slower than the dense block
-        (:mod:`.dense_fallback`). The record still counts the FLOPs the mask selects
-        (the model's, independent of the machine); ``ran_densely`` says which route
-        ran. ``run_sparse(mask)`` / ``run_dense(mask)`` run the two routes on this
-        forward's tensors, for the measurement."""
-        def measure():
-            def sparse_at(rate):
-                return run_sparse(draw_forced_mask(x.shape[0], grid, rate, 0, x.device)
-                                  .to(x.dtype))
-            return measure_crossover(sparse_at, lambda: run_dense(torch.ones_like(mask)),
-                                     grid.rows * grid.cols, x.device)
-        self.ran_densely = runs_densely(float(mask.mean()), self.route_class(x.shape[0], grid),
-                                        measure, x.device, self.route_shape(x))
-        return self.ran_densely
+        """The mixin's route choice; a bottleneck's crossover may come from a latency
+        profile (:meth:`route_shape`)."""
+        return super().takes_dense_route(x, mask, grid, run_sparse, run_dense,
+                                         shape=self.route_shape(x))
 
     def route_shape(self, x) -> Optional[tuple]:
         """The block as the latency predictor's engine model takes it (a bottleneck of
@@ -115,16 +102,6 @@ class _LASBlockMixin(DynamicBlockMixin):
         return (self.conv1.in_channels, self.conv2.in_channels, conv3.out_channels,
                 x.shape[2], x.shape[3], self.granularity, self.conv2.stride[0],
                 self.downsample is not None)
-
-    def route_class(self, batch: int, grid) -> str:
-        """Blocks of one class share a measured crossover: same convs, patch size,
-        shortcut, batch and map size class."""
-        convs = [c for c in (self.conv1, self.conv2, getattr(self, 'conv3', None)) if c]
-        shapes = '-'.join(f'{c.in_channels}.{c.out_channels}.{c.stride[0]}.{c.dilation[0]}'
-                          for c in convs)
-        return (f'{type(self).__name__}:{shapes}-S{self.granularity}'
-                f'-ds{int(self.downsample is not None)}-b{batch}'
-                f'-a{size_class(grid.height, grid.width)}')
 
     def sparse_output(self, x, identity, patches, index, grid, pointwise=None):
         """relu(identity + scatter(patches)). The identity is updated in place when it

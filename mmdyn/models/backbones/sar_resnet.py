@@ -77,7 +77,10 @@ def _per_stage(name: str, value, stages: int, number=int, what='SAR stage'):
 
 
 def group_masked(x, pixel_mask):
-    """Multiply channel group g of ``x`` ([B, C, H, W]) by ``pixel_mask[:, g]``."""
+    """Multiply channel group g of ``x`` ([B, C, H, W]) by ``pixel_mask[:, g]`` (None:
+    every pixel selected, ``x`` itself)."""
+    if pixel_mask is None:
+        return x
     batch, channels, height, width = x.shape
     groups = pixel_mask.shape[1]
     return (x.view(batch, groups, channels // groups, height, width)
@@ -171,6 +174,7 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
 
     def forward(self, x, guide):
         grid = self.grid_for(x.shape[2], x.shape[3])
+        self.ran_densely = False  # the last forward took the dense route
         sparse = self.use_sparse_path()
         mask = self.selector(guide, grid.shape, self.temperature, fold=sparse)
         forced = self.forced_mask(x.shape[0], grid, x, self.groups)
@@ -180,7 +184,7 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
             out = self.forward_sparse(x, mask, grid)
         else:
             identity = x if self.downsample is None else self.downsample(x)
-            residual = self.residual_masked(x, upsample_patch_mask(mask, grid))
+            residual = self.residual_masked(x, upsample_patch_mask(mask, grid), fold=False)
             out = self.relu(identity + residual)
         self._record(x, guide, mask, grid)
         return out
@@ -194,21 +198,33 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         return self.cached(f'conv{index}/groups', (folded.weight,),
                            lambda: split_groups(folded, self.groups))
 
-    def sparse_identity(self, x):
+    def sparse_identity(self, x, inplace: bool = True):
         """(output map, pre-activation identity rows). The output starts as
-        relu(identity); selected cells are overwritten with relu(identity + F)."""
+        relu(identity); selected cells are overwritten with relu(identity + F).
+        ``inplace=False`` never writes into ``x`` (the crossover measurement)."""
         if self.downsample is None:
             # x is a ReLU output, so relu(x) == x: start from x itself (updated in place
             # when the backbone owns it and nothing records gradients).
-            reuse = self.may_overwrite(x, x)
+            reuse = inplace and self.may_overwrite(x, x)
             return (x if reuse else x.clone()), pixel_rows(x)
         *_, conv, norm = self.downsample
         identity = self.folded('downsample', conv, norm)(x)
         return F.relu(identity), pixel_rows(identity)
 
     def forward_sparse(self, x, mask, grid):
+        """Above the block's crossover rate the refinement runs densely (its grouped
+        convs on the whole map, masked: :meth:`refine_dense`), else per group on the
+        selected cells (:meth:`refine_sparse`); the same output."""
         x = x.contiguous(memory_format=torch.channels_last)
-        out, identity_rows = self.sparse_identity(x)
+        if self.takes_dense_route(x, mask, grid,
+                                  lambda m: self.refine_sparse(x, m, grid, inplace=False),
+                                  lambda m: self.refine_dense(x, m, grid),
+                                  groups=self.groups):
+            return self.refine_dense(x, mask, grid)
+        return self.refine_sparse(x, mask, grid)
+
+    def refine_sparse(self, x, mask, grid, inplace: bool = True):
+        out, identity_rows = self.sparse_identity(x, inplace)
         out_rows = pixel_rows(out)
         channels = out.shape[1] // self.groups
         for g in range(self.groups):
@@ -223,6 +239,23 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
             updated = self.refine_group(x, grid, g, index, pixels, keep, identity, mask)
             out_rows[:, cols].index_copy_(0, pixels, updated.relu_())
         return out
+
+    def refine_dense(self, x, mask, grid):
+        """relu(identity + M * F(x)) with F's grouped convs BatchNorm-folded and run on
+        the whole map (the masked reference's arithmetic); ``x`` is not modified."""
+        identity = x if self.downsample is None else \
+            self.folded('downsample', *self.downsample[-2:])(x)
+        full = bool((mask >= 1).all())  # every cell selected: nothing to mask
+        residual = self.residual_masked(x, None if full else upsample_patch_mask(mask, grid),
+                                        fold=True)
+        return residual.add_(identity).relu_()
+
+    def conv_norm(self, index: int, fold: bool):
+        """``norm<index>(conv<index>(.))``, or its BatchNorm-folded form."""
+        conv, norm = getattr(self, f'conv{index}'), getattr(self, f'norm{index}')
+        if fold:
+            return self.folded(f'conv{index}', conv, norm)
+        return lambda x: norm(conv(x))
 
     def halo_canvas(self, values, pixels, like, channels: int):
         """A zero map (channels-last) holding ``values`` at the selected ``pixels``: the
@@ -255,10 +288,11 @@ class RefineBottleneck(_RefineBlock):
         self.add_conv(3, self.mid_channels, self.out_channels, 1)
         self.finish_init()
 
-    def residual_masked(self, x, pixel_mask):
-        out = group_masked(self.relu(self.norm1(self.conv1(x))), pixel_mask)
-        out = group_masked(self.relu(self.norm2(self.conv2(out))), pixel_mask)
-        return group_masked(self.norm3(self.conv3(out)), pixel_mask)
+    def residual_masked(self, x, pixel_mask, fold: bool):
+        conv1, conv2, conv3 = (self.conv_norm(i, fold) for i in (1, 2, 3))
+        out = group_masked(self.relu(conv1(x)), pixel_mask)
+        out = group_masked(self.relu(conv2(out)), pixel_mask)
+        return group_masked(conv3(out), pixel_mask)
 
     def refine_group(self, x, grid, g, index, pixels, keep, identity, mask):
         """``identity + F_g(x)`` on group g's selected pixels (in place on ``identity``)."""
@@ -291,10 +325,10 @@ class RefineBasicBlock(_RefineBlock):
         self.add_conv(2, self.mid_channels, self.out_channels, 3)
         self.finish_init()
 
-    def residual_masked(self, x, pixel_mask):
-        out = group_masked(self.relu(self.norm1(self.conv1(group_masked(x, pixel_mask)))),
-                           pixel_mask)
-        return group_masked(self.norm2(self.conv2(out)), pixel_mask)
+    def residual_masked(self, x, pixel_mask, fold: bool):
+        conv1, conv2 = (self.conv_norm(i, fold) for i in (1, 2))
+        out = group_masked(self.relu(conv1(group_masked(x, pixel_mask))), pixel_mask)
+        return group_masked(conv2(out), pixel_mask)
 
     def refine_group(self, x, grid, g, index, pixels, keep, identity, mask):
         """``identity + F_g(x)`` on group g's selected pixels (in place on ``identity``)."""
