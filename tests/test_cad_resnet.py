@@ -278,3 +278,27 @@ def test_sparse_folds_every_batchnorm_flavour():
     sparse, _ = run(model, x, 'sparse')
     for a, b in zip(sparse, dense):
         assert relative_error(a, b) < 1e-4
+
+
+def test_full_keep_takes_the_dense_route_and_mixes_with_cells(monkeypatch):
+    """Every cell kept: the stages run as the output-stride-8 network (no cell
+    executor); otherwise on cells (a later step only coarsens cells an earlier one
+    coarsened, so a full first step keeps the second full); outputs and FLOPs as the
+    reference's."""
+    model = cad(32)
+    x = torch.randn(1, 3, 70, 90)
+    full = keep_all(model, x, True)
+    calls = []
+    original = model._stage_sparse
+    monkeypatch.setattr(model, '_stage_sparse',
+                        lambda *args, **kwargs: calls.append(args[1]) or original(*args, **kwargs))
+    partial = torch.rand(1, *full[0].shape[1:]) < 0.5
+    for masks, cell_stages in ((full, []), ([full[0], ~full[1]], []),
+                               ([partial, full[1]], ['layer3', 'layer4'])):
+        calls.clear()
+        sparse, sparse_record = run(model, x, 'sparse', masks)
+        assert calls == cell_stages
+        dense, dense_record = run(model, x, 'dense', masks)
+        for a, b in zip(sparse, dense):
+            assert relative_error(a, b) < 1e-4
+        assert torch.equal(sparse_record.executed_flops, dense_record.executed_flops)

@@ -208,9 +208,6 @@ class CADResNet(ForcedKeepMasks, DynamicResNetMixin, ResNet):
                     levels = torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.long,
                                          device=x.device)
                     layout = CellLayout.from_levels(levels)
-                    if sparse:
-                        x = dense_to_rows(x.contiguous(memory_format=torch.channels_last),
-                                          layout)
                 step_mask, layout_in = None, layout
                 if i in self.adaptive_stages:  # otherwise the stage keeps its layout
                     step = self.adaptive_stages.index(i) + 1
@@ -218,11 +215,19 @@ class CADResNet(ForcedKeepMasks, DynamicResNetMixin, ResNet):
                     last_mask = (step_mask, step)
                     levels = step_levels(levels, step_mask.detach() > 0.5, step)
                     layout = CellLayout.from_levels(levels)
-                run = self._stage_sparse if sparse else self._stage_dense
-                x = run(layer, layer_name, x, layout_in, layout, step_mask, last_mask,
-                        records)
+                if not sparse:
+                    x = self._stage_dense(layer, layer_name, x, layout_in, layout, step_mask,
+                                          last_mask, records)
+                elif not bool(levels.any()):  # every cell kept: the dense route
+                    x = self._stage_full(layer, layer_name, x, layout, last_mask, records)
+                else:
+                    if x.dim() == 4:  # a dense map (before the first adaptive stage, or
+                        x = dense_to_rows(  # after a stage on the dense route)
+                            x.contiguous(memory_format=torch.channels_last), layout_in)
+                    x = self._stage_sparse(layer, layer_name, x, layout_in, layout,
+                                           step_mask, last_mask, records)
             if i in self.out_indices:
-                out = rows_to_dense(x, layout) if sparse and i >= min(self.adaptive_stages) else x
+                out = rows_to_dense(x, layout) if x.dim() == 2 else x
                 outs.append(out.contiguous(memory_format=out_format))  # as the dense ResNet
         self.store_forward_record(ForwardRecord(static, records))
         return tuple(outs)
@@ -241,6 +246,18 @@ class CADResNet(ForcedKeepMasks, DynamicResNetMixin, ResNet):
             x = filled if keep is None else filled + keep * (y - filled)
             self._record(records, f'{name}.{k}', block, layout_in if k == 0 else layout,
                          layout, last_mask)
+        return x
+
+    def _stage_full(self, layer, name, x, layout, last_mask, records):
+        """The dense route of a stage whose cells are all kept: the output-stride-8
+        network's blocks (BatchNorm folded) on the dense map, which is what the cell
+        executor computes there (Guarantee 2) without gathering nine taps per pixel."""
+        if x.dim() == 2:  # rows of a full layout are the channels-last pixel rows
+            batch, height, width = layout.shape
+            x = x.view(batch, height, width, -1).permute(0, 3, 1, 2)
+        x = run_static_layer(layer, x, True)
+        for k, block in enumerate(layer):
+            self._record(records, f'{name}.{k}', block, layout, layout, last_mask)
         return x
 
     def _stage_sparse(self, layer, name, rows, layout_in, layout, step_mask, last_mask,
