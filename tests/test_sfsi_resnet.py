@@ -105,6 +105,9 @@ def test_empty_and_full_masks(rate, case):
     sparse, _ = run(model, x, 'sparse')
     for a, b in zip(sparse, masked):
         assert relative_error(a, b) < 1e-4
+    # every pixel sampled: the blocks ran as dense bottlenecks (their dense route)
+    routes = [m.ran_densely for m in model.modules() if hasattr(m, 'ran_densely')]
+    assert routes and all(r == (rate == 1.0) for r in routes)
     for block in masked_record.blocks:
         if 'grid_prior_interval' in case or rate == 1.0:
             expected = torch.full((1,), rate)

@@ -61,7 +61,8 @@ from mmdyn.ops.pixel_sampling import (PixelMaskHead, SeededGenerators, apply_gri
 
 from .dynamic import DynamicBlockMixin, check_number
 from .resnet_parts import (DynamicResNetMixin, check_norm_cfg, check_resnet_sizes,
-                           check_resnext_width, output_memory_format, plain_res_layer)
+                           check_resnext_width, output_memory_format, plain_res_layer,
+                           run_folded_block)
 
 
 SPARSE_CONV3 = ('sampled', 'dense')
@@ -172,12 +173,36 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
             x = x.contiguous(memory_format=torch.channels_last)
         with record_function('sfsi.mask_heads'):
             mask1, mask2 = self.sample(x, out_hw)
-        if sparse:
+        self.ran_densely = False  # the last forward took the dense route
+        if sparse and self._samples_every_pixel(mask1, mask2):
+            self.ran_densely = True
+            out = self._forward_dense(x)
+        elif sparse:
             out = self._forward_sparse(x, out_hw, mask1, mask2)
         else:
             out = self._forward_masked(x, mask1, mask2)
         self._record(x, out_hw, mask1, mask2)
         return out
+
+    @staticmethod
+    def _samples_every_pixel(*masks) -> bool:
+        """Every pixel sampled, with unit values: Eq. 3 interpolates nothing and the
+        block is the dense bottleneck."""
+        return all(bool((m.hard >= 1).all()) and (m.value is m.hard or bool((m.value == 1).all()))
+                   for m in masks)
+
+    def _forward_dense(self, x):
+        """The dense route when every pixel is sampled: the bottleneck itself, its
+        BatchNorms folded (a deformable conv2 runs as mmcv's module)."""
+        if not self.deformable:
+            return run_folded_block(self, x)
+        conv1, conv3 = (self.folded(f'conv{i}', getattr(self, f'conv{i}'),
+                                    getattr(self, f'norm{i}')) for i in (1, 3))
+        # mmcv's deformable conv reads its input as contiguous NCHW memory
+        out = self.relu(self.norm2(self.conv2(conv1(x).relu_().contiguous())))
+        identity = x if self.downsample is None else self.downsample(x)
+        out = conv3(out.contiguous(memory_format=torch.channels_last))
+        return out.add_(identity).relu_()
 
     def _forward_masked(self, x, mask1, mask2):
         out = self.relu(self.norm1(self.conv1(x)))
