@@ -10,7 +10,7 @@ from mmseg.models.backbones import ResNetV1c
 from backbone_table import CAD_RANDOM, SAR_SMALL, forced, randomize_batchnorm_
 from mmdyn.models.backbones import CADResNet, LASResNet, SARResNet
 from mmdyn.models.backbones.las_resnet import LASBasicBlock, LASBottleneck
-from mmdyn.models.backbones.sar_resnet import RefineBasicBlock, _RefineBlock
+from mmdyn.models.backbones.sar_resnet import _RefineBlock
 from mmdyn.models.losses import FlopsRatioLoss, KeepRatioLoss
 from mmdyn.ops import BlockRecord, ForwardRecord
 
@@ -36,7 +36,7 @@ AUTO_CASES = {
                 dict(masked=(LASBottleneck, '_forward_masked'),
                      sparse=(LASBottleneck, '_forward_sparse'))),
     'sar-r18': (lambda: SARResNet(18, sar_setting='G2s2a2b1', init_cfg=None, **SAR_SMALL),
-                dict(masked=(RefineBasicBlock, 'residual_masked'),
+                dict(masked=(_RefineBlock, 'forward_masked'),
                      sparse=(_RefineBlock, 'forward_sparse'))),
     'cad-r50': (lambda: CADResNet(50, init_cfg=None, **CAD_RANDOM),
                 dict(masked=(CADResNet, '_stage_dense'), sparse=(CADResNet, '_stage_sparse'))),

@@ -180,14 +180,15 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         forced = self.forced_mask(x.shape[0], grid, x, self.groups)
         if forced is not None:  # benchmarks and tests; the selector still ran
             mask = forced
-        if sparse:
-            out = self.forward_sparse(x, mask, grid)
-        else:
-            identity = x if self.downsample is None else self.downsample(x)
-            residual = self.residual_masked(x, upsample_patch_mask(mask, grid), fold=False)
-            out = self.relu(identity + residual)
+        out = self.forward_sparse(x, mask, grid) if sparse else self.forward_masked(x, mask, grid)
         self._record(x, guide, mask, grid)
         return out
+
+    def forward_masked(self, x, mask, grid):
+        """The reference (training): dense grouped convs multiplied by the masks."""
+        identity = x if self.downsample is None else self.downsample(x)
+        residual = self.residual_masked(x, upsample_patch_mask(mask, grid), fold=False)
+        return self.relu(identity + residual)
 
     # -- sparse execution (SAR Fig. 3) --------------------------------------------
 
