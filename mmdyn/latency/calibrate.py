@@ -229,17 +229,24 @@ def measure_gemm(plan: Plan, threads: int) -> dict:
     return dict(n=n, rate=rate, rate_1=rate_1, speedup=rate / rate_1)
 
 
+def _conv_call(cin: int, cout: int, k: int, h: int, w: int, bias: bool = False):
+    """A zero-argument call of a ``k x k`` 'same' conv on a channels-last ``cin x h x
+    w`` map (batch 1, output allocated by the call as in inference)."""
+    import torch
+    import torch.nn.functional as F
+    cl = torch.channels_last
+    x = torch.rand(1, cin, h, w).contiguous(memory_format=cl)
+    weight = torch.rand(cout, cin, k, k).contiguous(memory_format=cl)
+    b = torch.rand(cout) if bias else None
+    return lambda: F.conv2d(x, weight, b, padding=k // 2)
+
+
 def measure_convs(plan: Plan) -> Dict[str, float]:
     """Seconds of each calibration conv (channels-last, batch 1, output allocated by
     the call as in inference) and of the residual-sized add."""
     import torch
-    import torch.nn.functional as F
-    cl = torch.channels_last
-    runs = {}
-    for spec in plan.convs:
-        x = torch.rand(1, spec.cin, spec.hw, spec.hw).contiguous(memory_format=cl)
-        w = torch.rand(spec.cout, spec.cin, spec.k, spec.k).contiguous(memory_format=cl)
-        runs[spec.label] = (lambda x=x, w=w, p=spec.k // 2: F.conv2d(x, w, padding=p))
+    runs = {spec.label: _conv_call(spec.cin, spec.cout, spec.k, spec.hw, spec.hw)
+            for spec in plan.convs}
     c, h, w_ = plan.add_shape
     a, b = torch.rand(1, c, h, w_), torch.rand(1, c, h, w_)
     runs[f'add_{c}_{h}'] = lambda: torch.add(a, b)
@@ -302,11 +309,9 @@ def measure_engine(plan: Plan) -> dict:
     (:func:`.accuracy.measure_las_blocks`), the twins' oneDNN convs one by one (so that
     1x1 and 3x3 rates separate), and generic GEMMs."""
     import torch
-    import torch.nn.functional as F
     from mmdyn.ops.gemm import gemm
     from .accuracy import measure_las_blocks, stage_blocks
     blocks, convs, gemms = [], [], []
-    cl = torch.channels_last
     for bs in plan.block_sets:
         blocks += measure_las_blocks(plan.block_sizes, plan.block_rates, bs.input_hw,
                                      bs.depth, repeats=plan.block_repeats, warmup=1,
@@ -316,12 +321,7 @@ def measure_engine(plan: Plan) -> dict:
             if stage not in bs.stages:
                 continue
             shapes = ((cin, mid, 1), (mid, mid, 3), (mid, cout, 1))
-            runs = {}
-            for ci, co, k in shapes:
-                x = torch.rand(1, ci, h, w).contiguous(memory_format=cl)
-                weight = torch.rand(co, ci, k, k).contiguous(memory_format=cl)
-                runs[(ci, co, k)] = (lambda x=x, weight=weight, b=torch.rand(co), p=k // 2:
-                                     F.conv2d(x, weight, b, padding=p))
+            runs = {(ci, co, k): _conv_call(ci, co, k, h, w, bias=True) for ci, co, k in shapes}
             for (ci, co, k), t in _interleaved(runs, plan.repeats).items():
                 convs.append(dict(cin=ci, cout=co, k=k, h=h, w=w, seconds=t))
     for rows, k, n in plan.gemm_shapes:

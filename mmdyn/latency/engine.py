@@ -77,10 +77,8 @@ class EngineModel:
     def from_mapping(cls, coefficients: Mapping[str, float], llc_bytes: int) -> 'EngineModel':
         """From ``{name: seconds per unit}`` (any order; validated as the fields)."""
         order = {n: k for k, n in enumerate(COEFFICIENTS)}
-        items = sorted(coefficients.items(), key=lambda kv: (order.get(kv[0], len(order)),
-                                                             str(kv[0])))
-        return cls(tuple((n, float(v) if isinstance(v, (int, np.floating)) and
-                          not isinstance(v, bool) else v) for n, v in items), llc_bytes)
+        return cls(tuple(sorted(coefficients.items(), key=lambda kv: (
+            order.get(kv[0], len(order)), str(kv[0])))), llc_bytes)
 
     def as_dict(self) -> dict:
         return dict(coefficients=dict(self.coefficients), llc_bytes=self.llc_bytes)
@@ -156,7 +154,10 @@ def gemm(llc_bytes: int, rows: int, k: int, n: int) -> _Features:
 
 
 def _conv1_gate_and_identity(llc_bytes, cin, mid, cout, h, w, stride, downsample):
+    """The fused masker + conv1 GEMM (with the block's fixed cost) and the projection:
+    common to the sparse executor and the dense route."""
     ops = {'masker+conv1': gemm(llc_bytes, h * w, cin, mid + 1)}
+    ops['masker+conv1'].add('sparse_call', 1.0)
     if downsample:
         ops['downsample'] = dense_conv(llc_bytes, cin, cout, 1, h, w, stride)
     return ops
@@ -169,7 +170,6 @@ def sparse_block_ops(llc_bytes: int, cin: int, mid: int, cout: int, h: int, w: i
     size`` patches (module docstring)."""
     oh, ow = _out(h, stride), _out(w, stride)
     ops = _conv1_gate_and_identity(llc_bytes, cin, mid, cout, h, w, stride, downsample)
-    ops['masker+conv1'].add('sparse_call', 1.0)
     pixels = patches * size * size  # computed output pixels, border patches included
     window = (size - 1) * stride + 3
     taps = patches * window * window
@@ -200,7 +200,6 @@ def dense_route_ops(llc_bytes: int, cin: int, mid: int, cout: int, h: int, w: in
     conv3 accumulated onto the residual (one GEMM, ReLU fused)."""
     oh, ow = _out(h, stride), _out(w, stride)
     ops = _conv1_gate_and_identity(llc_bytes, cin, mid, cout, h, w, stride, downsample)
-    ops['masker+conv1'].add('sparse_call', 1.0)
     conv2 = ops['conv2'] = dense_conv(llc_bytes, mid, mid, 3, h, w, stride)
     conv2.move(2 * mid * h * w + 2 * mid * oh * ow)  # ReLU of its input and output
     conv3 = ops['conv3+add'] = _Features(llc_bytes)

@@ -382,6 +382,20 @@ def _engine_block(hw: Hardware, ops, route: Optional[str] = None) -> BlockLatenc
     return BlockLatency(tuple(out), None if route is None else True, route)
 
 
+def _engine_routes(hw: Hardware, in_channels, mid_channels, out_channels, H, W, S, patches,
+                   stride, downsample) -> Tuple[BlockLatency, BlockLatency]:
+    """(sparse executor, dense route) of a LAS bottleneck with ``patches`` active
+    patches on a CPU engine model (:mod:`.engine`)."""
+    oh, ow = _out_size(H, stride), _out_size(W, stride)
+    args = (hw.engine.llc_bytes, in_channels, mid_channels, out_channels, H, W)
+    ds = _wants_downsample(in_channels, out_channels, stride, downsample)
+    partial = patches < math.ceil(oh / S) * math.ceil(ow / S)
+    return (_engine_block(hw, cpu_engine.sparse_block_ops(*args, S, patches, stride, ds),
+                          'sparse'),
+            _engine_block(hw, cpu_engine.dense_route_ops(*args, stride, ds, partial),
+                          'dense'))
+
+
 def static_block_latency(hw: Hardware, in_channels: int, mid_channels: int,
                          out_channels: int, H: int, W: int, stride: int = 1,
                          downsample: Optional[bool] = None) -> BlockLatency:
@@ -421,15 +435,10 @@ def dynamic_block_latency(hw: Hardware, in_channels: int, mid_channels: int,
     oh, ow = _out_size(H, stride), _out_size(W, stride)
     patches = num_patches(r, oh, ow, S)
     if hw.engine is not None:
-        args = (hw.engine.llc_bytes, in_channels, mid_channels, out_channels, H, W)
-        ds = _wants_downsample(in_channels, out_channels, stride, downsample)
-        sparse = _engine_block(hw, cpu_engine.sparse_block_ops(*args, S, patches, stride, ds),
-                               'sparse')
+        sparse, dense = _engine_routes(hw, in_channels, mid_channels, out_channels, H, W, S,
+                                       patches, stride, downsample)
         if not dense_route or patches == 0:
             return sparse
-        dense = _engine_block(hw, cpu_engine.dense_route_ops(
-            *args, stride, ds, partial=patches < math.ceil(oh / S) * math.ceil(ow / S)),
-            'dense')
         return dense if dense.total < sparse.total else sparse
     first, fused = masker_conv1(hw, in_channels, mid_channels, H, W, S, r)
     ops = list(first) + [
@@ -459,14 +468,11 @@ def dense_route_crossover(hw: Hardware, in_channels: int, mid_channels: int,
     _check_block_args(in_channels, mid_channels, out_channels, H, W, stride, S)
     oh, ow = _out_size(H, stride), _out_size(W, stride)
     cells = math.ceil(oh / S) * math.ceil(ow / S)
-    args = (hw.engine.llc_bytes, in_channels, mid_channels, out_channels, H, W)
-    ds = _wants_downsample(in_channels, out_channels, stride, downsample)
 
     def dense_wins(patches: int) -> bool:
-        sparse = cpu_engine.sparse_block_ops(*args, S, patches, stride, ds)
-        dense = cpu_engine.dense_route_ops(*args, stride, ds, partial=patches < cells)
-        return hw.engine.cost(cpu_engine.total_features(dense)) \
-            < hw.engine.cost(cpu_engine.total_features(sparse))
+        sparse, dense = _engine_routes(hw, in_channels, mid_channels, out_channels, H, W, S,
+                                       patches, stride, downsample)
+        return dense.total < sparse.total
 
     if not dense_wins(cells):
         return 1.0
