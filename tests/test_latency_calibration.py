@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmdyn.latency import (BackboneLayout, Hardware, accuracy_study, calibrate_cpu,
@@ -20,6 +21,7 @@ from mmdyn.latency import (BackboneLayout, Hardware, accuracy_study, calibrate_c
                            search_granularity, spearman)
 from mmdyn.latency import calibrate as cal
 from mmdyn.latency import machine
+from mmdyn.latency.accuracy import summarize
 from mmdyn.latency.search import derived_config_text, input_size_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,6 +236,46 @@ def test_accuracy_study_on_tiny_blocks():
         assert p['patches'] == round(p['rate'] * p['cells'])
     with pytest.raises(ValueError, match=r'\(0, 1\]'):
         accuracy_study(load_profile('v100'), rates=(0.0, ), input_hw=(64, 64), depth=50)
+    with pytest.raises(ValueError, match='passes must be'):
+        accuracy_study(load_profile('v100'), input_hw=(64, 64), depth=50, passes=0)
+    twice = accuracy_study(load_profile('v100'), sizes=(1, 2), rates=(1.0, ), input_hw=(64, 64),
+                           depth=50, threads=1, repeats=1, warmup=0, passes=2)
+    for p in twice['points_detail']:
+        assert len(p['dynamic_passes']) == 2 and min(p['dynamic_passes']) <= p['dynamic']
+    assert 0 <= twice['fastest_s_won_a_pass'] <= 1 and twice['settings']['passes'] == 2
+
+
+def _row(stage, S, rate, passes, predicted):
+    return dict(stage=stage, S=S, rate=rate, dynamic=float(np.median(passes)),
+                dynamic_passes=list(passes), predicted_dynamic=predicted, static=1.0,
+                predicted_static=1.0, ratio=float(np.median(passes)), predicted_ratio=predicted)
+
+
+def test_fastest_s_over_passes():
+    """Several passes: which S won a pass, whether the passes agree, whether the
+    predicted S won one (by hand on made-up latencies)."""
+    rows = [  # rate 0.5: S = 4 wins passes 1 and 3, S = 8 pass 2; predicted 8
+        _row(0, 1, 0.5, (3.0, 3.0, 3.0), 2.9), _row(0, 4, 0.5, (1.0, 1.2, 1.0), 2.0),
+        _row(0, 8, 0.5, (1.1, 1.1, 1.1), 1.5),
+        # rate 1.0: S = 1 wins every pass; predicted 4 (never won)
+        _row(0, 1, 1.0, (2.0, 2.0, 2.0), 3.0), _row(0, 4, 1.0, (2.5, 2.6, 2.4), 1.0),
+        _row(0, 8, 1.0, (3.0, 3.0, 3.0), 3.0)]
+    result = summarize(rows)
+    first, second = result['per_stage'][1]['fastest_s']
+    assert (first['measured_S'], first['predicted_S'], first['pass_winners']) == (4, 8, [4, 8])
+    assert first['predicted_won_a_pass'] and not first['reproducible']
+    assert (second['pass_winners'], second['reproducible'],
+            second['predicted_won_a_pass']) == ([1], True, False)
+    assert result['fastest_s_agreement'] == 0.0
+    assert result['fastest_s_won_a_pass'] == 0.5 and result['fastest_s_reproducible'] == 0.5
+    # over the rates, per pass: S = 1 5.0 5.0 5.0, S = 4 3.5 3.8 3.4, S = 8 4.1 4.1 4.1;
+    # predicted 5.9, 3.0, 4.5
+    choice = result['per_stage'][1]['stage_choice']
+    assert (choice['measured_S'], choice['predicted_S'], choice['pass_winners']) == (4, 4, [4])
+    assert choice['reproducible'] and choice['predicted_won_a_pass']
+    one_pass = summarize([dict(r, dynamic_passes=r['dynamic_passes'][:1]) for r in rows])
+    assert 'pass_winners' not in one_pass['per_stage'][1]['fastest_s'][0]
+    assert math.isnan(one_pass['fastest_s_reproducible'])
 
 
 # ---------------------------------------------------------------- command-line tools

@@ -51,10 +51,11 @@ def stage_blocks(depth: int, input_hw: Tuple[int, int], block_index: int = 1,
 
 
 @contextlib.contextmanager
-def sparse_executor_only():
-    """``MMDYN_DENSE_FALLBACK=never`` for the duration (restored afterwards)."""
+def route_policy(policy: str):
+    """``MMDYN_DENSE_FALLBACK=policy`` for the duration (restored afterwards):
+    ``'never'`` times the sparse executor, ``'always'`` the dense route."""
     old = os.environ.get(FALLBACK_ENV)
-    os.environ[FALLBACK_ENV] = 'never'
+    os.environ[FALLBACK_ENV] = policy
     try:
         yield
     finally:
@@ -107,14 +108,44 @@ def measure_las_blocks(sizes: Sequence[int] = DEFAULT_SIZES,
                        threads: Optional[int] = None, repeats: int = 7, warmup: int = 2,
                        stages: Iterable[int] = (0, 1, 2, 3), block_index: int = 1,
                        seed: int = 0, progress: Optional[Callable[[str], None]] = None,
-                       base_channels: int = STEM_CHANNELS) -> List[dict]:
+                       base_channels: int = STEM_CHANNELS, passes: int = 1) -> List[dict]:
     """Time block ``block_index`` of each stage of a LAS-ResNet-``depth`` (random
     weights; BatchNorm folded) for every S in ``sizes`` that fits the stage's map
     (S <= min(h, w)) and every rate (``base_channels``: the width of mmdet's ResNet,
     64 for the standard network; the calibration times other widths). Returns one
     dict per point: stage (0-based), S, rate (requested), patches, cells, the block
     shape, measured ``dynamic`` and ``static`` seconds (medians of ``repeats`` after
-    ``warmup``)."""
+    ``warmup``).
+
+    ``passes`` > 1 measures the whole grid that many times, one pass after the other
+    (minutes apart at full size): each point then also lists ``dynamic_passes`` and
+    ``static_passes`` (one median per pass), and ``dynamic`` / ``static`` are the
+    medians of those. How often two passes pick the same fastest S is the
+    reproducibility of the measurement itself (:func:`summarize`)."""
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ValueError(f'passes must be an int >= 1, got {passes!r}')
+    runs = [_measure_pass(sizes, rates, input_hw, depth, threads, repeats, warmup, stages,
+                          block_index, seed, progress if passes == 1 else _label(progress, k),
+                          base_channels) for k in range(passes)]
+    if passes == 1:
+        return runs[0]
+    points = []
+    for same in zip(*runs):
+        dynamic = [p['dynamic'] for p in same]
+        static = [p['static'] for p in same]
+        points.append(dict(same[0], dynamic=statistics.median(dynamic),
+                           static=statistics.median(static), dynamic_passes=dynamic,
+                           static_passes=static))
+    return points
+
+
+def _label(progress, k: int):
+    return (lambda text: progress(f'pass {k + 1}: {text}')) if progress else None
+
+
+def _measure_pass(sizes, rates, input_hw, depth, threads, repeats, warmup, stages,
+                  block_index, seed, progress, base_channels) -> List[dict]:
+    """One pass of :func:`measure_las_blocks`."""
     import torch
     from mmdyn.models.backbones import LASResNet
     sizes, rates = _check_inputs(sizes, rates, threads, repeats, warmup)
@@ -128,7 +159,7 @@ def measure_las_blocks(sizes: Sequence[int] = DEFAULT_SIZES,
               .contiguous(memory_format=torch.channels_last) for s in shapes}
     points = []
     try:
-        with sparse_executor_only(), torch.no_grad():
+        with route_policy('never'), torch.no_grad():
             for S in sizes:
                 fitting = [s for s in shapes if S <= min(s[4], s[5])]
                 if not fitting:
@@ -219,10 +250,32 @@ def _fastest(group: Sequence[dict], key: str) -> int:
     return min(group, key=lambda r: (r[key], r['S']))['S']
 
 
+def _pass_winners(latency: Dict[int, Sequence[float]]) -> List[int]:
+    """``{S: one latency per pass}`` -> the S that was fastest in at least one pass
+    (sorted; one S when every pass agrees)."""
+    passes = len(next(iter(latency.values())))
+    return sorted({min(latency, key=lambda S: (latency[S][k], S)) for k in range(passes)})
+
+
+def _with_passes(check: dict, winners: Optional[List[int]]) -> dict:
+    """Adds, when the points were measured in several passes, which S won a pass
+    (``pass_winners``), whether every pass agreed (``reproducible``) and whether the
+    predicted S won at least one pass (``predicted_won_a_pass``)."""
+    if winners is not None:
+        check.update(pass_winners=winners, reproducible=len(winners) == 1,
+                     predicted_won_a_pass=check['predicted_S'] in winners)
+    return check
+
+
+def _has_passes(rows) -> bool:
+    return all(len(r.get('dynamic_passes', ())) > 1 for r in rows)
+
+
 def _fastest_agreement(rows) -> Tuple[float, List[dict]]:
     """Over the (rate) groups with at least two S: the fraction where the measured
     fastest S is the predicted fastest, and the groups; each group also gives the
-    ``regret``, measured latency at the predicted S over the measured best, minus 1."""
+    ``regret``, measured latency at the predicted S over the measured best, minus 1
+    (and, for points measured in several passes, see :func:`_with_passes`)."""
     groups: Dict[float, List[dict]] = {}
     for r in rows:
         groups.setdefault(r['rate'], []).append(r)
@@ -232,31 +285,44 @@ def _fastest_agreement(rows) -> Tuple[float, List[dict]]:
             continue
         measured, predicted = _fastest(group, 'dynamic'), _fastest(group, 'predicted_dynamic')
         by_size = {r['S']: r['dynamic'] for r in group}
-        checks.append(dict(rate=rate, measured_S=measured, predicted_S=predicted,
-                           regret=by_size[predicted] / by_size[measured] - 1))
+        winners = _pass_winners({r['S']: r['dynamic_passes'] for r in group}) \
+            if _has_passes(group) else None
+        checks.append(_with_passes(dict(rate=rate, measured_S=measured, predicted_S=predicted,
+                                        regret=by_size[predicted] / by_size[measured] - 1),
+                                   winners))
     agree = [c['measured_S'] == c['predicted_S'] for c in checks]
     return (float(np.mean(agree)) if agree else float('nan')), checks
 
 
 def _stage_choice(rows) -> Optional[dict]:
     """The S of a stage with the smallest latency summed over the rates, measured and
-    predicted (only S measured at every rate), and the predicted S's regret."""
+    predicted (only S measured at every rate), and the predicted S's regret (and, for
+    points measured in several passes, each pass's own sums: :func:`_with_passes`)."""
     rates = {r['rate'] for r in rows}
-    sums: Dict[int, List[float]] = {}
+    by_size: Dict[int, List[dict]] = {}
     for r in rows:
-        sums.setdefault(r['S'], [0.0, 0.0, 0])
-        sums[r['S']][0] += r['dynamic']
-        sums[r['S']][1] += r['predicted_dynamic']
-        sums[r['S']][2] += 1
-    full = {S: v for S, v in sums.items() if v[2] == len(rates)}
+        by_size.setdefault(r['S'], []).append(r)
+    full = {S: group for S, group in by_size.items() if len(group) == len(rates)}
     if len(full) < 2:
         return None
-    measured = min(full, key=lambda S: (full[S][0], S))
-    predicted = min(full, key=lambda S: (full[S][1], S))
-    return dict(measured_S=measured, predicted_S=predicted,
-                regret=full[predicted][0] / full[measured][0] - 1,
-                measured_ms={S: v[0] / v[2] * 1e3 for S, v in sorted(full.items())},
-                predicted_ms={S: v[1] / v[2] * 1e3 for S, v in sorted(full.items())})
+    measured_sum = {S: sum(r['dynamic'] for r in g) for S, g in full.items()}
+    predicted_sum = {S: sum(r['predicted_dynamic'] for r in g) for S, g in full.items()}
+    measured = min(full, key=lambda S: (measured_sum[S], S))
+    predicted = min(full, key=lambda S: (predicted_sum[S], S))
+    winners = None
+    if _has_passes(rows):
+        winners = _pass_winners({S: np.sum([r['dynamic_passes'] for r in g], axis=0)
+                                 for S, g in full.items()})
+    return _with_passes(dict(
+        measured_S=measured, predicted_S=predicted,
+        regret=measured_sum[predicted] / measured_sum[measured] - 1,
+        measured_ms={S: measured_sum[S] / len(rates) * 1e3 for S in sorted(full)},
+        predicted_ms={S: predicted_sum[S] / len(rates) * 1e3 for S in sorted(full)}), winners)
+
+
+def _fraction(checks, key) -> float:
+    values = [c[key] for c in checks if key in c]
+    return float(np.mean(values)) if values else float('nan')
 
 
 def summarize(rows: Sequence[dict]) -> dict:
@@ -275,9 +341,9 @@ def summarize(rows: Sequence[dict]) -> dict:
                                     [r['ratio'] for r in mine]),
             fastest_s_agreement=agreement, fastest_s=checks,
             stage_choice=_stage_choice(mine))
-    agreements = [c['measured_S'] == c['predicted_S'] for s in per_stage.values()
-                  for c in s['fastest_s']]
-    regrets = [c['regret'] for s in per_stage.values() for c in s['fastest_s']]
+    checks = [c for s in per_stage.values() for c in s['fastest_s']]
+    agreements = [c['measured_S'] == c['predicted_S'] for c in checks]
+    regrets = [c['regret'] for c in checks]
     choices = [s['stage_choice'] for s in per_stage.values() if s['stage_choice']]
     errors = {s: v['mean_abs_rel_error'] for s, v in per_stage.items()}
     return dict(
@@ -293,6 +359,12 @@ def summarize(rows: Sequence[dict]) -> dict:
         fastest_s_regret_max=float(np.max(regrets)) if regrets else float('nan'),
         stage_choice_agreement=float(np.mean([c['measured_S'] == c['predicted_S']
                                               for c in choices])) if choices else float('nan'),
+        # with several passes: the measurement's own reproducibility, and how often the
+        # predicted S won at least one pass (nan for a single pass)
+        fastest_s_reproducible=_fraction(checks, 'reproducible'),
+        fastest_s_won_a_pass=_fraction(checks, 'predicted_won_a_pass'),
+        stage_choice_reproducible=_fraction(choices, 'reproducible'),
+        stage_choice_won_a_pass=_fraction(choices, 'predicted_won_a_pass'),
         per_stage=per_stage)
 
 
@@ -301,21 +373,22 @@ def accuracy_study(hw: Hardware, sizes: Sequence[int] = DEFAULT_SIZES,
                    input_hw: Tuple[int, int] = (800, 1216), depth: int = 101,
                    threads: Optional[int] = None, repeats: int = 7, warmup: int = 2,
                    block_index: int = 1, seed: int = 0,
-                   progress: Optional[Callable[[str], None]] = None) -> dict:
+                   progress: Optional[Callable[[str], None]] = None, passes: int = 1) -> dict:
     """Measure (:func:`measure_las_blocks`), predict on ``hw`` and summarise
     (:func:`summarize`). Returns the summary with ``settings``, ``hardware`` and every
     ``point``. Full size (LAS-ResNet-101 at 800 x 1216, 5 S x 10 rates x 4 stages)
-    takes minutes; tests use tiny inputs."""
+    takes minutes; tests use tiny inputs. ``passes``: see :func:`measure_las_blocks`."""
     import torch
     start = time.perf_counter()
     points = measure_las_blocks(sizes, rates, input_hw, depth, threads, repeats, warmup,
-                                block_index=block_index, seed=seed, progress=progress)
+                                block_index=block_index, seed=seed, progress=progress,
+                                passes=passes)
     rows = predict_points(hw, points)
     result = summarize(rows)
     result.update(hardware=hw.name, points_detail=rows, seconds=time.perf_counter() - start,
                   settings=dict(sizes=list(sizes), rates=list(rates), input=list(input_hw),
                                 depth=depth, block_index=block_index, repeats=repeats,
-                                warmup=warmup, seed=seed,
+                                warmup=warmup, seed=seed, passes=passes,
                                 threads=threads or torch.get_num_threads(),
                                 torch=torch.__version__))
     return result
@@ -331,6 +404,12 @@ def format_summary(result: dict) -> str:
              f'average, at most {result["fastest_s_regret_max"]:.1%}); fastest S per stage '
              f'over all rates agreeing in {result["stage_choice_agreement"]:.2f} of the '
              f'stages; worst stage {result["worst_stage"]}']
+    if not math.isnan(result['fastest_s_reproducible']):
+        lines.append(f'  passes: the measured fastest S is the same in every pass for '
+                     f'{result["fastest_s_reproducible"]:.2f} of the (stage, rate) pairs and '
+                     f'{result["stage_choice_reproducible"]:.2f} of the stages; the predicted '
+                     f'S won at least one pass in {result["fastest_s_won_a_pass"]:.2f} of the '
+                     f'pairs and {result["stage_choice_won_a_pass"]:.2f} of the stages')
     for stage, s in result['per_stage'].items():
         lines.append(f'  stage {stage}: {s["points"]:3d} points, error '
                      f'{s["mean_abs_rel_error"]:.3f} (ratio '
@@ -345,4 +424,6 @@ def format_summary(result: dict) -> str:
                          'measured / predicted: ' + ', '.join(
                              f'{S}: {m:.2f} / {choice["predicted_ms"][S]:.2f}'
                              for S, m in choice['measured_ms'].items()))
+            if 'pass_winners' in choice:
+                lines.append(f'           fastest S in some pass: {choice["pass_winners"]}')
     return '\n'.join(lines)

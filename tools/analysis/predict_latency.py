@@ -65,6 +65,10 @@ def parse_args(argv=None):
                         help="measurement threads (default: the profile's, else current)")
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--passes', type=int, default=1,
+                        help='with --accuracy: measure the whole grid this many times, '
+                        'one pass after the other, to see which fastest S the measurement '
+                        'itself reproduces (default 1)')
     parser.add_argument('--no-tune-allocator', action='store_true',
                         help='measure in the default process (no kept freed memory)')
     parser.add_argument('--out', default='work_dirs/latency_predictor', help='output folder')
@@ -213,7 +217,7 @@ def run_accuracy(hw, args, out: Path):
     result = acc.accuracy_study(hw, args.sizes, args.rates or acc.DEFAULT_RATES,
                                 tuple(args.input), args.depth,
                                 measurement_threads(hw, args), args.repeats, args.warmup,
-                                args.block_index, progress=print)
+                                args.block_index, progress=print, passes=args.passes)
     (out / 'accuracy.json').write_text(json.dumps(result, indent=2) + '\n')
     plot_accuracy(result, out)
     print(acc.format_summary(result))
