@@ -11,6 +11,7 @@ from mmdyn.latency import (EngineModel, Hardware, dense_route_crossover, dynamic
                            hardware_from_dict, hardware_to_dict, load_profile, save_profile,
                            static_block_latency)
 from mmdyn.latency import engine as E
+from mmdyn.latency import sar
 from mmdyn.latency.accuracy import rate_for_patches
 
 LLC = 32 * 2 ** 20
@@ -22,7 +23,8 @@ def _model(seed=0) -> EngineModel:
         ('sparse_call', 1e-3), ('index_element', 1e-8), ('gemm_mac', 4e-12),
         *((f'window_mac_s{s}', 4e-12 * (1 + 2 / s)) for s in E.WINDOW_SIZES),
         ('dense_call', 1e-4), ('conv1x1_mac', 4e-12), ('conv3x3_mac', 4e-12),
-        ('cache_byte', 1e-11), ('dram_byte', 2e-11))}
+        ('cache_byte', 1e-11), ('dram_byte', 2e-11), ('sar_call', 5e-4),
+        ('sar_group_call', 1e-4))}
     return EngineModel.from_mapping(values, LLC)
 
 
@@ -46,6 +48,12 @@ def _samples(model):
         samples += [E.dense_conv(LLC, cin, mid, 1, h, w).values,
                     E.dense_conv(LLC, mid, mid, 3, h, w).values,
                     E.gemm(LLC, h * w, cin, mid).values]
+        for groups, k in ((2, 7), (4, 3)):  # SAR refinement blocks, both routes
+            _, _, rows, cols = sar.cell_grid(h, w, k)
+            for active in sorted({1, rows * cols // 3, rows * cols}):
+                samples += [E.total_features(sar.refinement_ops(
+                    LLC, cin, mid, cin, h, w, groups, k, [active] * groups,
+                    (cin // 2, h // 2, w // 2), route)) for route in ('sparse', 'dense')]
     return [(f, model.cost(f)) for f in samples]
 
 

@@ -2,8 +2,9 @@
 
 Predicts, from a hardware model (:class:`Hardware`, one JSON profile per device), the
 latency of static and spatially dynamic (LAS) ResNet bottlenecks and of whole
-LAS-ResNets; calibrates a CPU profile on the running machine
-(:func:`calibrate_cpu`), searches the patch size S per stage
+LAS-ResNets (and, on a calibrated CPU profile, of SAR-ResNets: :mod:`.sar`);
+calibrates a CPU profile on the running machine (:func:`calibrate_cpu`), searches the
+patch size S per stage
 (:func:`search_granularity`) and compares predictions with measured mmdyn blocks
 (:func:`accuracy_study`). The modules of this package import numpy and the standard
 library only (no torch, mmcv, mmdet, mmseg or mmengine at import time; the
@@ -21,6 +22,7 @@ from .predictor import (BlockLatency, OpLatency, cache_info, clear_caches,
                         dense_route_crossover, dynamic_block_latency, dynamic_conv,
                         elementwise_add, latency_ratio, masker_conv1, max_pool, num_patches,
                         scatter_add, static_block_latency, static_conv)
+from .sar import SARNetworkLatency, SARSetting, predict_sar_config, predict_sar_resnet
 from .search import (BackboneLayout, GranularitySearch, candidate_sizes, layout_from_config,
                      predict_backbone, search_granularity)
 
@@ -33,5 +35,6 @@ __all__ = [
     'cache_info', 'BlockPrediction', 'StageLatency', 'NetworkLatency', 'predict_las_resnet',
     'Calibration', 'calibrate_cpu', 'save_calibration', 'BackboneLayout',
     'GranularitySearch', 'candidate_sizes', 'layout_from_config', 'predict_backbone',
-    'search_granularity', 'accuracy_study', 'measure_las_blocks', 'spearman'
+    'search_granularity', 'accuracy_study', 'measure_las_blocks', 'spearman',
+    'SARNetworkLatency', 'SARSetting', 'predict_sar_config', 'predict_sar_resnet'
 ]

@@ -81,6 +81,17 @@ class BlockSet:
 
 
 @dataclass(frozen=True)
+class SARSet:
+    """Calibration SAR refinement bottlenecks: the last refinement block of every SAR
+    stage of a SAR-ResNet-``depth`` of width ``base_channels`` at ``input_hw``."""
+    depth: int
+    base_channels: int
+    input_hw: Tuple[int, int]
+    setting: str
+    mask_size: Tuple[int, int, int]
+
+
+@dataclass(frozen=True)
 class Plan:
     """Sizes and repeats of one calibration (``FULL`` or ``QUICK``)."""
     repeats: int  # samples per measurement (the median is kept)
@@ -100,6 +111,9 @@ class Plan:
     block_rates: Tuple[float, ...]
     block_repeats: int
     gemm_shapes: Tuple[Tuple[int, int, int], ...]
+    # SAR refinement blocks (mmdyn.latency.sar), both routes, at these rates
+    sar_sets: Tuple[SARSet, ...] = ()
+    sar_rates: Tuple[float, ...] = ()
 
 
 FULL = Plan(repeats=15, dispatch_calls=200, gemm_n=1024,
@@ -117,7 +131,10 @@ FULL = Plan(repeats=15, dispatch_calls=200, gemm_n=1024,
             gemm_shapes=((46464, 192, 49), (11616, 384, 97), (2904, 768, 193),
                          (726, 1536, 385), (20000, 48, 192), (5000, 96, 384),
                          (1200, 192, 768), (300, 384, 1536), (40000, 432, 48),
-                         (3000, 1728, 192)))
+                         (3000, 1728, 192)),
+            sar_sets=(SARSet(50, 48, (704, 1056), 'G2s2a2b1', (7, 7, 2)),
+                      SARSet(50, 96, (480, 736), 'G4s2a2b1', (5, 5, 3))),
+            sar_rates=(0.1, 0.4, 0.7, 1.0))
 QUICK = Plan(repeats=3, dispatch_calls=20, gemm_n=128,
              convs=(ConvSpec(32, 16, 1, 14), ConvSpec(16, 16, 3, 14),
                     ConvSpec(8, 32, 1, 28)),
@@ -125,7 +142,9 @@ QUICK = Plan(repeats=3, dispatch_calls=20, gemm_n=128,
              gather_elements=2 ** 12, gather_runs=(1, 3, 8, 16), gather_reference=128,
              block_sets=(BlockSet(50, 8, (64, 96), (0, 1)), ), block_sizes=(1, 2, 4),
              block_rates=(0.5, 1.0), block_repeats=1,
-             gemm_shapes=((256, 16, 8), (64, 32, 64)))
+             gemm_shapes=((256, 16, 8), (64, 32, 64)),
+             sar_sets=(SARSet(50, 8, (64, 96), 'G2s2a2b1', (2, 2, 2)), ),
+             sar_rates=(0.5, 1.0))
 
 
 @dataclass
@@ -307,7 +326,8 @@ def measure_engine(plan: Plan) -> dict:
     """What the engine model is fitted to (:func:`.engine.calibration_samples`): the
     calibration LAS blocks on their sparse path and their static twins
     (:func:`.accuracy.measure_las_blocks`), the twins' oneDNN convs one by one (so that
-    1x1 and 3x3 rates separate), and generic GEMMs."""
+    1x1 and 3x3 rates separate), generic GEMMs and SAR refinement blocks on both routes
+    (:func:`measure_sar_blocks`)."""
     import torch
     from mmdyn.ops.gemm import gemm
     from .accuracy import measure_las_blocks, stage_blocks
@@ -328,7 +348,65 @@ def measure_engine(plan: Plan) -> dict:
         a, b, bias = torch.rand(rows, k), torch.rand(k, n), torch.rand(n)
         gemms.append(dict(rows=rows, k=k, n=n, seconds=_median_seconds(
             lambda a=a, b=b, bias=bias: gemm(a, b, bias), plan.repeats)))
-    return dict(blocks=blocks, convs=convs, gemms=gemms)
+    return dict(blocks=blocks, convs=convs, gemms=gemms, sar_blocks=measure_sar_blocks(plan))
+
+
+def _refinement_inputs(sar_set: SARSet):
+    """A SAR-ResNet of ``sar_set`` prepared for timing, and ``(block, x, guide)`` of the
+    last refinement block of every SAR stage, the inputs captured from one forward."""
+    import torch
+    from mmdyn.models.backbones import SARResNet
+    net = SARResNet(sar_set.depth, sar_setting=sar_set.setting,
+                    mask_size=sar_set.mask_size, base_channels=sar_set.base_channels,
+                    min_input_size=min(sar_set.input_hw), init_cfg=None).prepare_for_timing()
+    captured = []
+    blocks = [getattr(net, f'layer{i + 1}').refine[-1] for i in range(3)]
+    hooks = [b.register_forward_pre_hook(
+        lambda block, args: captured.append((block, *(a.clone() for a in args))))
+        for b in blocks]
+    try:
+        net(torch.rand(1, 3, *sar_set.input_hw).contiguous(memory_format=torch.channels_last))
+    finally:
+        for h in hooks:
+            h.remove()
+    return net, captured
+
+
+def measure_sar_blocks(plan: Plan) -> list:
+    """Seconds of SAR refinement bottlenecks (:class:`SARSet`; random weights, BatchNorm
+    folded, channels-last) on the sparse route and on the dense route
+    (``MMDYN_DENSE_FALLBACK=never`` / ``always``), masks forced to ``round(r * cells)``
+    cells per group at every rate of ``plan.sar_rates``; a fresh copy of the input per
+    call (the block may update it in place, as in the backbone)."""
+    import torch
+    from .accuracy import route_policy
+    points = []
+    for sar_set in plan.sar_sets:
+        net, captured = _refinement_inputs(sar_set)
+        for block, x, guide in captured:
+            for rate in plan.sar_rates:
+                block.forced_rate, block.forced_seed = rate, 0
+                for route, policy in (('sparse', 'never'), ('dense', 'always')):
+                    with route_policy(policy):
+                        def call(block=block, x=x, guide=guide):
+                            block(x.clone(memory_format=torch.channels_last), guide)
+                        seconds = _median_seconds(call, plan.block_repeats)
+                    mask = block.record.mask
+                    if route == 'dense' and not mask.any():
+                        continue  # no cell at this rate (a coarse grid): nothing to route
+                    if block.ran_densely != (route == 'dense'):
+                        raise RuntimeError(f'{block.block_name} r={rate}: did not take the '
+                                           f'{route} route')
+                    points.append(dict(
+                        block=block.block_name, in_channels=block.in_channels,
+                        mid_channels=block.mid_channels, out_channels=block.out_channels,
+                        h=x.shape[2], w=x.shape[3], groups=block.groups,
+                        mask_size=block.mask_size, rate=rate, route=route,
+                        cells=[int(c) for c in mask[0].sum(dim=(1, 2))],
+                        guide=list(guide.shape[1:]), downsample=block.downsample is not None,
+                        seconds=seconds))
+        del net, captured
+    return points
 
 
 # ---------------------------------------------------------------- fits

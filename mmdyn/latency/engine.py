@@ -35,8 +35,11 @@ FP32_BYTES = 4
 WINDOW_SIZES = (1, 2, 3, 4, 5, 6, 7, 8)  # S with their own window-conv rate; larger S: 8's
 COEFFICIENTS = ('sparse_call', 'index_element', 'gemm_mac',
                 *(f'window_mac_s{s}' for s in WINDOW_SIZES),
-                'dense_call', 'conv1x1_mac', 'conv3x3_mac', 'cache_byte', 'dram_byte')
+                'dense_call', 'conv1x1_mac', 'conv3x3_mac', 'cache_byte', 'dram_byte',
+                'sar_call', 'sar_group_call')
 UNITS = {'sparse_call': 's per sparse block', 'index_element': 's per index element',
+         'sar_call': 's per SAR refinement block (selector, mask, record)',
+         'sar_group_call': 's per channel group a sparse SAR refinement runs',
          'gemm_mac': 's per GEMM MAC', 'dense_call': 's per dense block',
          'conv1x1_mac': 's per oneDNN 1x1 conv MAC', 'conv3x3_mac': 's per oneDNN 3x3 MAC',
          'cache_byte': 's per byte inside the LLC', 'dram_byte': 's per byte to/from DRAM',
@@ -62,7 +65,9 @@ class EngineModel:
         missing = sorted(set(COEFFICIENTS) - set(names))
         unknown = sorted(set(names) - set(COEFFICIENTS))
         if missing or unknown:
-            raise ValueError(f'EngineModel coefficients: missing {missing}, unknown {unknown}')
+            raise ValueError(f'EngineModel coefficients: missing {missing}, unknown {unknown} '
+                             '(a profile of another mmdyn version: calibrate anew with '
+                             'python tools/analysis/calibrate_latency.py)')
         for name, value in self.coefficients:
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not np.isfinite(value) or value < 0:
@@ -98,9 +103,9 @@ def _window_size(key: str) -> int:
     return int(key[len('window_mac_s'):])
 
 
-class _Features:
+class Features:
     """Accumulates one operator's features; bytes go to the cache or DRAM term by the
-    operator's working set."""
+    operator's working set (also used by :mod:`.sar`)."""
 
     def __init__(self, llc_bytes: int):
         self.llc_bytes = llc_bytes
@@ -125,7 +130,7 @@ def dense_block_ops(llc_bytes: int, cin: int, mid: int, cout: int, h: int, w: in
     ops = {'conv1': dense_conv(llc_bytes, cin, mid, 1, h, w),
            'conv2': dense_conv(llc_bytes, mid, mid, 3, h, w, stride),
            'conv3': dense_conv(llc_bytes, mid, cout, 1, oh, ow),
-           'add': _Features(llc_bytes)}
+           'add': Features(llc_bytes)}
     ops['conv1'].add('dense_call', 1.0)
     ops['add'].move(5 * cout * oh * ow)  # out += identity (2 reads, 1 write), ReLU r/w
     if downsample:
@@ -134,20 +139,21 @@ def dense_block_ops(llc_bytes: int, cin: int, mid: int, cout: int, h: int, w: in
 
 
 def dense_conv(llc_bytes: int, cin: int, cout: int, k: int, h: int, w: int,
-               stride: int = 1) -> _Features:
-    """One oneDNN conv (1x1 or 3x3, 'same' padding) on a ``cin x h x w`` map."""
+               stride: int = 1, groups: int = 1) -> Features:
+    """One oneDNN conv (1x1 or 3x3, 'same' padding, ``groups`` channel groups) on a
+    ``cin x h x w`` map."""
     if k not in (1, 3):
         raise ValueError(f'the engine model has 1x1 and 3x3 convs, got {k}x{k}')
     oh, ow = _out(h, stride), _out(w, stride)
-    op = _Features(llc_bytes)
-    op.add(f'conv{k}x{k}_mac', k * k * cin * cout * oh * ow)
-    op.move(cin * h * w + cout * oh * ow + k * k * cin * cout)
+    op = Features(llc_bytes)
+    op.add(f'conv{k}x{k}_mac', k * k * cin * cout * oh * ow / groups)
+    op.move(cin * h * w + cout * oh * ow + k * k * cin * cout / groups)
     return op
 
 
-def gemm(llc_bytes: int, rows: int, k: int, n: int) -> _Features:
+def gemm(llc_bytes: int, rows: int, k: int, n: int) -> Features:
     """mmdyn's GEMM of ``rows x k`` pixel rows with a ``k x n`` matrix (1x1 conv)."""
-    op = _Features(llc_bytes)
+    op = Features(llc_bytes)
     op.add('gemm_mac', rows * k * n)
     op.move(rows * k + rows * n + k * n)
     return op
@@ -174,20 +180,20 @@ def sparse_block_ops(llc_bytes: int, cin: int, mid: int, cout: int, h: int, w: i
     window = (size - 1) * stride + 3
     taps = patches * window * window
     if patches:
-        gather = ops['gather'] = _Features(llc_bytes)
+        gather = ops['gather'] = Features(llc_bytes)
         gather.add('index_element', taps)
         gather.move(4 * taps * mid)  # row gather (read + write), ReLU in place
-        conv2 = ops['conv2'] = _Features(llc_bytes)
+        conv2 = ops['conv2'] = Features(llc_bytes)
         macs = 9 * mid * mid * pixels
         conv2.add(window_key(size), macs)
         conv2.move(taps * mid + 3 * pixels * mid + 9 * mid * mid)
-        scatter = ops['conv3+scatter_add'] = _Features(llc_bytes)
+        scatter = ops['conv3+scatter_add'] = Features(llc_bytes)
         scatter.add('index_element', pixels)
         scatter.add('gemm_mac', mid * cout * pixels)
         # residual rows gathered, accumulated, copied back; the map's ReLU in place
         scatter.move(6 * pixels * cout + pixels * mid + mid * cout + 2 * cout * oh * ow)
     else:
-        ops['relu'] = _Features(llc_bytes)
+        ops['relu'] = Features(llc_bytes)
         ops['relu'].move(2 * cout * oh * ow)
     return {k: v.values for k, v in ops.items()}
 
@@ -202,7 +208,7 @@ def dense_route_ops(llc_bytes: int, cin: int, mid: int, cout: int, h: int, w: in
     ops = _conv1_gate_and_identity(llc_bytes, cin, mid, cout, h, w, stride, downsample)
     conv2 = ops['conv2'] = dense_conv(llc_bytes, mid, mid, 3, h, w, stride)
     conv2.move(2 * mid * h * w + 2 * mid * oh * ow)  # ReLU of its input and output
-    conv3 = ops['conv3+add'] = _Features(llc_bytes)
+    conv3 = ops['conv3+add'] = Features(llc_bytes)
     conv3.add('gemm_mac', mid * cout * oh * ow)
     conv3.move(mid * oh * ow + 2 * cout * oh * ow + mid * cout
                + (2 * mid * oh * ow + 2 * cout * oh * ow if partial else 0))
@@ -221,8 +227,12 @@ def calibration_samples(measurements: Mapping, llc_bytes: int
                         ) -> List[Tuple[Dict[str, float], float]]:
     """``(features, seconds)`` of the calibration's measurements (:mod:`.calibrate`):
     ``blocks`` (timed LAS bottlenecks, sparse path, and their static twins: one
-    sample per shape, the median), ``convs`` (oneDNN 1x1/3x3 convs) and ``gemms``."""
-    samples, statics = [], {}
+    sample per shape, the median), ``sar_blocks`` (SAR refinement blocks on both
+    routes, :func:`.sar.refinement_samples`), ``convs`` (oneDNN 1x1/3x3 convs) and
+    ``gemms``."""
+    from .sar import refinement_samples
+    samples = refinement_samples(measurements.get('sar_blocks', ()), llc_bytes)
+    statics = {}
     for p in measurements['blocks']:
         shape = (p['in_channels'], p['mid_channels'], p['out_channels'], p['h'], p['w'])
         samples.append((total_features(sparse_block_ops(llc_bytes, *shape, p['S'],

@@ -18,6 +18,11 @@ agreement; ``accuracy.json`` and ``accuracy.png``); at full size (LAS-ResNet-101
     python tools/analysis/predict_latency.py --profile v100 --input 224 224 --out DIR
     python tools/analysis/predict_latency.py --profile cpu --measure --threads 2 --out DIR
     python tools/analysis/predict_latency.py --profile cpu --accuracy --threads 2 --out DIR
+    python tools/analysis/predict_latency.py --profile cpu --config CONFIG --rates 0.3 0.5
+
+``--config`` predicts a whole LAS-ResNet or SAR-ResNet backbone of a config (stem and
+static parts included) and its static twin at ``--rates`` (SAR needs a profile
+calibrated on this CPU: the engine model).
 """
 import argparse
 import json
@@ -46,8 +51,12 @@ def parse_args(argv=None):
                         help="a shipped profile (v100, tx2, ...), 'cpu' (calibrated on this "
                         'machine, tools/analysis/calibrate_latency.py) or a .json path')
     parser.add_argument('--depth', type=int, default=101, choices=(50, 101, 152))
-    parser.add_argument('--input', type=int, nargs=2, default=[800, 1216],
-                        metavar=('H', 'W'), help='input size (paper figures: 224 224)')
+    parser.add_argument('--input', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                        help='input size (default 800 1216; paper figures: 224 224; with '
+                        "--config: the config's test pipeline)")
+    parser.add_argument('--config', default=None,
+                        help='whole-backbone prediction of a LAS-ResNet or SAR-ResNet config '
+                        'at --rates (default 0.3 0.5 0.7) instead of the figures')
     parser.add_argument('--block-index', type=int, default=1,
                         help='which block of each stage (>= 1); default 1')
     parser.add_argument('--sizes', type=int, nargs='+', default=list(acc.DEFAULT_SIZES))
@@ -73,7 +82,10 @@ def parse_args(argv=None):
                         help='measure in the default process (no kept freed memory)')
     parser.add_argument('--out', default='work_dirs/latency_predictor', help='output folder')
     add_debug_arg(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.input is None and args.config is None:
+        args.input = [800, 1216]
+    return args
 
 
 def stage_shapes(args):
@@ -226,12 +238,37 @@ def run_accuracy(hw, args, out: Path):
     return result
 
 
+def run_network(hw, args, out: Path):
+    """Whole-backbone latency of ``args.config`` (LAS-ResNet or SAR-ResNet) and of its
+    static twin at each rate; ``network.json``."""
+    from mmengine.config import Config
+    from mmdyn.latency import layout_from_config, predict_backbone
+    from mmdyn.latency.sar import predict_sar_config
+    cfg = Config.fromfile(args.config).to_dict()
+    input_hw = None if args.input is None else tuple(args.input)
+    rows = []
+    for rate in args.rates or [0.3, 0.5, 0.7]:
+        if cfg['model']['backbone'].get('type') == 'SARResNet':
+            net = predict_sar_config(hw, cfg, input_hw, rate)
+        else:
+            net = predict_backbone(hw, layout_from_config(cfg, input_hw), rate=rate)
+        print(f'r = {rate:g}: ' + net.summary())
+        rows.append(dict(rate=rate, dynamic_ms=net.dynamic * 1e3, static_ms=net.static * 1e3,
+                         ratio=net.ratio, input=list(net.input_hw)))
+    report = dict(profile=hw.name, config=args.config, rows=rows)
+    (out / 'network.json').write_text(json.dumps(report, indent=2) + '\n')
+    print(f'wrote {out / "network.json"}')
+    return report
+
+
 def main(argv=None):
     args = parse_args(argv)
     hw = load_profile(args.profile)
     check_args(args, hw)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.config is not None:
+        return run_network(hw, args, out)
     if args.accuracy:
         return run_accuracy(hw, args, out)
     rates, fig5, fig6 = curves(hw, args)
