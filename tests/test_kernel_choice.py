@@ -427,3 +427,44 @@ def test_crossover_arithmetic(dense_partial, dense_full, expected, monkeypatch):
         costs['sparse'], lambda: costs['dense'], cells=10,
         run_dense_full=None if dense_full is None else (lambda: costs['full']))
     assert crossover == pytest.approx(expected)
+
+
+def test_nearest_choice_by_hand():
+    from mmdyn.ops.kernel_choice import nearest_choice
+    known = {'gemm:cpu:float32x1024x64x256': 'addmm', 'gemm:cpu:float32x65536x512x128': 'conv1x1',
+             'gemm:cpu:bfloat16x2048x64x256': 'conv1x1', 'gemm_acc:cpu:float32x2048x64x256': 'x',
+             'crossover:cpu:LASBottleneck:64.64-S4': 0.5}
+    assert nearest_choice('gemm:cpu:float32x2048x64x256', known) == 'addmm'
+    assert nearest_choice('gemm:cpu:float32x32768x512x64', known) == 'conv1x1'
+    assert nearest_choice('gemm:cpu:bfloat16x9x9x9', known) == 'conv1x1'  # only bf16 one
+    assert nearest_choice('gather_gemm:cpu:float32x1x2x3x4', known) is None  # no such op
+    assert nearest_choice('gemm:cuda.H200.sm90:float32x2048x64x256', known) is None
+
+
+def test_profile_kernels_replace_timing(tmp_path, monkeypatch):
+    """MMDYN_LATENCY_PROFILE with kernels: an unmeasured CPU shape class takes the
+    nearest profile choice without timing, kept in memory only; a measured one keeps
+    its measured choice; an op the profile lacks is measured."""
+    from mmdyn.latency import Hardware, save_profile
+    from mmdyn.ops import kernel_choice
+    from test_latency_engine import _model
+    chooser = fresh_chooser(tmp_path)
+    other = next(i for i in IMPLS if i != GEMM.portable)
+    hw = Hardware('cpu-test', 2, 16.0, 2.5e9, 40e9, engine=_model(),
+                  kernels=(('gemm:cpu:float32x1024x64x256', other), ))
+    profile = save_profile(hw, tmp_path / 'cpu-test.json')
+    monkeypatch.setenv('MMDYN_LATENCY_PROFILE', str(profile))
+    timed = count_measurements(chooser, monkeypatch)
+    assert chooser.choose('gemm', ('float32', 2048, 64, 256)) == other and not timed
+    assert chooser._from_profile == {f'{profile}|gemm:cpu:float32x2048x64x256': other}
+    assert not (tmp_path / chooser.cache_file.name).exists()  # nothing written
+    chooser.choose('gemm_acc', ('float32', 2048, 64, 256))  # not in the profile: timed
+    assert len(timed) == 1
+    monkeypatch.delenv('MMDYN_LATENCY_PROFILE')
+    measured = chooser.choose('gemm', ('float32', 4096, 64, 256))
+    monkeypatch.setenv('MMDYN_LATENCY_PROFILE', str(profile))
+    assert chooser.choose('gemm', ('float32', 4096, 64, 256)) == measured  # measured stands
+    monkeypatch.setenv('MMDYN_LATENCY_PROFILE', 'v100')
+    kernel_choice.load_cpu_profile.cache_clear()
+    with pytest.raises(ValueError, match='no CPU engine model'):
+        chooser.choose('gemm', ('float32', 8192, 64, 256))

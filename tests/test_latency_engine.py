@@ -140,6 +140,8 @@ def test_engine_profile_routes_and_round_trip(tmp_path):
     (lambda d: d['engine'].update(llc_bytes=0), 'llc_bytes must be a positive int'),
     (lambda d: d['engine'].pop('llc_bytes'), "'coefficients'.*'llc_bytes'"),
     (lambda d: d.pop('frequency'), r"lacks the field\(s\) \['frequency'\]"),
+    (lambda d: d.update(kernels=['gemm']), 'kernels must be a mapping'),
+    (lambda d: d.update(kernels={'gemm:cpu:float32x1x1x1': 3}), 'kernels must be'),
 ])
 def test_bad_engine_profiles_are_named(tmp_path, change, match):
     data = hardware_to_dict(Hardware('cpu-test', 2, 16.0, 2.5e9, 40e9, engine=_model()))
@@ -172,25 +174,41 @@ def test_dense_route_crossover_is_where_the_route_flips():
         dense_route_crossover(load_profile('v100'), 256, 64, 256, 50, 76, 4)
 
 
+def _fresh_kernel_cache(monkeypatch, chooser, path):
+    for name, value in (('_cache_dir', str(path)), ('_choices', {}), ('_loaded_key', None),
+                        ('_from_profile', {})):
+        monkeypatch.setattr(chooser, name, value)
+
+
 def test_first_forward_takes_crossovers_from_the_profile(tmp_path, monkeypatch):
-    """MMDYN_LATENCY_PROFILE: the dense-route decision of every LAS bottleneck comes
-    from the profile (nothing timed), and the output is the masked reference's."""
+    """MMDYN_LATENCY_PROFILE: the dense-route decision of every LAS bottleneck and every
+    kernel choice come from the profile (nothing timed in the first forward, with an
+    empty kernel cache; the profile's kernels were measured at another input size), and
+    the output is the masked reference's."""
+    from mmdyn.latency.calibrate import measured_kernel_choices
     from mmdyn.models.backbones import LASResNet, dense_fallback
-    hw = Hardware('cpu-test', 2, 16.0, 2.5e9, 40e9, engine=_model())
+    chooser = dense_fallback.CHOOSER
+    torch.manual_seed(0)
+    backbone = LASResNet(50, granularity=(2, 2, 1, 1), base_channels=8, init_cfg=None).eval()
+    backbone.prepare_for_timing()
+    backbone.set_forced_activation(0.5, seed=1)
+    _fresh_kernel_cache(monkeypatch, chooser, tmp_path / 'calibration')
+    monkeypatch.delenv('MMDYN_LATENCY_PROFILE', raising=False)
+    with torch.no_grad():  # the calibration's kernel choices, at another size
+        backbone(torch.rand(1, 3, 64, 96))
+    kernels = tuple(sorted(measured_kernel_choices().items()))
+    assert kernels and all(':cpu:' in e and not e.startswith('crossover') for e, _ in kernels)
+    hw = Hardware('cpu-test', 2, 16.0, 2.5e9, 40e9, engine=_model(), kernels=kernels)
     path = save_profile(hw, tmp_path / 'cpu-test.json')
+    _fresh_kernel_cache(monkeypatch, chooser, tmp_path / 'user')
     monkeypatch.setenv('MMDYN_LATENCY_PROFILE', str(path))
     monkeypatch.setattr(dense_fallback, '_PREDICTED', {})
 
-    measured = dense_fallback.CHOOSER.measured
-
-    def no_route_timing(entry, measure):  # kernel choices may still be measured
-        assert not entry.startswith('crossover:'), f'{entry} was timed'
-        return measured(entry, measure)
-    monkeypatch.setattr(dense_fallback.CHOOSER, 'measured', no_route_timing)
-    torch.manual_seed(0)
-    backbone = LASResNet(50, granularity=(2, 2, 1, 1), base_channels=8, init_cfg=None).eval()
+    def nothing_timed(*args, **kwargs):
+        raise AssertionError(f'timed in the first forward: {args}')
+    monkeypatch.setattr(chooser, 'measure', nothing_timed)
+    monkeypatch.setattr(dense_fallback, 'measure_crossover', nothing_timed)
     x = torch.rand(1, 3, 96, 128)
-    backbone.prepare_for_timing()
     for rate in (0.2, 0.9):
         for block in backbone.modules():
             if hasattr(block, 'forced_rate'):
@@ -204,6 +222,7 @@ def test_first_forward_takes_crossovers_from_the_profile(tmp_path, monkeypatch):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     decisions = dense_fallback.predicted_crossovers()
     assert len(decisions) >= 4 and all(0.0 <= v <= 1.0 for v in decisions.values())
+    assert chooser._from_profile and not (tmp_path / 'user').exists()  # nothing stored
     monkeypatch.setenv('MMDYN_LATENCY_PROFILE', 'v100')
     dense_fallback._predicted_crossover.cache_clear()
     with pytest.raises(ValueError, match='no CPU engine model'):

@@ -141,3 +141,60 @@ def test_predict_latency_tool_on_configs(tmp_path):
     with pytest.raises(ValueError, match='no CPU engine model'):
         main(['--profile', 'v100', '--config', str(tmp_path / 'sar.py'), '--input', '224',
               '224', '--out', str(tmp_path / 'gpu')])
+
+
+def test_refinement_crossover_is_where_the_route_flips():
+    hw = _hardware()
+    for shape in ((256, 64, 256, 50, 76, 2, 7, (256, 25, 38)),
+                  (512, 128, 512, 25, 38, 4, 5, (512, 13, 19)),
+                  (1024, 256, 1024, 13, 19, 2, 2, (1024, 7, 10))):
+        crossover = sar.refinement_crossover(hw, *shape)
+        _, _, rows, cols = sar.cell_grid(*shape[3:5], shape[6])
+        for active in range(1, rows * cols + 1):  # brute force over every cell count
+            routes = [E.total_features(sar.refinement_ops(LLC, *shape[:7], (active, ) * shape[5],
+                                                          shape[7], route))
+                      for route in ('sparse', 'dense')]
+            dense_wins = hw.engine.cost(routes[1]) < hw.engine.cost(routes[0])
+            assert dense_wins == (active / (rows * cols) > crossover), (shape, active)
+
+
+def test_first_sar_forward_times_nothing_with_a_profile(tmp_path, monkeypatch):
+    """MMDYN_LATENCY_PROFILE: every SAR refinement block's route and every kernel choice
+    come from the profile (kernels measured at another size); the masked reference's
+    output."""
+    from mmdyn.latency import save_profile
+    from mmdyn.latency.calibrate import measured_kernel_choices
+    from mmdyn.models.backbones import SARResNet, dense_fallback
+    from test_latency_engine import _fresh_kernel_cache
+    chooser = dense_fallback.CHOOSER
+    torch.manual_seed(0)
+    net = SARResNet(50, sar_setting='G2s2a2b1', mask_size=(2, 2, 2), base_channels=16,
+                    min_input_size=64, init_cfg=None).prepare_for_timing()
+    net.set_forced_activation(0.5, seed=1)
+    _fresh_kernel_cache(monkeypatch, chooser, tmp_path / 'calibration')
+    monkeypatch.delenv('MMDYN_LATENCY_PROFILE', raising=False)
+    with torch.no_grad():
+        net(torch.rand(1, 3, 64, 96))
+    hw = Hardware('cpu-test', 2, 16.0, 2.5e9, 40e9, engine=_model(),
+                  kernels=tuple(sorted(measured_kernel_choices().items())))
+    _fresh_kernel_cache(monkeypatch, chooser, tmp_path / 'user')
+    monkeypatch.setenv('MMDYN_LATENCY_PROFILE', str(save_profile(hw, tmp_path / 'p.json')))
+    monkeypatch.setattr(dense_fallback, '_PREDICTED', {})
+
+    def nothing_timed(*args, **kwargs):
+        raise AssertionError(f'timed in the first forward: {args}')
+    monkeypatch.setattr(chooser, 'measure', nothing_timed)
+    monkeypatch.setattr(dense_fallback, 'measure_crossover', nothing_timed)
+    x = torch.rand(1, 3, 96, 128)
+    for rate in (0.25, 1.0):
+        net.set_forced_activation(rate, seed=1)
+        with torch.no_grad():
+            sparse = net(x)
+            net.set_execution_mode('masked')
+            reference = net(x)
+            net.set_execution_mode('sparse')
+        for a, b in zip(sparse, reference):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    decisions = dense_fallback.predicted_crossovers()
+    assert any(k.startswith('RefineBottleneck') for k in decisions)
+    dense_fallback._predicted_crossover.cache_clear()

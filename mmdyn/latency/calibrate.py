@@ -35,6 +35,7 @@ See docs/latency_predictor.md, "Calibrating a CPU profile".
 import dataclasses
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import machine
+from .machine import ENV_PROFILE
 from .engine import UNITS, calibration_samples, fit_engine
 from .hardware import Hardware, hardware_to_dict, save_profile, write_atomically
 from .predictor import access_efficiency, clear_caches, elementwise_add, static_conv
@@ -409,6 +411,15 @@ def measure_sar_blocks(plan: Plan) -> list:
     return points
 
 
+def measured_kernel_choices() -> Dict[str, str]:
+    """The CPU kernel choices this machine has measured at the current thread count
+    (those of the calibration's blocks and GEMMs, and any made before): what a profile
+    carries so that ``MMDYN_LATENCY_PROFILE`` needs to time no kernel."""
+    from mmdyn.ops.kernel_choice import CHOOSER, stored_choices
+    return {entry: impl for entry, impl in stored_choices().items()
+            if entry.split(':', 2)[0] in CHOOSER.ops and entry.split(':', 2)[1] == 'cpu'}
+
+
 # ---------------------------------------------------------------- fits
 
 def fit_access_quantum(efficiency: Dict[int, float],
@@ -515,6 +526,7 @@ def calibrate_cpu(threads: Optional[int] = None, quick: bool = False,
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     start = time.perf_counter()
+    profile = os.environ.pop(ENV_PROFILE, None)  # measure; take nothing from a profile
     try:
         with torch.no_grad():
             dispatch = measure_dispatch(plan)
@@ -526,13 +538,16 @@ def calibrate_cpu(threads: Optional[int] = None, quick: bool = False,
             llc = measure_cache_copy(plan, machine.cache_size(3, 8 * 1024 ** 2))
             gather = measure_gather(plan, l2_bytes // 2)
             engine = measure_engine(plan)
+            kernels = measured_kernel_choices()
     finally:
         torch.set_num_threads(previous)
+        if profile is not None:
+            os.environ[ENV_PROFILE] = profile
     measurements = dict(threads=threads, torch=torch.__version__,
                         isa=torch.backends.cpu.get_cpu_capability(),
                         date=time.strftime('%Y-%m-%d %H:%M:%S %Z'), dispatch=dispatch,
                         gemm=gemm, ops=convs, dram=dram, l2=l2, llc=llc, gather=gather,
-                        engine=engine, caches=machine.cache_sizes())
+                        engine=engine, kernels=kernels, caches=machine.cache_sizes())
     hw, fit = fit_hardware(measurements, plan, latency_mode,
                            name or machine.profile_name(threads, quick))
     return Calibration(hw, measurements, fit, time.perf_counter() - start, quick)
@@ -569,7 +584,8 @@ def fit_hardware(m: dict, plan: Plan, latency_mode: str, name: str) -> Tuple[Har
     clear_caches()  # the fit filled the operator caches with trial devices
     llc_bytes = int(m['llc']['cache_bytes'])
     engine, engine_fit = fit_engine(calibration_samples(m['engine'], llc_bytes), llc_bytes)
-    hw = dataclasses.replace(hw, engine=engine)
+    hw = dataclasses.replace(hw, engine=engine,
+                             kernels=tuple(sorted(m.get('kernels', {}).items())))
     fit = dict(warnings=_warnings(m, fits[mode][1]), conv_rate=hw.peak_macs,
                initial_rate=initial, frequency=frequency,
                frequency_source=frequency_source, num_pes=num_pes,

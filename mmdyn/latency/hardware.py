@@ -51,6 +51,11 @@ class Hardware:
         engine (EngineModel, optional): a CPU profile's fitted cost model of mmdyn's
             LAS executor (:mod:`.engine`); when given, blocks are predicted with it
             instead of the tiled GPU model. Default: None.
+        kernels (tuple[tuple[str, str], ...]): a CPU profile's kernel choices measured
+            during the calibration, ``(entry, candidate)`` as in mmdyn's kernel-choice
+            file (``'gemm:cpu:float32x1024x64x256'``, ``'conv1x1_packed'``); with
+            ``MMDYN_LATENCY_PROFILE`` a shape class not measured yet takes the choice of
+            the nearest of them (:mod:`mmdyn.ops.kernel_choice`). Default: ().
     """
 
     name: str
@@ -66,6 +71,7 @@ class Hardware:
     latency_mode: str = 'add'
     notes: str = ''
     engine: Optional[EngineModel] = None
+    kernels: Tuple[Tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -87,6 +93,11 @@ class Hardware:
         if self.engine is not None and not isinstance(self.engine, EngineModel):
             raise ValueError(f'Hardware.engine must be an EngineModel or None, '
                              f'got {type(self.engine).__name__}')
+        if not isinstance(self.kernels, tuple) or not all(
+                isinstance(item, tuple) and len(item) == 2
+                and all(isinstance(v, str) and v for v in item) for item in self.kernels):
+            raise ValueError('Hardware.kernels must be (entry, candidate) pairs of '
+                             f'non-empty strings, got {self.kernels!r}')
         if self.latency_mode not in LATENCY_MODES:
             raise ValueError(f'Hardware.latency_mode must be one of {LATENCY_MODES}, '
                              f'got {self.latency_mode!r}')
@@ -138,6 +149,12 @@ def hardware_from_dict(data: dict) -> Hardware:
                              "mapping of name to seconds) and 'llc_bytes'")
         data = dict(data, engine=EngineModel.from_mapping(engine['coefficients'],
                                                           engine['llc_bytes']))
+    if 'kernels' in data:
+        kernels = data['kernels']
+        if not isinstance(kernels, dict):
+            raise ValueError('Hardware.kernels must be a mapping of kernel-choice entry to '
+                             f'candidate name, got {type(kernels).__name__}')
+        data = dict(data, kernels=tuple(sorted(kernels.items())))
     return Hardware(**data)
 
 
@@ -165,6 +182,7 @@ def hardware_to_dict(hw: Hardware) -> dict:
     data = dataclasses.asdict(hw)
     if hw.engine is not None:
         data['engine'] = hw.engine.as_dict()
+    data['kernels'] = dict(hw.kernels)
     return data
 
 

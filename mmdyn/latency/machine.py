@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Dict, Optional
 
 ENV_DIR = 'MMDYN_LATENCY_DIR'
+#: a profile whose decisions (dense-route crossovers, kernel choices) mmdyn's engine uses
+ENV_PROFILE = 'MMDYN_LATENCY_PROFILE'
 CACHE_SYSFS = Path('/sys/devices/system/cpu/cpu0/cache')
 _NAME = re.compile(r'^cpu(?:-t(\d+))?$')
 

@@ -176,6 +176,33 @@ def refinement_latency(hw: Hardware, cin: int, mid: int, cout: int, h: int, w: i
     return min(routes, key=lambda b: b.total)
 
 
+def refinement_crossover(hw: Hardware, cin: int, mid: int, cout: int, h: int, w: int,
+                         groups: int, mask_size: int, guide: Tuple[int, int, int],
+                         downsample: bool = False) -> float:
+    """The fraction of cells above which the engine model predicts the dense route of a
+    refinement block faster than its sparse route (every group selecting as many
+    cells): ``(P - 1) / cells`` for the smallest count P where the dense route wins,
+    1.0 when the sparse route wins with every cell selected (what the dense fallback
+    otherwise measures in the first forward)."""
+    _check_engine(hw)
+    _, _, rows, cols = cell_grid(h, w, mask_size)
+    cells = rows * cols
+
+    def dense_wins(active: int) -> bool:
+        sparse, dense = (hw.engine.cost(total_features(refinement_ops(
+            hw.engine.llc_bytes, cin, mid, cout, h, w, groups, mask_size, (active, ) * groups,
+            guide, route, downsample))) for route in ('sparse', 'dense'))
+        return dense < sparse
+
+    if not dense_wins(cells):
+        return 1.0
+    low, high = 0, cells  # sparse wins with no cell (nothing to run), dense at `high`
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if dense_wins(middle) else (middle, high)
+    return (high - 1) / cells
+
+
 @dataclass(frozen=True)
 class SARStageLatency:
     """One SAR stage: the dense parts (transition, base branch, projections, fusion)

@@ -19,6 +19,13 @@ device's name and compute capability), and CUDA timings synchronise the device. 
 single candidate serves the tensor, or the device cannot be timed (``meta``), the
 op's portable candidate (plain PyTorch) is taken without measuring.
 
+With ``MMDYN_LATENCY_PROFILE`` (a CPU latency profile calibrated on this machine, see
+:mod:`mmdyn.latency`) a CPU shape class that has no stored choice yet takes, without
+timing, the choice the calibration measured for the nearest shape class of the same op
+and dtype (distance: the sum of |log2| ratios of the shape numbers); such choices stay
+in memory and are never written to the file (:func:`profile_kernel_choices` lists
+them). A shape class with a measured choice keeps it.
+
 A candidate that raises while it is timed (an internal oneDNN op missing or changed
 in another torch build) is dropped with one warning; the forward never fails because
 a faster kernel is unavailable.
@@ -33,6 +40,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -46,6 +54,7 @@ from typing import Callable, Dict, FrozenSet, Optional
 
 import torch
 
+from mmdyn.latency.machine import ENV_PROFILE
 from .native import native_kernels, source_digest
 
 ENV_PINS = 'MMDYN_KERNELS'
@@ -149,6 +158,47 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+@functools.lru_cache(maxsize=8)
+def load_cpu_profile(name: str):
+    """The latency profile ``name`` (``MMDYN_LATENCY_PROFILE``), which must carry the
+    engine model of a CPU calibrated on this machine."""
+    from mmdyn.latency import load_profile  # numpy only; imported when a profile is set
+    hw = load_profile(name)
+    if hw.engine is None:
+        raise ValueError(f'{ENV_PROFILE}={name!r}: profile {hw.name!r} has no CPU engine '
+                         'model; give a profile calibrated on this machine (cpu)')
+    return hw
+
+
+def _split_entry(entry: str):
+    """``(op, device, dtype, shape numbers)`` of a kernel-choice entry, or None."""
+    op, _, rest = entry.partition(':')
+    device, _, shape = rest.rpartition(':')
+    dtype, *dims = shape.split('x')
+    try:
+        return op, device, dtype, tuple(int(d) for d in dims)
+    except ValueError:
+        return None
+
+
+def nearest_choice(entry: str, known: Dict[str, str]) -> Optional[str]:
+    """The candidate stored for the entry of ``known`` nearest to ``entry`` (same op,
+    device, dtype and number of shape numbers; distance: the sum of |log2| ratios of
+    the numbers), or None when none matches."""
+    target = _split_entry(entry)
+    if target is None:
+        return None
+    best, best_distance = None, math.inf
+    for other, impl in known.items():
+        parsed = _split_entry(other)
+        if parsed is None or parsed[:3] != target[:3] or len(parsed[3]) != len(target[3]):
+            continue
+        distance = sum(abs(math.log2((a + 1) / (b + 1))) for a, b in zip(parsed[3], target[3]))
+        if distance < best_distance:
+            best, best_distance = impl, distance
+    return best
+
+
 class KernelOp:
     """One operation and its interchangeable implementations.
 
@@ -190,6 +240,7 @@ class KernelChooser:
         self._loaded_key = None
         self._warned = set()
         self._failed = set()  # (op, impl, device type): raised once, never timed again
+        self._from_profile: Dict[str, str] = {}  # entry -> choice taken from a profile
         self._thread_lock = threading.RLock()  # one measurement at a time per process
         self._lock_depth = 0
 
@@ -243,7 +294,30 @@ class KernelChooser:
         if len(eligible) == 1 or device.type not in TIMEABLE_DEVICES:
             return kernel.portable
         entry = f'{op}:{device_tag(device)}:{"x".join(map(str, shape_class))}'
+        if device.type == 'cpu' and os.environ.get(ENV_PROFILE):
+            guessed = self._profile_choice(entry, eligible)
+            if guessed is not None:
+                return guessed
         return self.measured(entry, lambda: self.measure(op, shape_class, device)[0])
+
+    def _profile_choice(self, entry: str, eligible) -> Optional[str]:
+        """The choice for ``entry`` from ``MMDYN_LATENCY_PROFILE``'s kernels when this
+        machine has measured none (module docstring), else None."""
+        profile = os.environ[ENV_PROFILE]
+        key = f'{profile}|{entry}'
+        guessed = self._from_profile.get(key)
+        if guessed is None:
+            self._refresh_key()
+            if entry in self._choices:  # measured on this machine: that choice stands
+                return None
+            known = {e: impl for e, impl in load_cpu_profile(profile).kernels
+                     if self._known(e, impl)}
+            guessed = self._from_profile[key] = nearest_choice(entry, known) or ''
+
+        op = entry.split(':', 1)[0]
+        if guessed in eligible and (op, guessed, 'cpu') not in self._failed:
+            return guessed
+        return None
 
     def measured(self, entry: str, measure: Callable[[], object]):
         """The value stored for ``entry`` on this machine, or ``measure()`` (run once,
@@ -367,3 +441,15 @@ def pin_kernel(op: str, impl: Optional[str]):
 def kernel_choices() -> Dict[str, str]:
     """The choices made so far in this process (``'op:shape': impl``)."""
     return dict(CHOOSER._choices)
+
+
+def stored_choices() -> Dict[str, str]:
+    """Every choice stored for this machine key: the file's and this process's."""
+    CHOOSER._refresh_key()
+    return kernel_choices()
+
+
+def profile_kernel_choices() -> Dict[str, str]:
+    """The choices this process took from ``MMDYN_LATENCY_PROFILE``'s kernels
+    (``'profile|op:device:shape': impl``; '' where the profile had none for the op)."""
+    return dict(CHOOSER._from_profile)

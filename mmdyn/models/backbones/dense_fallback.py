@@ -17,10 +17,12 @@ executor) or ``always`` (dense whenever a patch is active; tests of the dense ro
 
 ``MMDYN_LATENCY_PROFILE`` (a profile name such as ``cpu`` or a .json path, see
 :mod:`mmdyn.latency`): on CPU tensors, the crossover of every block whose shape the
-latency predictor's engine model covers (LAS bottlenecks, dilation 1) is predicted from
-that calibrated profile instead of timed, so the first forward times no routes
-(:func:`predicted_crossovers` lists what was chosen); other blocks and devices are
-measured as above. A profile without an engine model (the GPU profiles) is an error.
+latency predictor's engine model covers (LAS and SAR refinement bottlenecks, dilation 1,
+batch 1) is predicted from that calibrated profile instead of timed, so the first
+forward times no routes (:func:`predicted_crossovers` lists what was chosen); other
+blocks and devices are measured as above (the kernel choices the profile carries
+replace their timing too: :mod:`mmdyn.ops.kernel_choice`). A profile without an engine
+model (the GPU profiles) is an error.
 """
 import math
 import os
@@ -30,10 +32,10 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from mmdyn.ops.kernel_choice import CHOOSER, TIMEABLE_DEVICES, device_tag, time_call
+from mmdyn.ops.kernel_choice import (CHOOSER, ENV_PROFILE, TIMEABLE_DEVICES, device_tag,
+                                     load_cpu_profile, time_call)
 
 ENV_POLICY = 'MMDYN_DENSE_FALLBACK'
-ENV_PROFILE = 'MMDYN_LATENCY_PROFILE'
 POLICIES = ('measured', 'never', 'always')
 _PREDICTED: Dict[str, float] = {}  # block class -> crossover predicted from the profile
 
@@ -85,20 +87,15 @@ def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable
     return min(upper, max(0.0, (dense - (full - slope)) / slope))
 
 
-@lru_cache(maxsize=8)
-def _load_profile(name: str):
-    from mmdyn.latency import load_profile
-    hw = load_profile(name)
-    if hw.engine is None:
-        raise ValueError(f'{ENV_PROFILE}={name!r}: profile {hw.name!r} has no CPU engine '
-                         'model; give a profile calibrated on this machine (cpu)')
-    return hw
-
-
 @lru_cache(maxsize=None)
 def _predicted_crossover(profile: str, shape: Tuple) -> float:
+    """A LAS bottleneck's ``shape`` (see :func:`runs_densely`), or ``('sar', ...)``: a
+    SAR refinement bottleneck's arguments of ``mmdyn.latency.sar.refinement_crossover``."""
     from mmdyn.latency import dense_route_crossover
-    return dense_route_crossover(_load_profile(profile), *shape)
+    from mmdyn.latency.sar import refinement_crossover
+    if shape[0] == 'sar':
+        return refinement_crossover(load_cpu_profile(profile), *shape[1:])
+    return dense_route_crossover(load_cpu_profile(profile), *shape)
 
 
 def predicted_crossovers() -> Dict[str, float]:
@@ -111,8 +108,8 @@ def runs_densely(rate: float, block_class: str, measure: Callable[[], float],
                  device='cpu', shape: Optional[Tuple] = None) -> bool:
     """Whether a block of ``block_class`` at activation ``rate`` on ``device`` takes the
     dense route. ``shape`` (``(in, mid, out channels, H, W, S, stride, downsample)`` of
-    a bottleneck the latency predictor covers, else None) lets a CPU crossover come from
-    ``MMDYN_LATENCY_PROFILE``."""
+    a LAS bottleneck the latency predictor covers, ``('sar', ...)`` of a SAR refinement
+    bottleneck, else None) lets a CPU crossover come from ``MMDYN_LATENCY_PROFILE``."""
     policy, device = fallback_policy(), torch.device(device)
     if policy != 'measured' or rate <= 0.0:
         return policy == 'always' and rate > 0.0

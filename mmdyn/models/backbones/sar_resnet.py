@@ -180,7 +180,8 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         forced = self.forced_mask(x.shape[0], grid, x, self.groups)
         if forced is not None:  # benchmarks and tests; the selector still ran
             mask = forced
-        out = self.forward_sparse(x, mask, grid) if sparse else self.forward_masked(x, mask, grid)
+        out = self.forward_sparse(x, mask, grid, self.route_shape(x, guide)) if sparse \
+            else self.forward_masked(x, mask, grid)
         self._record(x, guide, mask, grid)
         return out
 
@@ -212,15 +213,25 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         identity = self.folded('downsample', conv, norm)(x)
         return F.relu(identity), pixel_rows(identity)
 
-    def forward_sparse(self, x, mask, grid):
+    def route_shape(self, x, guide) -> Optional[tuple]:
+        """The block as the latency predictor's SAR model takes it (a refinement
+        bottleneck of dilation 1, batch 1), or None: its crossover is then measured."""
+        if not isinstance(self, RefineBottleneck) or x.shape[0] != 1 or self.dilation != 1:
+            return None
+        return ('sar', self.in_channels, self.mid_channels, self.out_channels, x.shape[2],
+                x.shape[3], self.groups, self.mask_size, tuple(guide.shape[1:]),
+                self.downsample is not None)
+
+    def forward_sparse(self, x, mask, grid, shape: Optional[tuple] = None):
         """Above the block's crossover rate the refinement runs densely (its grouped
         convs on the whole map, masked: :meth:`refine_dense`), else per group on the
-        selected cells (:meth:`refine_sparse`); the same output."""
+        selected cells (:meth:`refine_sparse`); the same output. ``shape``: see
+        :meth:`route_shape`."""
         x = x.contiguous(memory_format=torch.channels_last)
         if self.takes_dense_route(x, mask, grid,
                                   lambda m: self.refine_sparse(x, m, grid, inplace=False),
                                   lambda m: self.refine_dense(x, m, grid),
-                                  groups=self.groups):
+                                  groups=self.groups, shape=shape):
             return self.refine_dense(x, mask, grid)
         return self.refine_sparse(x, mask, grid)
 
