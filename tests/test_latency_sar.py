@@ -198,3 +198,43 @@ def test_first_sar_forward_times_nothing_with_a_profile(tmp_path, monkeypatch):
     decisions = dense_fallback.predicted_crossovers()
     assert any(k.startswith('RefineBottleneck') for k in decisions)
     dense_fallback._predicted_crossover.cache_clear()
+
+
+class _Record:
+    def __init__(self, name, mask):
+        self.name, self.mask = name, mask
+
+
+def test_rates_from_record():
+    from mmdyn.latency import rates_from_record
+    blocks = [_Record('layer1.refine.0', torch.tensor([[[[1., 0.], [0., 0.]]]])),
+              _Record('layer1.refine.1', torch.ones(2, 2, 2, 2)),
+              _Record('layer2.refine.0', torch.zeros(1, 2, 3, 3))]
+    assert rates_from_record(blocks, (2, 1)) == [[0.25, 1.0], [0.0]]
+    with pytest.raises(ValueError, match='no block for stage 2 block 1'):
+        rates_from_record(blocks, (2, 2))
+    with pytest.raises(ValueError, match='does not fit the layout'):
+        rates_from_record(blocks + [_Record('layer3.0', torch.ones(1, 1, 1, 1))], (2, 1))
+    hw = _hardware()  # recorded per-block rates feed both network predictors
+    per_block = sar.predict_sar_resnet(hw, 50, (224, 224), rates=[[0.5, 0.5], [0.5] * 3,
+                                                                  [0.5] * 5])
+    assert per_block.dynamic == sar.predict_sar_resnet(hw, 50, (224, 224), rates=0.5).dynamic
+
+
+@pytest.mark.slow
+def test_predict_latency_from_a_recorded_forward(tmp_path):
+    """predict_latency.py --config --from-forward: the model's own masks on a photo."""
+    import json
+    import runpy
+    from pathlib import Path
+    from mmdyn.latency import save_profile
+    root = Path(__file__).resolve().parents[1]
+    main = runpy.run_path(str(root / 'tools' / 'analysis' / 'predict_latency.py'),
+                          run_name='tool')['main']
+    profile = save_profile(_hardware(), tmp_path / 'cpu-test.json')
+    config = root / 'configs' / 'sar_resnet' / 'faster-rcnn_sar-r50-g2s2a2b1-t05_fpn_1x_coco.py'
+    main(['--profile', str(profile), '--config', str(config), '--input', '224', '224',
+          '--from-forward', '--image', 'astronaut', '--out', str(tmp_path)])
+    rows = json.loads((tmp_path / 'network.json').read_text())['rows']
+    assert len(rows) == 1 and [len(stage) for stage in rows[0]['rate']] == [2, 3, 5]
+    assert all(0.0 <= r <= 1.0 for stage in rows[0]['rate'] for r in stage)

@@ -17,7 +17,8 @@ from .calibrate import Calibration, calibrate_cpu, save_calibration
 from .engine import EngineModel, fit_engine
 from .hardware import (Hardware, available_profiles, hardware_from_dict, hardware_to_dict,
                        load_profile, save_profile)
-from .network import BlockPrediction, NetworkLatency, StageLatency, predict_las_resnet
+from .network import (BlockPrediction, NetworkLatency, StageLatency, predict_las_resnet,
+                      rates_from_record)
 from .predictor import (BlockLatency, OpLatency, cache_info, clear_caches,
                         dense_route_crossover, dynamic_block_latency, dynamic_conv,
                         elementwise_add, latency_ratio, masker_conv1, max_pool, num_patches,
@@ -36,5 +37,6 @@ __all__ = [
     'Calibration', 'calibrate_cpu', 'save_calibration', 'BackboneLayout',
     'GranularitySearch', 'candidate_sizes', 'layout_from_config', 'predict_backbone',
     'search_granularity', 'accuracy_study', 'measure_las_blocks', 'spearman',
-    'SARNetworkLatency', 'SARSetting', 'predict_sar_config', 'predict_sar_resnet'
+    'SARNetworkLatency', 'SARSetting', 'predict_sar_config', 'predict_sar_resnet',
+    'rates_from_record'
 ]

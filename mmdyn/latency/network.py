@@ -7,6 +7,7 @@ a 1x1 projection in the first block of every stage) and adds the stem (7x7/2 con
 3x3/2 max pooling), which stays dense. BatchNorm and ReLU are taken as folded into
 the convs; dilation (mmseg) is not modelled.
 """
+import re
 from dataclasses import dataclass
 from numbers import Real
 from typing import Sequence, Tuple, Union
@@ -135,6 +136,32 @@ def _check_rate(value, name):
     if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1:
         raise ValueError(f'{name}: an activation rate must be in [0, 1], got {value!r}')
     return float(value)
+
+
+_BLOCK_NAME = re.compile(r'^layer(\d+)\.(?:refine\.)?(\d+)$')
+
+
+def rates_from_record(blocks, stage_blocks: Sequence[int]) -> list:
+    """Per-stage lists of activation rates from the block records of one recorded
+    forward (``backbone.records.blocks``: each block's ``name`` ``layer<s>.<k>`` (LAS)
+    or ``layer<s>.refine.<k>`` (SAR) and hard ``mask`` [B, G, rows, cols]), the
+    fraction of patches (cells) selected, averaged over the batch and groups; laid out
+    as ``stage_blocks`` (LAS-ResNet-101: (3, 4, 23, 3); SAR-ResNet-50: its refinement
+    blocks, (2, 3, 5)), the form ``rates`` takes in :func:`predict_las_resnet` and
+    :func:`~mmdyn.latency.sar.predict_sar_resnet`."""
+    rates = [[None] * n for n in stage_blocks]
+    for block in blocks:
+        found = _BLOCK_NAME.match(str(block.name))
+        stage, index = (int(found[1]) - 1, int(found[2])) if found else (-1, -1)
+        if not 0 <= stage < len(stage_blocks) or not 0 <= index < stage_blocks[stage]:
+            raise ValueError(f'a record of block {block.name!r} does not fit the layout '
+                             f'{tuple(stage_blocks)} (blocks per stage)')
+        rates[stage][index] = float(block.mask.float().mean())
+    missing = [f'stage {s + 1} block {k}' for s, row in enumerate(rates)
+               for k, rate in enumerate(row) if rate is None]
+    if missing:
+        raise ValueError(f'the record has no block for {", ".join(missing)}')
+    return rates
 
 
 def _half(size: int) -> int:

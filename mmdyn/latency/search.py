@@ -23,7 +23,7 @@ from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 from .hardware import Hardware, load_profile
 from .network import (EXPANSION, STAGE_BLOCKS, STEM_CHANNELS, BlockPrediction,
-                      NetworkLatency, StageLatency, _per_block, _check_size)
+                      NetworkLatency, StageLatency, _check_rate, _check_size, _per_block)
 from .predictor import dynamic_block_latency, max_pool, static_block_latency, static_conv
 
 DEFAULT_GRANULARITY = (4, 4, 2, 1)  # LASResNet's default
@@ -140,17 +140,21 @@ def _resolve(hw: Union[Hardware, str]) -> Hardware:
 
 
 def predict_backbone(hw: Union[Hardware, str], layout: BackboneLayout,
-                     granularity=None, rate: float = 0.5) -> NetworkLatency:
+                     granularity=None, rate=0.5) -> NetworkLatency:
     """Predicted latency of the backbone of ``layout`` with ``granularity`` (default:
-    the layout's own) at activation rate ``rate`` in every block. Equals
+    the layout's own) at activation rate ``rate`` in every block (a number in (0, 1]),
+    or per stage and block as :func:`~mmdyn.latency.predict_las_resnet`'s ``rates``
+    (e.g. :func:`~mmdyn.latency.rates_from_record`). Equals
     :func:`~mmdyn.latency.predict_las_resnet` for mmdet's layout."""
     hw = _resolve(hw)
-    rate = check_rate(rate)
+    if isinstance(rate, Real):
+        rate = check_rate(rate)
+    rates = _per_block(rate, layout.stage_blocks, 'rates', _check_rate)
     granularity = layout.granularity if granularity is None else granularity
     sizes = _per_block(granularity, layout.stage_blocks, 'granularity', _check_size)
     stages = [[] for _ in layout.stage_blocks]
     for b in layout.blocks():
-        S = sizes[b.stage][b.index]
+        S, rate = sizes[b.stage][b.index], rates[b.stage][b.index]
         args = (hw, b.in_channels, b.mid_channels, b.out_channels, *b.in_hw)
         stages[b.stage].append(BlockPrediction(
             b.stage, b.index, S, rate, b.in_hw,

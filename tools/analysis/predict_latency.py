@@ -57,6 +57,13 @@ def parse_args(argv=None):
     parser.add_argument('--config', default=None,
                         help='whole-backbone prediction of a LAS-ResNet or SAR-ResNet config '
                         'at --rates (default 0.3 0.5 0.7) instead of the figures')
+    parser.add_argument('--from-forward', action='store_true',
+                        help='with --config: the rates of every block recorded in one forward '
+                        "of the config's model (its own masks) on --image")
+    parser.add_argument('--image', default=None,
+                        help='--from-forward input: an image file or a skimage.data name '
+                        '(default: seeded noise)')
+    parser.add_argument('--checkpoint', default=None, help='--from-forward: model weights')
     parser.add_argument('--block-index', type=int, default=1,
                         help='which block of each stage (>= 1); default 1')
     parser.add_argument('--sizes', type=int, nargs='+', default=list(acc.DEFAULT_SIZES))
@@ -246,19 +253,45 @@ def run_network(hw, args, out: Path):
     from mmdyn.latency.sar import predict_sar_config
     cfg = Config.fromfile(args.config).to_dict()
     input_hw = None if args.input is None else tuple(args.input)
+    sar = cfg['model']['backbone'].get('type') == 'SARResNet'
+    if sar:
+        def predict(rates):
+            return predict_sar_config(hw, cfg, input_hw, rates)
+    else:
+        layout = layout_from_config(cfg, input_hw)
+
+        def predict(rates):
+            return predict_backbone(hw, layout, rate=rates)
+    rates = args.rates or [0.3, 0.5, 0.7]
+    if args.from_forward:
+        rates = [recorded_rates(args, predict(1.0).input_hw, sar)]
     rows = []
-    for rate in args.rates or [0.3, 0.5, 0.7]:
-        if cfg['model']['backbone'].get('type') == 'SARResNet':
-            net = predict_sar_config(hw, cfg, input_hw, rate)
-        else:
-            net = predict_backbone(hw, layout_from_config(cfg, input_hw), rate=rate)
-        print(f'r = {rate:g}: ' + net.summary())
+    for rate in rates:
+        net = predict(rate)
+        label = f'{rate:g}' if isinstance(rate, float) else 'recorded: ' + ' / '.join(
+            ' '.join(f'{r:.2f}' for r in stage) for stage in rate)
+        print(f'r = {label}: ' + net.summary())
         rows.append(dict(rate=rate, dynamic_ms=net.dynamic * 1e3, static_ms=net.static * 1e3,
                          ratio=net.ratio, input=list(net.input_hw)))
     report = dict(profile=hw.name, config=args.config, rows=rows)
     (out / 'network.json').write_text(json.dumps(report, indent=2) + '\n')
     print(f'wrote {out / "network.json"}')
     return report
+
+
+def recorded_rates(args, input_hw, sar: bool):
+    """Per-stage, per-block rates of one forward of the config's model (its own masks)."""
+    import torch
+    from mmdyn.analysis.config_benchmark import build_model_offline, input_batch
+    from mmdyn.latency import rates_from_record
+    model = build_model_offline(args.config, args.checkpoint)
+    with torch.no_grad():
+        model.backbone(input_batch(model, input_hw, image=args.image))
+    backbone = model.backbone
+    layers = [getattr(backbone, name) for name in backbone.res_layers]
+    blocks = [len(layer.refine) if sar else len(layer) for layer in layers
+              if not sar or hasattr(layer, 'refine')]
+    return rates_from_record(backbone.records.blocks, blocks)
 
 
 def main(argv=None):
