@@ -90,7 +90,7 @@ def test_meta_tensors_take_the_portable_kernels_and_time_nothing(fresh_engine, m
 
 
 def test_a_pin_to_a_cpu_only_kernel_does_not_reach_another_device(monkeypatch):
-    monkeypatch.setenv(ENV_PINS, 'gemm=conv1x1_packed,gather_gemm=native')
+    monkeypatch.setenv(ENV_PINS, 'gemm=conv1x1_packed,gather_gemm=native_onednn')
     assert CHOOSER.choose('gemm', ('float32', 1024, 8, 8), 'meta') == 'addmm'
     assert CHOOSER.choose('gather_gemm', ('float32', 1024, 72, 8, 9), 'meta') == 'torch'
     if 'conv1x1_packed' in GEMM.candidates:
@@ -104,7 +104,8 @@ def test_native_kernels_refuse_tensors_of_another_device():
     with pytest.raises(RuntimeError, match='CPU tensors only'):
         kernels.gather_gemm(torch.randn(10, 4, device=meta),
                             torch.zeros(5, 2, dtype=torch.long, device=meta),
-                            torch.randn(8, 3, device=meta), None, False, 256)
+                            torch.randn(8, 3, device=meta), None, False, 256,
+                            torch.randn(3, 8, 1, 1, device=meta))
     with pytest.raises(RuntimeError, match='CPU tensors only'):
         kernels.conv_tap_rows(torch.zeros(4, dtype=torch.long, device=meta), 4, 4, 4, 4, 1, 1,
                               1, 16, 3)
@@ -160,7 +161,7 @@ def assert_close_to(got, reference):
 
 @pytest.mark.parametrize('op, name, family', [
     (GEMM, 'conv1x1', 'las'), (GEMM_ACC, 'conv1x1', 'las'),
-    (GATHER_GEMM, 'native', 'sfsi'), (MASK_HEADS, 'native', 'sfsi')])
+    (GATHER_GEMM, 'native_onednn', 'sfsi'), (MASK_HEADS, 'native', 'sfsi')])
 def test_a_failing_kernel_never_fails_the_forward(op, name, family, fresh_engine, tmp_path,
                                                   monkeypatch):
     """One kernel raising when timed (a changed oneDNN schema, a native kernel built

@@ -180,34 +180,43 @@ def _fresh_kernel_cache(monkeypatch, chooser, path):
         monkeypatch.setattr(chooser, name, value)
 
 
-def test_first_forward_takes_crossovers_from_the_profile(tmp_path, monkeypatch):
-    """MMDYN_LATENCY_PROFILE: the dense-route decision of every LAS bottleneck and every
-    kernel choice come from the profile (nothing timed in the first forward, with an
-    empty kernel cache; the profile's kernels were measured at another input size), and
-    the output is the masked reference's."""
+def use_profile_that_times_nothing(monkeypatch, tmp_path, calibration_forward):
+    """A profile whose kernels ``calibration_forward()`` measured (in a cache of its
+    own), set as MMDYN_LATENCY_PROFILE with an empty user cache; any timing of a kernel
+    or a crossover from then on fails the test."""
     from mmdyn.latency.calibrate import measured_kernel_choices
-    from mmdyn.models.backbones import LASResNet, dense_fallback
+    from mmdyn.models.backbones import dense_fallback
     chooser = dense_fallback.CHOOSER
-    torch.manual_seed(0)
-    backbone = LASResNet(50, granularity=(2, 2, 1, 1), base_channels=8, init_cfg=None).eval()
-    backbone.prepare_for_timing()
-    backbone.set_forced_activation(0.5, seed=1)
     _fresh_kernel_cache(monkeypatch, chooser, tmp_path / 'calibration')
     monkeypatch.delenv('MMDYN_LATENCY_PROFILE', raising=False)
-    with torch.no_grad():  # the calibration's kernel choices, at another size
-        backbone(torch.rand(1, 3, 64, 96))
+    with torch.no_grad():
+        calibration_forward()
     kernels = tuple(sorted(measured_kernel_choices().items()))
     assert kernels and all(':cpu:' in e and not e.startswith('crossover') for e, _ in kernels)
     hw = Hardware('cpu-test', 2, 16.0, 2.5e9, 40e9, engine=_model(), kernels=kernels)
-    path = save_profile(hw, tmp_path / 'cpu-test.json')
     _fresh_kernel_cache(monkeypatch, chooser, tmp_path / 'user')
-    monkeypatch.setenv('MMDYN_LATENCY_PROFILE', str(path))
+    monkeypatch.setenv('MMDYN_LATENCY_PROFILE', str(save_profile(hw, tmp_path / 'p.json')))
     monkeypatch.setattr(dense_fallback, '_PREDICTED', {})
 
     def nothing_timed(*args, **kwargs):
         raise AssertionError(f'timed in the first forward: {args}')
     monkeypatch.setattr(chooser, 'measure', nothing_timed)
     monkeypatch.setattr(dense_fallback, 'measure_crossover', nothing_timed)
+
+
+def test_first_forward_takes_crossovers_from_the_profile(tmp_path, monkeypatch):
+    """MMDYN_LATENCY_PROFILE: the dense-route decision of every LAS bottleneck and every
+    kernel choice come from the profile (nothing timed in the first forward, with an
+    empty kernel cache; the profile's kernels were measured at another input size), and
+    the output is the masked reference's."""
+    from mmdyn.models.backbones import LASResNet, dense_fallback
+    chooser = dense_fallback.CHOOSER
+    torch.manual_seed(0)
+    backbone = LASResNet(50, granularity=(2, 2, 1, 1), base_channels=8, init_cfg=None).eval()
+    backbone.prepare_for_timing()
+    backbone.set_forced_activation(0.5, seed=1)
+    use_profile_that_times_nothing(monkeypatch, tmp_path,
+                                   lambda: backbone(torch.rand(1, 3, 64, 96)))
     x = torch.rand(1, 3, 96, 128)
     for rate in (0.2, 0.9):
         for block in backbone.modules():

@@ -162,29 +162,13 @@ def test_first_sar_forward_times_nothing_with_a_profile(tmp_path, monkeypatch):
     """MMDYN_LATENCY_PROFILE: every SAR refinement block's route and every kernel choice
     come from the profile (kernels measured at another size); the masked reference's
     output."""
-    from mmdyn.latency import save_profile
-    from mmdyn.latency.calibrate import measured_kernel_choices
     from mmdyn.models.backbones import SARResNet, dense_fallback
-    from test_latency_engine import _fresh_kernel_cache
-    chooser = dense_fallback.CHOOSER
+    from test_latency_engine import use_profile_that_times_nothing
     torch.manual_seed(0)
     net = SARResNet(50, sar_setting='G2s2a2b1', mask_size=(2, 2, 2), base_channels=16,
                     min_input_size=64, init_cfg=None).prepare_for_timing()
     net.set_forced_activation(0.5, seed=1)
-    _fresh_kernel_cache(monkeypatch, chooser, tmp_path / 'calibration')
-    monkeypatch.delenv('MMDYN_LATENCY_PROFILE', raising=False)
-    with torch.no_grad():
-        net(torch.rand(1, 3, 64, 96))
-    hw = Hardware('cpu-test', 2, 16.0, 2.5e9, 40e9, engine=_model(),
-                  kernels=tuple(sorted(measured_kernel_choices().items())))
-    _fresh_kernel_cache(monkeypatch, chooser, tmp_path / 'user')
-    monkeypatch.setenv('MMDYN_LATENCY_PROFILE', str(save_profile(hw, tmp_path / 'p.json')))
-    monkeypatch.setattr(dense_fallback, '_PREDICTED', {})
-
-    def nothing_timed(*args, **kwargs):
-        raise AssertionError(f'timed in the first forward: {args}')
-    monkeypatch.setattr(chooser, 'measure', nothing_timed)
-    monkeypatch.setattr(dense_fallback, 'measure_crossover', nothing_timed)
+    use_profile_that_times_nothing(monkeypatch, tmp_path, lambda: net(torch.rand(1, 3, 64, 96)))
     x = torch.rand(1, 3, 96, 128)
     for rate in (0.25, 1.0):
         net.set_forced_activation(rate, seed=1)

@@ -83,7 +83,7 @@ def test_interpolation_routes_equal_the_dense_reference(route, shape, rate, monk
     assert spy is None or spy.calls == ['interpolate_sampled_rows'] * 2
 
 
-@pytest.mark.parametrize('route', ['native', 'native_onednn', 'torch'])
+@pytest.mark.parametrize('route', sorted(GATHER_GEMM.candidates))
 @pytest.mark.parametrize('conv3', ['dense', 'sampled'])
 def test_sfsi_sparse_path_equals_masked_on_both_routes(route, conv3, monkeypatch):
     from test_sfsi_resnet import build, run
@@ -137,8 +137,9 @@ def test_missing_stale_or_switched_off_kernels_fall_back_with_one_warning(tmp_pa
 def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, threads,
                                                                 monkeypatch):
     """bias + concat(table[taps]) @ matrix against a float64 reference, tiles crossed
-    (600 rows for MKL's 256-row tiles, 2500 for oneDNN's 2048), taps on the zero row, one-tap (1x1) and 9-tap convs, on one thread and
-    two (the native kernels balance their tiles over the threads)."""
+    (2500 rows for oneDNN's 2048-row tiles), taps on the zero row, one-tap (1x1) and
+    9-tap convs, on one thread and two (the native kernels balance their tiles over
+    the threads)."""
     monkeypatch.setenv(ENV_PINS, f'gather_gemm={impl}')
     spy = spy_on_native(monkeypatch, impl)
     rows, taps, channels, out_channels = shape
@@ -168,7 +169,10 @@ def test_gather_gemm_rejects_bad_shapes_and_indices():
         gather_gemm(table, torch.zeros(5, 3, dtype=torch.long), matrix, None)
     with pytest.raises(RuntimeError, match='outside the table'):
         native.native_kernels().gather_gemm(table, torch.full((5, 2), 10), matrix, None,
-                                            False, 256)
+                                            False, 256, matrix.t().reshape(3, 8, 1, 1))
+    with pytest.raises(RuntimeError, match='conv_weight must be'):
+        native.native_kernels().gather_gemm(table, torch.zeros(5, 2, dtype=torch.long),
+                                            matrix, None, False, 256, torch.randn(3, 8))
 
 
 def test_native_interpolation_rejects_unsorted_or_out_of_range_ids():

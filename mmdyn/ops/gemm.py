@@ -280,21 +280,19 @@ def _gather_then_gemm(table, taps, matrix, bias, relu=False):
     return out.relu_() if relu else out
 
 
-def _gather_gemm_native(table, taps, matrix, bias, relu=False, onednn: str = ''):
+def _gather_gemm_native(table, taps, matrix, bias, relu=False, onednn: str = 'plain'):
     """The gather fused into the product, tile by tile (mmdyn/ops/native), each tile
-    multiplied by MKL's addmm or by oneDNN's 1x1 convolution (``onednn``: ``'plain'``
-    weight, or ``'packed'`` once in oneDNN's layout), the ReLU applied to the tile
-    while it is in cache; the PyTorch route where the native kernels are not built or
-    the dtype is not float32."""
+    multiplied by oneDNN's 1x1 convolution (``onednn``: ``'plain'`` weight, or
+    ``'packed'`` once in oneDNN's layout), the ReLU applied to the tile while it is in
+    cache; the PyTorch route where the native kernels are not built or the dtype is not
+    float32."""
     kernels = native_kernels()
     if kernels is None or not CPU_FLOAT32.covers(table.device, table.dtype):
         return _gather_then_gemm(table, taps, matrix, bias, relu)
-    if onednn:
-        tile = balanced_tile(taps.shape[0], max(64, min(ONEDNN_GATHER_TILE,
-                                                        ONEDNN_TILE_FLOATS // matrix.shape[0])))
-        weight = _packed_weight(matrix, tile) if onednn == 'packed' else _conv_weight(matrix)
-        return kernels.gather_gemm(table, taps, matrix, bias, relu, tile, weight)
-    return kernels.gather_gemm(table, taps, matrix, bias, relu, GATHER_TILE)
+    tile = balanced_tile(taps.shape[0], max(64, min(ONEDNN_GATHER_TILE,
+                                                    ONEDNN_TILE_FLOATS // matrix.shape[0])))
+    weight = _packed_weight(matrix, tile) if onednn == 'packed' else _conv_weight(matrix)
+    return kernels.gather_gemm(table, taps, matrix, bias, relu, tile, weight)
 
 
 def balanced_tile(rows: int, tile: int) -> int:
@@ -306,10 +304,6 @@ def balanced_tile(rows: int, tile: int) -> int:
     tiles = -(-rows // tile)
     tiles = max(1, -(-tiles // threads) * threads)
     return max(1, -(-rows // tiles))
-
-
-def _gather_gemm_native_onednn(table, taps, matrix, bias, relu=False):
-    return _gather_gemm_native(table, taps, matrix, bias, relu, onednn='plain')
 
 
 def _gather_gemm_native_packed(table, taps, matrix, bias, relu=False):
@@ -332,15 +326,16 @@ def _gather_timing_inputs(shape_class):
 
 
 #: output rows per task of the native gather-GEMM (its buffer: rows x T*C floats;
-#: about: the kernel balances the tiles over the threads), for MKL's and oneDNN's
-#: products; oneDNN's runs faster on taller tiles (up to 2048 rows, the buffer below
-#: 8 MB: measured on the AMD EPYC, 1.1-1.2x over 512 rows on 64-128 channels)
-GATHER_TILE = 256
+#: about: the kernel balances the tiles over the threads); oneDNN's product runs
+#: faster on taller tiles (up to 2048 rows, the buffer below 8 MB: measured on the AMD
+#: EPYC, 1.1-1.2x over 512 rows on 64-128 channels). MKL's product on 256-row tiles
+#: won no shape class on this CPU at 2 threads, 1 thread or capped to AVX2 (2026-12-04,
+#: docs/speed_engine.md) and is no longer a candidate.
 ONEDNN_GATHER_TILE = 2048
 ONEDNN_TILE_FLOATS = 1 << 21
-_GATHER_CANDIDATES = {'torch': _gather_then_gemm, 'native': _gather_gemm_native}
+_GATHER_CANDIDATES = {'torch': _gather_then_gemm}
 if torch.backends.mkldnn.is_available():
-    _GATHER_CANDIDATES['native_onednn'] = _gather_gemm_native_onednn
+    _GATHER_CANDIDATES['native_onednn'] = _gather_gemm_native
     if HAS_PACKED:
         _GATHER_CANDIDATES['native_onednn_packed'] = _gather_gemm_native_packed
 GATHER_GEMM = CHOOSER.register(KernelOp('gather_gemm', _GATHER_CANDIDATES,

@@ -6,13 +6,12 @@
 // The PyTorch route gathers every tap row of every output row into one [n, T*C]
 // matrix in memory and multiplies it afterwards; for a 3x3 conv that matrix is 9x the
 // input's size. Here each task gathers a tile of output rows into a buffer that stays
-// in cache and multiplies it at once, one thread per task, with the product of the
-// caller's choice (measured per CPU: MKL's sgemm runs at half of oneDNN's speed on
-// some CPUs): ATen's addmm (MKL), or oneDNN's 1x1 convolution of the tile viewed as a
-// channels-last [1, T*C, rows, 1] map (conv_weight: the matrix as [C_out, T*C, 1, 1]),
-// either plain or prepacked in oneDNN's blocked layout (an mkldnn tensor: then torch's
-// mkldnn::_convolution_pointwise runs it, the ReLU fused, with no weight reorder per
-// tile).
+// in cache and multiplies it at once, one thread per task, with oneDNN's 1x1
+// convolution of the tile viewed as a channels-last [1, T*C, rows, 1] map (conv_weight:
+// the matrix as [C_out, T*C, 1, 1]), either plain or prepacked in oneDNN's blocked
+// layout (an mkldnn tensor: then torch's mkldnn::_convolution_pointwise runs it, the
+// ReLU fused, with no weight reorder per tile). (An MKL addmm per tile won no shape
+// class on the CPUs measured and was removed.)
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -42,11 +41,9 @@ at::Tensor pointwise_conv(const at::Tensor& map, const at::Tensor& packed,
 
 at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
                        const at::Tensor& matrix, const c10::optional<at::Tensor>& bias,
-                       bool relu, int64_t tile,
-                       const c10::optional<at::Tensor>& conv_weight) {
-  check_cpu("gather_gemm", {table, taps, matrix});
+                       bool relu, int64_t tile, const at::Tensor& conv_weight) {
+  check_cpu("gather_gemm", {table, taps, matrix, conv_weight});
   if (bias.has_value()) check_cpu("gather_gemm", {*bias});
-  if (conv_weight.has_value()) check_cpu("gather_gemm", {*conv_weight});
   TORCH_CHECK(table.dim() == 2 && table.scalar_type() == at::kFloat && table.is_contiguous(),
               "table must be a contiguous float32 [N, C] tensor");
   TORCH_CHECK(taps.dim() == 2 && taps.scalar_type() == at::kLong && taps.is_contiguous(),
@@ -62,12 +59,10 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
                     bias->scalar_type() == at::kFloat,
                 "bias must be a float32 [C_out] tensor");
   }
-  if (conv_weight.has_value()) {
-    TORCH_CHECK(conv_weight->dim() == 4 && conv_weight->size(0) == out_channels &&
-                    conv_weight->size(1) == width && conv_weight->size(2) == 1 &&
-                    conv_weight->size(3) == 1 && conv_weight->scalar_type() == at::kFloat,
-                "conv_weight must be the float32 [C_out, T*C, 1, 1] weight of the matrix");
-  }
+  TORCH_CHECK(conv_weight.dim() == 4 && conv_weight.size(0) == out_channels &&
+                  conv_weight.size(1) == width && conv_weight.size(2) == 1 &&
+                  conv_weight.size(3) == 1 && conv_weight.scalar_type() == at::kFloat,
+              "conv_weight must be the float32 [C_out, T*C, 1, 1] weight of the matrix");
   const int64_t table_rows = table.size(0);
   const int64_t* __restrict__ ids = taps.data_ptr<int64_t>();
   const float* __restrict__ source = table.data_ptr<float>();
@@ -95,23 +90,13 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
       }
       at::Tensor gathered = at::from_blob(buffer.data(), {size, width}, table.options());
       at::Tensor slice = out.narrow(0, first, size);
-      bool relu_done = false;
-      if (conv_weight.has_value()) {
-        at::Tensor map = gathered.view({1, size, 1, width}).permute({0, 3, 1, 2});
-        at::Tensor product;
-        if (conv_weight->is_mkldnn()) {
-          product = pointwise_conv(map, *conv_weight, bias, relu);
-          relu_done = relu;
-        } else {
-          product = at::mkldnn_convolution(map, *conv_weight, bias, {0, 0}, {1, 1}, {1, 1}, 1);
-        }
-        slice.copy_(product.permute({0, 2, 3, 1}).reshape({size, out_channels}));
-      } else if (bias.has_value()) {
-        at::addmm_out(slice, *bias, gathered, matrix);
-      } else {
-        at::mm_out(slice, gathered, matrix);
-      }
-      if (relu && !relu_done) slice.clamp_min_(0);
+      at::Tensor map = gathered.view({1, size, 1, width}).permute({0, 3, 1, 2});
+      const bool packed = conv_weight.is_mkldnn();
+      at::Tensor product =
+          packed ? pointwise_conv(map, conv_weight, bias, relu)
+                 : at::mkldnn_convolution(map, conv_weight, bias, {0, 0}, {1, 1}, {1, 1}, 1);
+      slice.copy_(product.permute({0, 2, 3, 1}).reshape({size, out_channels}));
+      if (relu && !packed) slice.clamp_min_(0);
     }
   });
   return out;
@@ -162,6 +147,6 @@ void register_gather_gemm(pybind11::module& m) {
         pybind11::arg("kernel"));
   m.def("gather_gemm", &gather_gemm, "bias + gathered tap rows @ matrix (see gather_gemm.cpp)",
         pybind11::arg("table"), pybind11::arg("taps"), pybind11::arg("matrix"),
-        pybind11::arg("bias"), pybind11::arg("relu"), pybind11::arg("tile") = 256,
-        pybind11::arg("conv_weight") = pybind11::none());
+        pybind11::arg("bias"), pybind11::arg("relu"), pybind11::arg("tile"),
+        pybind11::arg("conv_weight"));
 }
