@@ -101,6 +101,33 @@ def variant_blocks(block):
     return out
 
 
+def time_variant(block, static, x, name, variants, step, reference) -> float:
+    """Seconds of one call of the static block or of ``block`` as variant ``name``; on
+    the first step every variant's output is checked against the shipped executor's
+    (``reference``: filled by the ``'mmdyn'`` variant)."""
+    if name == 'static':
+        start = time.perf_counter()
+        static(x)
+        return time.perf_counter() - start
+    prepare, pins = variants[name]
+    undo = prepare(block)
+    os.environ[ENV_PINS] = pins
+    fresh = x.clone(memory_format=torch.channels_last)
+    try:
+        start = time.perf_counter()
+        out = block(fresh)
+        seconds = time.perf_counter() - start
+    finally:
+        undo()
+    if step == 0 and name == 'mmdyn':
+        reference.append(out.clone())
+    elif step == 0:  # every variant computes the same block
+        err = float((out - reference[0]).norm() / reference[0].norm())
+        if err > 1e-4:
+            raise AssertionError(f'variant {name!r} differs from the executor: {err:.2e}')
+    return seconds
+
+
 def measure(size: int, rate: float, input_hw, repeats: int, warmup: int, stage: int,
             block_index: int):
     torch.manual_seed(0)
@@ -114,34 +141,20 @@ def measure(size: int, rate: float, input_hw, repeats: int, warmup: int, stage: 
     x = torch.rand(1, cin, h, w).contiguous(memory_format=torch.channels_last)
     variants = variant_blocks(block)
     times = {name: [] for name in ['static', *variants]}
+    reference = []
     previous_pins = os.environ.get(ENV_PINS)
-    with torch.no_grad(), route_policy('never'):
-        for step in range(warmup + repeats):
-            for name in times:
-                if name == 'static':
-                    start = time.perf_counter()
-                    static(x)
-                    seconds = time.perf_counter() - start
-                else:
-                    prepare, pins = variants[name]
-                    undo = prepare(block)
-                    os.environ[ENV_PINS] = pins
-                    fresh = x.clone(memory_format=torch.channels_last)
-                    start = time.perf_counter()
-                    out = block(fresh)
-                    seconds = time.perf_counter() - start
-                    undo()
-                    if name == 'mmdyn' and step == 0:
-                        reference = out.clone()
-                    elif step == 0:  # every variant computes the same block
-                        err = float((out - reference).norm() / reference.norm())
-                        assert err < 1e-4, (name, err)
-                if step >= warmup:
-                    times[name].append(seconds)
-    if previous_pins is None:
-        os.environ.pop(ENV_PINS, None)
-    else:
-        os.environ[ENV_PINS] = previous_pins
+    try:
+        with torch.no_grad(), route_policy('never'):
+            for step in range(warmup + repeats):
+                for name in times:
+                    seconds = time_variant(block, static, x, name, variants, step, reference)
+                    if step >= warmup:
+                        times[name].append(seconds)
+    finally:
+        if previous_pins is None:
+            os.environ.pop(ENV_PINS, None)
+        else:
+            os.environ[ENV_PINS] = previous_pins
     patches = int(block.record.mask.sum())
     return dict(S=size, rate=rate, patches=patches, cells=int(block.record.mask.numel()),
                 shape=dict(cin=cin, mid=mid, cout=cout, h=h, w=w),
