@@ -9,9 +9,11 @@ TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'analysis' / 'las_ablatio
 
 def test_ablation_on_a_small_map(tmp_path, monkeypatch):
     monkeypatch.delenv('MMDYN_KERNELS', raising=False)
+    import torch
+    threads = torch.get_num_threads()
     main = runpy.run_path(str(TOOL), run_name='tool')['main']
     out = tmp_path / 'ablation.json'
-    results = main(['--sizes', '2', '4', '--input', '96', '128', '--repeats', '1',
+    results = main(['--sizes', '2', '4', '--input', '64', '96', '--repeats', '1',
                     '--warmup', '0', '--threads', '1', '--out', str(out)])
     saved = json.loads(out.read_text())['results']
     assert [r['S'] for r in saved] == [2, 4] == [r['S'] for r in results]
@@ -21,4 +23,5 @@ def test_ablation_on_a_small_map(tmp_path, monkeypatch):
         assert all(v > 0 for v in r['ms'].values())
         assert r['patches'] == round(0.6 * r['cells'])
     import os
-    assert 'MMDYN_KERNELS' not in os.environ  # the pins are the tool's own
+    assert 'MMDYN_KERNELS' not in os.environ  # the pins and threads are the tool's own
+    assert torch.get_num_threads() == threads

@@ -188,10 +188,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0 < args.rate <= 1:
         raise ValueError(f'--rate must be in (0, 1], got {args.rate}')
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    results = [measure(S, args.rate, tuple(args.input), args.repeats, args.warmup,
-                       args.stage - 1, args.block_index) for S in args.sizes]
+    try:
+        results = [measure(S, args.rate, tuple(args.input), args.repeats, args.warmup,
+                           args.stage - 1, args.block_index) for S in args.sizes]
+    finally:
+        torch.set_num_threads(threads)
     print(f'LAS-ResNet-101 stage {args.stage} block {args.block_index}, input '
           f'{args.input[0]}x{args.input[1]}, r = {args.rate}, {args.threads} thread(s), '
           f'median of {args.repeats}')
@@ -202,4 +205,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    torch.set_flush_denormal(True)  # denormals slow x86 CPUs by orders of magnitude
     main()
