@@ -28,8 +28,13 @@ of generic operators (never the LAS blocks the predictor is later asked about):
   One rate cannot fit every conv (3x3 convs run at a higher MAC rate than 1x1 convs
   in PyTorch on a CPU); the residuals are saved with the profile.
 
-``fp32_cycles`` (4) and ``batch_size`` (1) keep the simulator's values. torch is
-imported inside the functions only, so ``import mmdyn.latency`` stays numpy-only.
+``fp32_cycles`` (4) and ``batch_size`` (1) keep the simulator's values. The profile's
+``engine`` (:mod:`.engine`, :mod:`.sar`) is fitted to LAS and SAR blocks of other widths
+and map sizes than the ones predicted later, their convs and generic GEMMs
+(:func:`measure_engine`); its ``kernels`` are the kernel choices this machine measured
+(:func:`measured_kernel_choices`). A ``MMDYN_LATENCY_PROFILE`` set in the environment is
+ignored while measuring. torch is imported inside the functions only, so
+``import mmdyn.latency`` stays numpy-only.
 See docs/latency_predictor.md, "Calibrating a CPU profile".
 """
 import dataclasses

@@ -313,7 +313,6 @@ class KernelChooser:
             known = {e: impl for e, impl in load_cpu_profile(profile).kernels
                      if self._known(e, impl)}
             guessed = self._from_profile[key] = nearest_choice(entry, known) or ''
-
         op = entry.split(':', 1)[0]
         if guessed in eligible and (op, guessed, 'cpu') not in self._failed:
             return guessed
