@@ -90,6 +90,8 @@ def parse_args(argv=None):
     parser.add_argument('--out', default='work_dirs/latency_predictor', help='output folder')
     add_debug_arg(parser)
     args = parser.parse_args(argv)
+    if args.config is None and (args.from_forward or args.image or args.checkpoint):
+        parser.error('--from-forward, --image and --checkpoint need --config')
     if args.input is None and args.config is None:
         args.input = [800, 1216]
     return args
