@@ -474,12 +474,19 @@ def dense_route_crossover(hw: Hardware, in_channels: int, mid_channels: int,
                                        patches, stride, downsample)
         return dense.total < sparse.total
 
+    return crossover_rate(dense_wins, cells)
+
+
+def crossover_rate(dense_wins, cells: int) -> float:
+    """``(P - 1) / cells`` for the smallest count P of active patches (cells) for which
+    ``dense_wins(P)``, found by bisection (the sparse cost grows with P, the dense cost
+    hardly moves); 1.0 when the sparse route wins with all ``cells`` active."""
     if not dense_wins(cells):
         return 1.0
     low, high = 0, cells  # sparse wins at low (0 patches: nothing to run), dense at high
-    while high - low > 1:  # the sparse cost grows with P; the dense cost hardly moves
-        mid = (low + high) // 2
-        low, high = (low, mid) if dense_wins(mid) else (mid, high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if dense_wins(middle) else (middle, high)
     return (high - 1) / cells
 
 

@@ -29,11 +29,12 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from .engine import Features, dense_conv, gemm, total_features, window_key
+from .engine import Features, dense_conv, total_features, window_key
 from .hardware import Hardware, load_profile
 from .network import EXPANSION, STEM_CHANNELS, _check_rate, _per_block
-from .predictor import BlockLatency, OpLatency, _engine_block, static_block_latency
-from .search import BackboneLayout, _stem, input_size_from_config
+from .predictor import (BlockLatency, OpLatency, _engine_block, crossover_rate,
+                        static_block_latency)
+from .search import BackboneLayout, _half, _stem, input_size_from_config
 
 SAR_STAGES = 3
 SAR_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -194,13 +195,7 @@ def refinement_crossover(hw: Hardware, cin: int, mid: int, cout: int, h: int, w:
             guide, route, downsample))) for route in ('sparse', 'dense'))
         return dense < sparse
 
-    if not dense_wins(cells):
-        return 1.0
-    low, high = 0, cells  # sparse wins with no cell (nothing to run), dense at `high`
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if dense_wins(middle) else (middle, high)
-    return (high - 1) / cells
+    return crossover_rate(dense_wins, cells)
 
 
 @dataclass(frozen=True)
@@ -250,10 +245,6 @@ class SARNetworkLatency:
                          + '-'.join(s.routes))
         lines.append(f'  plain stages {sum(b.total for b in self.plain) * 1e3:9.3f} ms')
         return '\n'.join(lines)
-
-
-def _half(size: int, stride: int = 2) -> int:
-    return (size - 1) // stride + 1
 
 
 def _pool_bytes(llc, channels, h, w, pools):
@@ -337,13 +328,12 @@ def predict_sar_resnet(hw: Union[Hardware, str], depth: int = 50,
         sar, channels, (h, w) = _sar_stage(hw, stage, channels, planes, h, w, stride,
                                            blocks[stage], setting, block_rates[stage])
         stages.append(sar)
-    plain = tuple(static_block_latency(hw, b.in_channels, b.mid_channels, b.out_channels,
-                                       *b.in_hw, b.stride, b.downsample)
-                  for b in layout.blocks() if b.stage >= SAR_STAGES)
+    twin = [(b.stage, static_block_latency(hw, b.in_channels, b.mid_channels, b.out_channels,
+                                           *b.in_hw, b.stride, b.downsample))
+            for b in layout.blocks()]  # the plain ResNet; its stage 4 is SAR-ResNet's too
+    plain = tuple(block for stage, block in twin if stage >= SAR_STAGES)
     stem = _stem(hw, layout)
-    static = sum(op.total for op in stem) + sum(
-        static_block_latency(hw, b.in_channels, b.mid_channels, b.out_channels, *b.in_hw,
-                             b.stride, b.downsample).total for b in layout.blocks())
+    static = sum(op.total for op in stem) + sum(block.total for _, block in twin)
     return SARNetworkLatency(hw.name, depth, tuple(input_hw), setting, stem, tuple(stages),
                              plain, static)
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from mmdyn.latency.accuracy import route_policy, stage_blocks  # noqa: E402
 from mmdyn.models.backbones import LASResNet  # noqa: E402
-from mmdyn.ops import active_patches, gemm, pixel_rows, scatter_add_patches  # noqa: E402
+from mmdyn.ops import gather_windows, gemm, pixel_rows, scatter_add_patches  # noqa: E402
 from mmdyn.ops.kernel_choice import CHOOSER, ENV_PINS  # noqa: E402
 
 
@@ -66,7 +66,6 @@ def separate_conv3(block):
     def residual(self, x, out1, identity, index, grid):
         if index.numel() == 0:
             return self.sparse_output(x, identity, None, index, grid)
-        from mmdyn.ops import gather_windows
         windows = gather_windows(out1, index, self.conv2_window).relu_()
         hidden = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True).relu_()
         rows = gemm(pixel_rows(hidden), conv3.matrix, conv3.bias)
