@@ -97,6 +97,9 @@ def test_config_benchmark_las_classifier_whole_model():
     assert full['gflops_static'] == pytest.approx(full['gflops_dense_own'], rel=1e-9)
     assert 1.0 <= full['flops_ratio'] < 1.01  # + the gates
     assert empty['flops_ratio'] < 0.2         # stem, gates and shortcuts only
+    # full and empty masks: whichever route runs computes what the masks select
+    assert all(r['ran_flops_ratio'] == pytest.approx(r['flops_ratio'], rel=1e-9)
+               for r in report['rows'])
     assert all(r['static_s'] > 0 and r['dynamic_s'] > 0 for r in report['rows'])
 
 

@@ -136,8 +136,10 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
                      repeats: int = 7, seed: int = 0, cfg_options=None) -> dict:
     """``{'rows': [...]}``: per thread count and rate, the median seconds of the dynamic
     and static call, their ratio, the backbone's executed multiply-adds (records of the
-    timed input) over the static twin's (mmengine's FlopAnalyzer), and latency ratio /
-    FLOPs ratio; ``gflops_dense_own`` is the backbone's own count with every mask on."""
+    timed input: the masks' count) over the static twin's (mmengine's FlopAnalyzer), and
+    latency ratio / FLOPs ratio; ``ran_flops_ratio`` / ``gflops_ran``: what the operators
+    computed, dense routes included; ``gflops_dense_own`` is the backbone's own count
+    with every mask on."""
     model = build_model_offline(config, checkpoint, cfg_options)
     x = input_batch(model, hw, batch, image)
     dynamic, static = prepare_pair(model, part)
@@ -164,13 +166,16 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
             record = backbone.records
             executed = float(record.executed_flops.mean())
             flops_ratio = executed / twin_macs
+            ran = float(record.flops_that_ran.mean())
             seconds = time_alternating(calls, warmup, repeats)
             latency_ratio = seconds['dynamic'] / seconds['static']
             rows.append(dict(threads=count, rate=rate, static_s=seconds['static'],
                              dynamic_s=seconds['dynamic'], latency_ratio=latency_ratio,
                              flops_ratio=flops_ratio,
                              latency_over_flops=latency_ratio / flops_ratio,
+                             ran_flops_ratio=ran / twin_macs,
                              gflops_static=twin_macs / 1e9, gflops_executed=executed / 1e9,
+                             gflops_ran=ran / 1e9,
                              gflops_dense_own=float(record.dense_flops) / 1e9))
     return dict(config=config, part=part, input=[batch, 3, *hw],
                 backbone=type(backbone).__name__, twin=type(twin).__name__, rows=rows)

@@ -1,6 +1,7 @@
 """Per-sample FLOP records. FLOPs here are multiply-accumulates, the convention of
 mmengine's/fvcore's counters (one fused multiply-add = one FLOP)."""
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -24,8 +25,12 @@ class BlockRecord:
     ``activation_rate``: ``[B]`` fraction of output pixels computed;
     ``dense_flops``: the static block's FLOPs for one sample;
     ``executed_flops``: ``[B]`` FLOPs the sparse path executes for that mask, gate
-    included; differentiable with respect to the mask in training;
-    ``grid``: the :class:`~mmdyn.ops.PatchGrid` (output map size and patch size).
+    included (the model's FLOPs: losses and metrics read these); differentiable with
+    respect to the mask in training;
+    ``grid``: the :class:`~mmdyn.ops.PatchGrid` (output map size and patch size);
+    ``ran_flops``: ``[B]`` FLOPs the operators really computed in this forward where
+    that differs from ``executed_flops`` (a block above its crossover computes its
+    residual on the dense route, machine-dependent); None: ``executed_flops`` ran.
     """
     name: str
     mask: Tensor
@@ -33,6 +38,12 @@ class BlockRecord:
     dense_flops: float
     executed_flops: Tensor
     grid: object = None
+    ran_flops: Optional[Tensor] = None
+
+    @property
+    def flops_that_ran(self) -> Tensor:
+        """``[B]`` FLOPs the operators computed in this forward, dense routes included."""
+        return self.executed_flops if self.ran_flops is None else self.ran_flops
 
 
 def conv_macs(in_channels: int, out_channels: int, kernel_size: int, groups: int = 1) -> int:
@@ -70,3 +81,9 @@ class ForwardRecord:
     def executed_flops(self):
         """``[B]`` FLOPs executed for the masks of this forward."""
         return sum(self.static_flops.values()) + sum(b.executed_flops for b in self.blocks)
+
+    @property
+    def flops_that_ran(self):
+        """``[B]`` FLOPs the operators computed in this forward: :attr:`executed_flops`
+        with the dense routes taken counted whole (machine-dependent)."""
+        return sum(self.static_flops.values()) + sum(b.flops_that_ran for b in self.blocks)

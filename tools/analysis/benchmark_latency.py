@@ -183,12 +183,15 @@ def run_config(args):
           f"{report['twin']}, input {'x'.join(map(str, report['input']))}, median of "
           f'{args.repeats} whole calls after {args.warmup} warm-up, default process')
     print(f'{"threads":>7} {"rate":>6} {"static ms":>10} {"dynamic ms":>10} {"lat ratio":>9} '
-          f'{"FLOPs ratio":>11} {"lat/FLOPs":>9}')
+          f'{"FLOPs ratio":>11} {"lat/FLOPs":>9} {"ran FLOPs":>9}')
     for row in report['rows']:
         rate = row['rate'] if row['rate'] == SOURCE else f"{row['rate']:.2f}"
         print(f"{row['threads']:>7} {rate:>6} {row['static_s'] * 1e3:10.1f} "
               f"{row['dynamic_s'] * 1e3:10.1f} {row['latency_ratio']:9.3f} "
-              f"{row['flops_ratio']:11.3f} {row['latency_over_flops']:9.3f}")
+              f"{row['flops_ratio']:11.3f} {row['latency_over_flops']:9.3f} "
+              f"{row['ran_flops_ratio']:9.3f}")
+    print('FLOPs ratio: the masks\' FLOPs (the model\'s) over the static twin\'s; ran FLOPs: '
+          'what the operators computed, dense routes included, over the same')
     report['torch'] = torch.__version__
     stem = os.path.splitext(os.path.basename(args.config))[0]
     return report, f'{stem}-{args.part}-t{"-".join(map(str, args.threads))}'

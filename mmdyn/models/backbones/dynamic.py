@@ -224,11 +224,19 @@ class DynamicBlockMixin:
                 f'-a{size_class(grid.height, grid.width)}')
 
     def store_record(self, grid: PatchGrid, mask: Tensor, computed_area: Tensor,
-                     dense_flops: float, executed_flops: Tensor):
+                     dense_flops: float, executed_flops: Tensor,
+                     dense_route_flops: Optional[float] = None):
+        """``dense_route_flops``: what the dense route computes per sample; it becomes
+        the record's ``ran_flops`` when the last forward took that route."""
+        ran = None
+        if getattr(self, 'ran_densely', False):
+            ran = torch.full_like(executed_flops, float(dense_route_flops),
+                                  dtype=torch.float32)
         self.record = BlockRecord(
             name=self.block_name, mask=mask,
             activation_rate=computed_area / (grid.height * grid.width),
-            dense_flops=float(dense_flops), executed_flops=executed_flops, grid=grid)
+            dense_flops=float(dense_flops), executed_flops=executed_flops, grid=grid,
+            ran_flops=ran)
 
 
 @dataclass

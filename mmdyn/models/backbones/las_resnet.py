@@ -57,10 +57,12 @@ class _LASBlockMixin(DynamicBlockMixin):
         return (self.masker, )
 
     def decide(self, x, grid: PatchGrid):
+        """The masker's mask, or a forced one (benchmarks, tests): the masker runs
+        either way, as its FLOPs are recorded (the bottleneck's sparse path likewise
+        pays for its fused gate channel)."""
+        mask = self.masker(x, grid.shape, self.temperature)
         forced = self.forced_mask(x.shape[0], grid, x)
-        if forced is not None:
-            return forced
-        return self.masker(x, grid.shape, self.temperature)
+        return mask if forced is None else forced
 
     def downsample_dense(self, x, sparse: bool):
         """The identity branch, always dense; BatchNorm folded on the sparse path."""
@@ -220,7 +222,8 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         self.store_record(grid, mask, computed,
                           dense_flops=conv1_flops + out_pixels * per_pixel
                           + self.downsample_flops(out_pixels),
-                          executed_flops=always + computed * per_pixel)
+                          executed_flops=always + computed * per_pixel,
+                          dense_route_flops=always + out_pixels * per_pixel)
 
 
 class LASBasicBlock(_LASBlockMixin, BasicBlock):
@@ -323,11 +326,11 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
             conv1_pixels = out_pixels
         downsample = self.downsample_flops(out_pixels)
         gate = self.gate_flops(x.shape[2] * x.shape[3], grid)
-        self.store_record(grid, mask, computed,
-                          dense_flops=out_pixels * (conv1_per_pixel + conv2_per_pixel)
-                          + downsample,
+        dense = out_pixels * (conv1_per_pixel + conv2_per_pixel) + downsample
+        self.store_record(grid, mask, computed, dense_flops=dense,
                           executed_flops=gate + conv1_pixels * conv1_per_pixel + downsample
-                          + computed * conv2_per_pixel)
+                          + computed * conv2_per_pixel,
+                          dense_route_flops=gate + dense)
 
 
 def expand_granularity(granularity, stage_blocks: Sequence[int]):

@@ -285,9 +285,10 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         if self.downsample is not None:
             always += grid.height * grid.width * conv_macs(self.in_channels,
                                                            self.out_channels, 1)
-        self.store_record(grid, mask, area.mean(dim=1),
-                          dense_flops=always + grid.height * grid.width * groups * per_pixel,
-                          executed_flops=always + area.sum(dim=1) * per_pixel)
+        dense = always + grid.height * grid.width * groups * per_pixel
+        self.store_record(grid, mask, area.mean(dim=1), dense_flops=dense,
+                          executed_flops=always + area.sum(dim=1) * per_pixel,
+                          dense_route_flops=dense)
 
 
 class RefineBottleneck(_RefineBlock):

@@ -350,9 +350,12 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         else:
             executed = executed + out_pixels * conv3_per \
                 + blur_macs(out_pixels, width + 1, self.kernel_size)
+        # the dense route (every pixel sampled) runs the heads and the bottleneck
+        # itself, no interpolation
+        ran = torch.full_like(sampled2, float(heads + dense)) if self.ran_densely else None
         self.record = SFSIBlockRecord(
             name=self.block_name, mask=mask2.hard, activation_rate=sampled2 / out_pixels,
-            dense_flops=float(dense), executed_flops=executed,
+            dense_flops=float(dense), executed_flops=executed, ran_flops=ran,
             grid=PatchGrid(*out_hw, 1), conv1_mask=mask1.hard,
             conv1_rate=sampled1 / in_pixels, soft_masks=(mask1.soft, mask2.soft))
 
