@@ -167,14 +167,20 @@ def test_cad_detectors_train_a_step(coco, tmp_path, base, val):
         assert 0.0 < logged_metric(out, 'sparsity/activation_rate') <= 1.0
 
 
-def test_cad_benchmark_script_writes_json(tmp_path):
+def test_config_benchmark_with_the_coarse_twin_writes_json(tmp_path):
+    """CAD against both ends of its range from its config: the dilated OS8 twin and the
+    strided OS16 one (``--coarse-twin``), its own edge masks on a photo and forced keeps."""
     out = tmp_path / 'cad.json'
-    run('tools/analysis/benchmark_cad.py', '--depth', '50', '--input', '64', '128',
-        '--thresholds', '0.35', '--random-keep', '0.3', '--warmup', '0', '--repeats', '1',
+    run('tools/analysis/benchmark_latency.py',
+        'configs/cad_resnet/faster-rcnn_cad-r50-edge035-os16to8_fpn_1x_coco.py',
+        '--coarse-twin', '--rates', '0', '0.3', 'source', '--image', 'coffee',
+        '--input', '64', '128', '--threads', '1', '--warmup', '0', '--repeats', '1',
         '--out', out)
-    rows = {row['network']: row for row in json.loads(out.read_text())['rows']}
-    assert set(rows) == {'OS16', 'OS8', 'CAD edge thr=0.35', 'CAD random keep=0.3'}
-    assert rows['OS16']['gmacs'] < rows['CAD random keep=0.3']['gmacs'] < rows['OS8']['gmacs']
-    for name in ('CAD edge thr=0.35', 'CAD random keep=0.3'):
-        assert 0.0 <= rows[name]['kept_fraction'] <= 1.0
-        assert rows[name]['latency_s'] > 0 and rows[name]['interpolated_latency_s'] > 0
+    none, some, edges = json.loads(out.read_text())['rows']
+    # every cell downsampled is the strided network: its operator-level count
+    assert none['gflops_executed'] == pytest.approx(none['gflops_coarse'], rel=1e-9)
+    for row in (some, edges):
+        assert row['gflops_coarse'] < row['gflops_executed'] <= row['gflops_static']
+        assert row['coarse_s'] > 0 and row['interpolated_s'] > 0
+        assert row['latency_over_interpolated'] == pytest.approx(
+            row['dynamic_s'] / row['interpolated_s'])

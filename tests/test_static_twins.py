@@ -128,6 +128,11 @@ def test_config_benchmark_bad_inputs(tmp_path):
         benchmark_config(las, [0.5], (64, 64), image='no_such_photo')
     with pytest.raises(FileNotFoundError, match='checkpoint not found'):
         benchmark_config(las, [0.5], (64, 64), checkpoint=str(tmp_path / 'x.pth'))
+    with pytest.raises(ValueError, match='LASResNet has no coarse twin'):
+        benchmark_config(las, [0.5], (64, 64), coarse=True)
+    cad = str(CONFIGS / 'cad_resnet' / 'faster-rcnn_cad-r50-edge035-os16to8_fpn_1x_coco.py')
+    with pytest.raises(ValueError, match='backbones only'):
+        benchmark_config(cad, [0.5], (64, 64), part='model', coarse=True)
     for text in ('fast', '1.5'):
         with pytest.raises(ValueError, match='rate'):
             parse_rate(text)

@@ -8,8 +8,11 @@ are forced to given activation rates (``set_forced_activation``; CAD-ResNet: a r
 keep mask of that ratio) or, for the rate ``'source'``, produced by the model itself
 (its maskers / mask source) on the input. ``part='model'`` times the whole detector /
 segmentor / classifier ``predict`` (post-processing included) with the static twin
-swapped in for the backbone. Every figure is the median of whole calls alternating
-in one process, in the default process (no allocator tuning).
+swapped in for the backbone. ``coarse=True`` (CAD-ResNet: ``coarse_twin()``, the
+strided network at its base output stride) also times the cheap end of the backbone's
+range and interpolates the latency between the two twins by multiply-adds. Every
+figure is the median of whole calls alternating in one process, in the default process
+(no allocator tuning).
 """
 import copy
 import os
@@ -133,15 +136,22 @@ def prepare_pair(model, part: str):
 @torch.no_grad()
 def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbone',
                      checkpoint=None, image=None, batch: int = 1, warmup: int = 2,
-                     repeats: int = 7, seed: int = 0, cfg_options=None) -> dict:
+                     repeats: int = 7, seed: int = 0, cfg_options=None,
+                     coarse: bool = False) -> dict:
     """``{'rows': [...]}``: per thread count and rate, the median seconds of the dynamic
     and static call, their ratio, the backbone's executed multiply-adds (records of the
     timed input: the masks' count) over the static twin's (mmengine's FlopAnalyzer), and
     latency ratio / FLOPs ratio; ``ran_flops_ratio`` / ``gflops_ran``: what the operators
     computed, dense routes included; ``gflops_dense_own`` is the backbone's own count
-    with every mask on."""
+    with every mask on. ``coarse``: see the module docstring; the rows then also
+    carry ``coarse_s``, ``gflops_coarse``, ``interpolated_s`` and
+    ``latency_over_interpolated``."""
     model = build_model_offline(config, checkpoint, cfg_options)
+    if coarse and not hasattr(model.backbone, 'coarse_twin'):
+        raise ValueError(f'coarse=True: {type(model.backbone).__name__} has no coarse twin '
+                         '(CAD-ResNet backbones do: the strided network)')
     x = input_batch(model, hw, batch, image)
+    coarse_twin = model.backbone.coarse_twin() if coarse else None
     dynamic, static = prepare_pair(model, part)
     backbone = model.backbone
     twin = static if part == 'backbone' else static.backbone
@@ -157,6 +167,11 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
                      dynamic=lambda: dynamic.predict(x, copy.deepcopy(samples)))
     else:
         calls = dict(static=lambda: static(x), dynamic=lambda: dynamic(x))
+    if coarse_twin is not None:
+        if part != 'backbone':
+            raise ValueError("coarse=True times backbones only (part='backbone')")
+        calls['coarse'] = lambda: coarse_twin(x)
+        coarse_macs = backbone_conv_macs(coarse_twin, hw)
     rows = []
     for count in threads:
         torch.set_num_threads(count)
@@ -169,13 +184,20 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
             ran = float(record.flops_that_ran.mean())
             seconds = time_alternating(calls, warmup, repeats)
             latency_ratio = seconds['dynamic'] / seconds['static']
-            rows.append(dict(threads=count, rate=rate, static_s=seconds['static'],
-                             dynamic_s=seconds['dynamic'], latency_ratio=latency_ratio,
-                             flops_ratio=flops_ratio,
-                             latency_over_flops=latency_ratio / flops_ratio,
-                             ran_flops_ratio=ran / twin_macs,
-                             gflops_static=twin_macs / 1e9, gflops_executed=executed / 1e9,
-                             gflops_ran=ran / 1e9,
-                             gflops_dense_own=float(record.dense_flops) / 1e9))
+            row = dict(threads=count, rate=rate, static_s=seconds['static'],
+                       dynamic_s=seconds['dynamic'], latency_ratio=latency_ratio,
+                       flops_ratio=flops_ratio, latency_over_flops=latency_ratio / flops_ratio,
+                       ran_flops_ratio=ran / twin_macs,
+                       gflops_static=twin_macs / 1e9, gflops_executed=executed / 1e9,
+                       gflops_ran=ran / 1e9, gflops_dense_own=float(record.dense_flops) / 1e9)
+            if coarse_twin is not None:
+                # the latency a network with these MACs would have on the line
+                # between the two twins
+                share = (executed - coarse_macs) / (twin_macs - coarse_macs)
+                interpolated = seconds['coarse'] + share * (seconds['static'] - seconds['coarse'])
+                row.update(coarse_s=seconds['coarse'], gflops_coarse=coarse_macs / 1e9,
+                           interpolated_s=interpolated,
+                           latency_over_interpolated=seconds['dynamic'] / interpolated)
+            rows.append(row)
     return dict(config=config, part=part, input=[batch, 3, *hw],
                 backbone=type(backbone).__name__, twin=type(twin).__name__, rows=rows)

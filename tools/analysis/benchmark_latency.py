@@ -25,7 +25,13 @@ on ``--image``); ``--part model`` times the whole detector / segmentor / classif
 
     python tools/analysis/benchmark_latency.py CONFIG [--checkpoint CKPT] \
         [--rates 0.3 0.5 source] [--image astronaut] [--input H W] [--threads 2 1] \
-        [--part backbone|model]
+        [--part backbone|model] [--coarse-twin]
+
+``--coarse-twin`` (CAD-ResNet configs): the strided network at the base output stride
+is timed too, and the latency interpolated between it and the dilated twin by
+multiply-adds is printed next to CAD's (e.g. edge masks of several thresholds on a
+photo: ``--rates source --image coffee --cfg-options
+model.backbone.mask_source.threshold=0.95``).
 """
 import argparse
 import copy
@@ -55,6 +61,9 @@ def parse_args():
     parser.add_argument('--image', default=None,
                         help='config mode: a photo (path or skimage.data name) as input')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None)
+    parser.add_argument('--coarse-twin', action='store_true',
+                        help='config mode, CAD-ResNet: also time the strided network and '
+                        'interpolate between the two twins by multiply-adds')
     parser.add_argument('--arch', choices=('las', 'sar', 'sfsi'), default='las')
     parser.add_argument('--depth', type=int, default=None,
                         help='default: 101 for LAS and SFSI, 50 for SAR')
@@ -178,7 +187,8 @@ def print_rows(rate, threads, stages, total):
 def run_config(args):
     report = benchmark_config(args.config, args.rates, tuple(args.input), args.threads,
                               args.part, args.checkpoint, args.image, args.batch,
-                              args.warmup, args.repeats, args.seed, args.cfg_options)
+                              args.warmup, args.repeats, args.seed, args.cfg_options,
+                              coarse=args.coarse_twin)
     print(f"{os.path.basename(args.config)}: {report['part']} {report['backbone']} against "
           f"{report['twin']}, input {'x'.join(map(str, report['input']))}, median of "
           f'{args.repeats} whole calls after {args.warmup} warm-up, default process')
@@ -192,6 +202,15 @@ def run_config(args):
               f"{row['ran_flops_ratio']:9.3f}")
     print('FLOPs ratio: the masks\' FLOPs (the model\'s) over the static twin\'s; ran FLOPs: '
           'what the operators computed, dense routes included, over the same')
+    if args.coarse_twin:
+        print(f'{"threads":>7} {"rate":>6} {"coarse ms":>10} {"GMACs":>8} {"interp ms":>10} '
+              f'{"lat/interp":>10}   (coarse twin: the strided network; interp: the latency '
+              'on the line between the twins at these MACs)')
+        for row in report['rows']:
+            rate = row['rate'] if row['rate'] == SOURCE else f"{row['rate']:.2f}"
+            print(f"{row['threads']:>7} {rate:>6} {row['coarse_s'] * 1e3:10.1f} "
+                  f"{row['gflops_executed']:8.2f} {row['interpolated_s'] * 1e3:10.1f} "
+                  f"{row['latency_over_interpolated']:10.3f}")
     report['torch'] = torch.__version__
     stem = os.path.splitext(os.path.basename(args.config))[0]
     return report, f'{stem}-{args.part}-t{"-".join(map(str, args.threads))}'

@@ -35,6 +35,9 @@ from .resnet_parts import (DynamicResNetMixin, output_memory_format, plain_block
 OS8_STRIDES, OS8_DILATIONS = (1, 2, 1, 1), (1, 1, 2, 4)
 #: base output stride -> the stages whose downsampling step is adaptive
 ADAPTIVE_STAGES = {16: (2,), 32: (2, 3)}
+#: base output stride -> the strided network's layout (mmseg's ResNetV1c at that stride)
+STRIDED_LAYOUTS = {16: dict(strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2)),
+                   32: dict(strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1))}
 
 
 class ForcedKeepMasks:
@@ -163,6 +166,13 @@ class CADResNet(ForcedKeepMasks, DynamicResNetMixin, ResNet):
                        avg_down=False, **kwargs):
         return plain_res_layer(block, inplanes, planes, num_blocks, stride, dilation,
                                avg_down, self.contract_dilation, **kwargs)
+
+    def coarse_twin(self):
+        """The strided network at ``base_output_stride`` with this backbone's weights
+        (eval, BatchNorm folded, channels-last): the cheap end of CAD's range, as
+        :meth:`static_twin` (the dilated OS8 network) is the dear end."""
+        return self._with_own_weights(
+            self._dense_resnet(**STRIDED_LAYOUTS[self.base_output_stride]))
 
     def folds_static_parts(self) -> bool:
         return self.sparse()

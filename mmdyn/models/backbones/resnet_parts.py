@@ -292,7 +292,11 @@ class DynamicResNetMixin(DynamicBackboneMixin):
         ``contract_dilation`` layouts; eval mode, every BatchNorm folded, channels-last.
         With every mask on (LAS, SFSI), every cell kept (CAD) or the default permutation
         (ITD) the backbone computes exactly this network."""
-        twin = self._dense_resnet()
+        return self._with_own_weights(self._dense_resnet())
+
+    def _with_own_weights(self, twin: nn.Module) -> nn.Module:
+        """``twin`` with this backbone's weights (where the architectures match), eval
+        mode, every BatchNorm folded, channels-last."""
         if self.twin_extra_keys is not None:
             missing, unexpected = twin.load_state_dict(self.state_dict(), strict=False)
             foreign = [k for k in unexpected if not any(e in k for e in self.twin_extra_keys)]
@@ -303,7 +307,9 @@ class DynamicResNetMixin(DynamicBackboneMixin):
         twin.eval()  # mmdet's ResNet.eval() returns None: do not chain
         return fuse_conv_bn(twin).to(memory_format=torch.channels_last)
 
-    def _dense_resnet(self) -> nn.Module:
+    def _dense_resnet(self, **layout) -> nn.Module:
+        """The dense ResNet of this backbone's architecture; ``layout``: other
+        ``strides`` / ``dilations``."""
         kwargs = dict(depth=self.depth, num_stages=self.num_stages, strides=self.strides,
                       dilations=self.dilations, out_indices=self.out_indices,
                       deep_stem=self.deep_stem, avg_down=self.avg_down,
@@ -311,6 +317,7 @@ class DynamicResNetMixin(DynamicBackboneMixin):
                       dcn=getattr(self, 'dcn', None),
                       stage_with_dcn=getattr(self, 'stage_with_dcn', (False,) * 4),
                       init_cfg=None)
+        kwargs.update(layout)
         if getattr(self, 'contract_dilation', False):
             from mmseg.models.backbones import ResNet, ResNeXt
             kwargs['contract_dilation'] = True
