@@ -14,6 +14,7 @@ import torch
 
 from mmdyn.ops import gemm, gemm_acc
 from mmdyn.ops.gemm import GEMM, GEMM_ACC, HAS_PACKED, row_class
+from mmdyn.latency.machine import write_atomically
 from mmdyn.ops.kernel_choice import ENV_PINS, KernelChooser, machine_key
 
 IMPLS = sorted(GEMM.candidates)
@@ -468,3 +469,16 @@ def test_profile_kernels_replace_timing(tmp_path, monkeypatch):
     kernel_choice.load_cpu_profile.cache_clear()
     with pytest.raises(ValueError, match='no CPU engine model'):
         chooser.choose('gemm', ('float32', 8192, 64, 256))
+
+
+def test_write_atomically_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    """Kernel-choice files and latency profiles are written through one helper: the new
+    text replaces the file; a failed write keeps the old file and no temporary."""
+    path = tmp_path / 'choices.json'
+    assert write_atomically(path, '{"a": 1}') == path
+    write_atomically(path, '{"a": 2}')
+    assert path.read_text() == '{"a": 2}'
+    with pytest.raises(TypeError):
+        write_atomically(path, None)  # the write itself fails
+    assert path.read_text() == '{"a": 2}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['choices.json']

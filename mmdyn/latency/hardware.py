@@ -12,13 +12,12 @@ are not part of the model (neither the paper nor the simulator has them).
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 from .engine import EngineModel
-from .machine import is_machine_name, machine_profile_path
+from .machine import is_machine_name, machine_profile_path, write_atomically
 
 PROFILE_DIR = Path(__file__).parent / 'profiles'
 FP32_BYTES = 4
@@ -184,19 +183,6 @@ def hardware_to_dict(hw: Hardware) -> dict:
         data['engine'] = hw.engine.as_dict()
     data['kernels'] = dict(hw.kernels)
     return data
-
-
-def write_atomically(path: Union[str, Path], text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it: an
-    interrupted write leaves the old file (or none), never half a file."""
-    path = Path(path)
-    partial = path.with_name(f'.{path.name}.partial')
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
 
 
 def save_profile(hw: Hardware, path: Union[str, Path]) -> Path:

@@ -6,11 +6,13 @@ thread count. It is saved as ``<dir>/<cpu key>-t<threads>.json`` with ``<dir>`` 
 model name, family and model number (``/proc/cpuinfo``, else ``platform``), e.g.
 ``amd-epyc-f26-m2-t2.json``. ``load_profile('cpu')`` loads the one of this CPU at the
 current thread count, ``load_profile('cpu-t4')`` the one at 4 threads.
+:func:`write_atomically` writes these profiles and the kernel-choice files.
 """
 import os
 import platform
 import re
 import sys
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Optional
@@ -20,6 +22,23 @@ ENV_DIR = 'MMDYN_LATENCY_DIR'
 ENV_PROFILE = 'MMDYN_LATENCY_PROFILE'
 CACHE_SYSFS = Path('/sys/devices/system/cpu/cpu0/cache')
 _NAME = re.compile(r'^cpu(?:-t(\d+))?$')
+
+
+def write_atomically(path, text: str) -> Path:
+    """Write ``text`` to a fresh temporary file beside ``path``, then rename it over
+    ``path``: readers and concurrent writers see the old file or the new one, never half
+    of one, and an interrupted write leaves no temporary behind. Returns the path."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
+                                         suffix='.partial')
+    try:
+        with os.fdopen(handle, 'w') as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
 
 
 @lru_cache(maxsize=None)

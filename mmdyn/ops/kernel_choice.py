@@ -44,7 +44,6 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import threading
 import time
 import warnings
@@ -54,7 +53,7 @@ from typing import Callable, Dict, FrozenSet, Optional
 
 import torch
 
-from mmdyn.latency.machine import ENV_PROFILE
+from mmdyn.latency.machine import ENV_PROFILE, write_atomically
 from .native import native_kernels, source_digest
 
 ENV_PINS = 'MMDYN_KERNELS'
@@ -394,10 +393,7 @@ class KernelChooser:
 
     def _write_file(self, path: Path, key: dict):
         content = {'machine': key, 'choices': dict(sorted(self._choices.items()))}
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-        with os.fdopen(handle, 'w') as stream:
-            json.dump(content, stream, indent=1)
-        os.replace(temporary, path)  # atomic: readers see the old or the new file
+        write_atomically(path, json.dumps(content, indent=1))
 
     @torch.no_grad()
     def measure(self, op: str, shape_class: tuple, device='cpu'):

@@ -76,23 +76,15 @@ def _per_stage(name: str, value, stages: int, number=int, what='SAR stage'):
     return [number(v) for v in values]
 
 
-def by_group(x, groups: int):
-    """``x`` ([B, C, H, W], contiguous or channels-last) viewed as [B, G, C / G, H, W]."""
-    batch, channels, height, width = x.shape
-    return x.view(batch, groups, channels // groups, height, width)
-
-
-def group_masked(x, pixel_mask, inplace: bool = False):
+def group_masked(x, pixel_mask):
     """Multiply channel group g of ``x`` ([B, C, H, W]) by ``pixel_mask[:, g]`` (None:
-    every pixel selected, ``x`` itself); ``inplace``: into ``x`` (a fresh map, no
-    autograd graph)."""
+    every pixel selected, ``x`` itself)."""
     if pixel_mask is None:
         return x
-    grouped, selected = by_group(x, pixel_mask.shape[1]), pixel_mask.unsqueeze(2)
-    if inplace:
-        grouped.mul_(selected)
-        return x
-    return (grouped * selected).view(x.shape)
+    batch, channels, height, width = x.shape
+    groups = pixel_mask.shape[1]
+    return (x.view(batch, groups, channels // groups, height, width)
+            * pixel_mask.unsqueeze(2)).view(batch, channels, height, width)
 
 
 def split_groups(folded, groups: int):
@@ -236,19 +228,8 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         selected cells (:meth:`refine_sparse`); the same output. ``shape``: see
         :meth:`route_shape`."""
         x = x.contiguous(memory_format=torch.channels_last)
-        scratch = []
-
-        def run_sparse(m):
-            """The sparse route as this forward would run it: in place on the input
-            when the block owns it (here on a copy, made at the untimed warm-up call),
-            else on a fresh copy; ``x`` is not modified."""
-            if not self.may_overwrite(x, x):
-                return self.refine_sparse(x, m, grid, inplace=False)
-            if not scratch:
-                scratch.append(x.clone())
-            return self.refine_sparse(scratch[0], m, grid)
-
-        if self.takes_dense_route(x, mask, grid, run_sparse,
+        if self.takes_dense_route(x, mask, grid,
+                                  lambda m: self.refine_sparse(x, m, grid, inplace=False),
                                   lambda m: self.refine_dense(x, m, grid),
                                   groups=self.groups, shape=shape):
             return self.refine_dense(x, mask, grid)
@@ -277,17 +258,9 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         identity = x if self.downsample is None else \
             self.folded('downsample', *self.downsample[-2:])(x)
         full = bool((mask >= 1).all())  # every cell selected: nothing to mask
-        pixel_mask = None if full else upsample_patch_mask(mask, grid).to(x.dtype)
-        # the last conv's output unmasked: identity + M * F(x) is one pass over it
-        residual = self.residual_masked(x, pixel_mask, fold=True, mask_last=False)
-        if pixel_mask is None:
-            return residual.add_(identity).relu_()
-        if torch.is_grad_enabled():
-            return group_masked(residual, pixel_mask).add_(identity).relu_()
-        grouped = by_group(residual, self.groups)
-        torch.addcmul(by_group(identity, self.groups), grouped, pixel_mask.unsqueeze(2),
-                      out=grouped)
-        return residual.relu_()
+        residual = self.residual_masked(x, None if full else upsample_patch_mask(mask, grid),
+                                        fold=True)
+        return residual.add_(identity).relu_()
 
     def conv_norm(self, index: int, fold: bool):
         """``norm<index>(conv<index>(.))``, or its BatchNorm-folded form."""
@@ -328,16 +301,11 @@ class RefineBottleneck(_RefineBlock):
         self.add_conv(3, self.mid_channels, self.out_channels, 1)
         self.finish_init()
 
-    def residual_masked(self, x, pixel_mask, fold: bool, mask_last: bool = True):
-        """M * F(x) with each conv's output masked (``mask_last=False``: not the last
-        conv's, which the caller blends); BatchNorm-folded without autograd, the masks
-        multiply the conv outputs in place."""
+    def residual_masked(self, x, pixel_mask, fold: bool):
         conv1, conv2, conv3 = (self.conv_norm(i, fold) for i in (1, 2, 3))
-        inplace = fold and not torch.is_grad_enabled()
-        out = group_masked(self.relu(conv1(x)), pixel_mask, inplace)
-        out = group_masked(self.relu(conv2(out)), pixel_mask, inplace)
-        out = conv3(out)
-        return group_masked(out, pixel_mask, inplace) if mask_last else out
+        out = group_masked(self.relu(conv1(x)), pixel_mask)
+        out = group_masked(self.relu(conv2(out)), pixel_mask)
+        return group_masked(conv3(out), pixel_mask)
 
     def refine_group(self, x, grid, g, index, pixels, keep, identity, mask):
         """``identity + F_g(x)`` on group g's selected pixels (in place on ``identity``)."""
@@ -370,13 +338,10 @@ class RefineBasicBlock(_RefineBlock):
         self.add_conv(2, self.mid_channels, self.out_channels, 3)
         self.finish_init()
 
-    def residual_masked(self, x, pixel_mask, fold: bool, mask_last: bool = True):
-        """M * F(x), the block input masked too (see :meth:`RefineBottleneck.residual_masked`)."""
+    def residual_masked(self, x, pixel_mask, fold: bool):
         conv1, conv2 = (self.conv_norm(i, fold) for i in (1, 2))
-        inplace = fold and not torch.is_grad_enabled()
-        out = group_masked(self.relu(conv1(group_masked(x, pixel_mask))), pixel_mask, inplace)
-        out = conv2(out)
-        return group_masked(out, pixel_mask, inplace) if mask_last else out
+        out = group_masked(self.relu(conv1(group_masked(x, pixel_mask))), pixel_mask)
+        return group_masked(conv2(out), pixel_mask)
 
     def refine_group(self, x, grid, g, index, pixels, keep, identity, mask):
         """``identity + F_g(x)`` on group g's selected pixels (in place on ``identity``)."""
