@@ -4,6 +4,7 @@ every sparse backbone agrees with its dense reference whichever kernel is chosen
 import copy
 import json
 import multiprocessing
+import os
 import pickle
 import statistics
 import time
@@ -14,7 +15,7 @@ import torch
 
 from mmdyn.ops import gemm, gemm_acc
 from mmdyn.ops.gemm import GEMM, GEMM_ACC, HAS_PACKED, row_class
-from mmdyn.latency.machine import write_atomically
+from mmdyn.latency.machine import environment_variable, write_atomically
 from mmdyn.ops.kernel_choice import ENV_PINS, KernelChooser, machine_key
 
 IMPLS = sorted(GEMM.candidates)
@@ -482,3 +483,18 @@ def test_write_atomically_replaces_whole_files_and_leaves_no_temporary(tmp_path)
         write_atomically(path, None)  # the write itself fails
     assert path.read_text() == '{"a": 2}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['choices.json']
+
+
+def test_environment_variable_sets_unsets_and_restores(monkeypatch):
+    monkeypatch.setenv('MMDYN_TEST_SWITCH', 'user')
+    with environment_variable('MMDYN_TEST_SWITCH', 'x'):
+        assert os.environ['MMDYN_TEST_SWITCH'] == 'x'
+    assert os.environ['MMDYN_TEST_SWITCH'] == 'user'
+    with pytest.raises(RuntimeError), environment_variable('MMDYN_TEST_SWITCH', None):
+        assert 'MMDYN_TEST_SWITCH' not in os.environ
+        raise RuntimeError('restored even so')
+    assert os.environ['MMDYN_TEST_SWITCH'] == 'user'
+    monkeypatch.delenv('MMDYN_TEST_SWITCH')
+    with environment_variable('MMDYN_TEST_SWITCH', 'y'):
+        pass
+    assert 'MMDYN_TEST_SWITCH' not in os.environ

@@ -14,9 +14,7 @@ correlation, and how often the fastest S of a stage at a rate is the predicted o
 torch and mmdyn's models are imported inside the functions (``import mmdyn.latency``
 stays numpy-only).
 """
-import contextlib
 import math
-import os
 import statistics
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -24,6 +22,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .hardware import Hardware
+from .machine import environment_variable
 from .network import EXPANSION, STEM_CHANNELS
 from .predictor import dynamic_block_latency, num_patches, static_block_latency
 from .search import BackboneLayout, check_rate
@@ -50,19 +49,10 @@ def stage_blocks(depth: int, input_hw: Tuple[int, int], block_index: int = 1,
     return out
 
 
-@contextlib.contextmanager
 def route_policy(policy: str):
     """``MMDYN_DENSE_FALLBACK=policy`` for the duration (restored afterwards):
     ``'never'`` times the sparse executor, ``'always'`` the dense route."""
-    old = os.environ.get(FALLBACK_ENV)
-    os.environ[FALLBACK_ENV] = policy
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(FALLBACK_ENV, None)
-        else:
-            os.environ[FALLBACK_ENV] = old
+    return environment_variable(FALLBACK_ENV, policy)
 
 
 def _check_inputs(sizes, rates, threads, repeats, warmup):

@@ -40,7 +40,6 @@ See docs/latency_predictor.md, "Calibrating a CPU profile".
 import dataclasses
 import json
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -531,9 +530,8 @@ def calibrate_cpu(threads: Optional[int] = None, quick: bool = False,
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    profile = os.environ.pop(ENV_PROFILE, None)  # measure; take nothing from a profile
-    try:
-        with torch.no_grad():
+    try:  # measure; take nothing from a profile
+        with torch.no_grad(), machine.environment_variable(ENV_PROFILE, None):
             dispatch = measure_dispatch(plan)
             gemm = measure_gemm(plan, threads)
             convs = measure_convs(plan)
@@ -546,8 +544,6 @@ def calibrate_cpu(threads: Optional[int] = None, quick: bool = False,
             kernels = measured_kernel_choices()
     finally:
         torch.set_num_threads(previous)
-        if profile is not None:
-            os.environ[ENV_PROFILE] = profile
     measurements = dict(threads=threads, torch=torch.__version__,
                         isa=torch.backends.cpu.get_cpu_capability(),
                         date=time.strftime('%Y-%m-%d %H:%M:%S %Z'), dispatch=dispatch,

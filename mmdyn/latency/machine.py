@@ -6,13 +6,15 @@ thread count. It is saved as ``<dir>/<cpu key>-t<threads>.json`` with ``<dir>`` 
 model name, family and model number (``/proc/cpuinfo``, else ``platform``), e.g.
 ``amd-epyc-f26-m2-t2.json``. ``load_profile('cpu')`` loads the one of this CPU at the
 current thread count, ``load_profile('cpu-t4')`` the one at 4 threads.
-:func:`write_atomically` writes these profiles and the kernel-choice files.
+:func:`write_atomically` writes these profiles and the kernel-choice files;
+:func:`environment_variable` sets one of mmdyn's switches for a measurement.
 """
 import os
 import platform
 import re
 import sys
 import tempfile
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Optional
@@ -22,6 +24,24 @@ ENV_DIR = 'MMDYN_LATENCY_DIR'
 ENV_PROFILE = 'MMDYN_LATENCY_PROFILE'
 CACHE_SYSFS = Path('/sys/devices/system/cpu/cpu0/cache')
 _NAME = re.compile(r'^cpu(?:-t(\d+))?$')
+
+
+@contextmanager
+def environment_variable(name: str, value: Optional[str]):
+    """``name=value`` in the environment for the duration (``None``: unset), restored
+    afterwards."""
+    previous = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def write_atomically(path, text: str) -> Path:

@@ -164,8 +164,8 @@ def rates_from_record(blocks, stage_blocks: Sequence[int]) -> list:
     return rates
 
 
-def _half(size: int) -> int:
-    return (size - 1) // 2 + 1  # a stride-2 conv / pooling with 'same' padding
+def _half(size: int, stride: int = 2) -> int:
+    return (size - 1) // stride + 1  # a strided conv / pooling with 'same' padding
 
 
 def predict_las_resnet(hw: Union[Hardware, str], depth: int = 101,

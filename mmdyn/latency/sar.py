@@ -31,10 +31,10 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .engine import Features, dense_conv, total_features, window_key
 from .hardware import Hardware, load_profile
-from .network import EXPANSION, STEM_CHANNELS, _check_rate, _per_block
+from .network import EXPANSION, STEM_CHANNELS, _check_rate, _half, _per_block
 from .predictor import (BlockLatency, OpLatency, _engine_block, crossover_rate,
                         static_block_latency)
-from .search import BackboneLayout, _half, _stem, input_size_from_config
+from .search import BackboneLayout, _stem, input_size_from_config
 
 SAR_STAGES = 3
 SAR_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}

@@ -23,7 +23,8 @@ from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 from .hardware import Hardware, load_profile
 from .network import (EXPANSION, STAGE_BLOCKS, STEM_CHANNELS, BlockPrediction,
-                      NetworkLatency, StageLatency, _check_rate, _check_size, _per_block)
+                      NetworkLatency, StageLatency, _check_rate, _check_size, _half,
+                      _per_block)
 from .predictor import dynamic_block_latency, max_pool, static_block_latency, static_conv
 
 DEFAULT_GRANULARITY = (4, 4, 2, 1)  # LASResNet's default
@@ -34,10 +35,6 @@ def check_rate(rate) -> float:
     if isinstance(rate, bool) or not isinstance(rate, Real) or not 0 < rate <= 1:
         raise ValueError(f'the activation rate must be a number in (0, 1], got {rate!r}')
     return float(rate)
-
-
-def _half(size: int, stride: int = 2) -> int:
-    return (size - 1) // stride + 1
 
 
 def divisors(n: int) -> Tuple[int, ...]:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from mmdyn.latency.accuracy import route_policy, stage_blocks  # noqa: E402
+from mmdyn.latency.machine import environment_variable  # noqa: E402
 from mmdyn.models.backbones import LASResNet  # noqa: E402
 from mmdyn.ops import gather_windows, gemm, pixel_rows, scatter_add_patches  # noqa: E402
 from mmdyn.ops.kernel_choice import CHOOSER, ENV_PINS  # noqa: E402
@@ -141,19 +142,13 @@ def measure(size: int, rate: float, input_hw, repeats: int, warmup: int, stage: 
     variants = variant_blocks(block)
     times = {name: [] for name in ['static', *variants]}
     reference = []
-    previous_pins = os.environ.get(ENV_PINS)
-    try:
-        with torch.no_grad(), route_policy('never'):
-            for step in range(warmup + repeats):
-                for name in times:
-                    seconds = time_variant(block, static, x, name, variants, step, reference)
-                    if step >= warmup:
-                        times[name].append(seconds)
-    finally:
-        if previous_pins is None:
-            os.environ.pop(ENV_PINS, None)
-        else:
-            os.environ[ENV_PINS] = previous_pins
+    # each variant sets its kernel pins (time_variant); the user's come back afterwards
+    with torch.no_grad(), route_policy('never'), environment_variable(ENV_PINS, ''):
+        for step in range(warmup + repeats):
+            for name in times:
+                seconds = time_variant(block, static, x, name, variants, step, reference)
+                if step >= warmup:
+                    times[name].append(seconds)
     patches = int(block.record.mask.sum())
     return dict(S=size, rate=rate, patches=patches, cells=int(block.record.mask.numel()),
                 shape=dict(cin=cin, mid=mid, cout=cout, h=h, w=w),

@@ -253,8 +253,9 @@ def run_network(hw, args, out: Path):
     from mmengine.config import Config
     from mmdyn.latency import layout_from_config, predict_backbone
     from mmdyn.latency.sar import predict_sar_config
+    from mmdyn.latency.search import input_size_from_config
     cfg = Config.fromfile(args.config).to_dict()
-    input_hw = None if args.input is None else tuple(args.input)
+    input_hw = input_size_from_config(cfg) if args.input is None else tuple(args.input)
     sar = cfg['model']['backbone'].get('type') == 'SARResNet'
     if sar:
         def predict(rates):
@@ -266,7 +267,7 @@ def run_network(hw, args, out: Path):
             return predict_backbone(hw, layout, rate=rates)
     rates = args.rates or [0.3, 0.5, 0.7]
     if args.from_forward:
-        rates = [recorded_rates(args, predict(1.0).input_hw, sar)]
+        rates = [recorded_rates(args, input_hw, sar)]
     rows = []
     for rate in rates:
         net = predict(rate)
