@@ -429,6 +429,13 @@ def test_crossover_arithmetic(dense_partial, dense_full, expected, monkeypatch):
         costs['sparse'], lambda: costs['dense'], cells=10,
         run_dense_full=None if dense_full is None else (lambda: costs['full']))
     assert crossover == pytest.approx(expected)
+    # a block whose full-mask dense route is its dense block (SAR's refinement) runs a
+    # full mask densely without timing that route
+    never_timed = lambda: pytest.fail('the full-mask dense route was timed')  # noqa: E731
+    crossover = dense_fallback.measure_crossover(
+        costs['sparse'], lambda: costs['dense'], cells=10, run_dense_full=never_timed,
+        full_mask_dense=True)
+    assert crossover == pytest.approx(min(expected, 0.9))
 
 
 def test_nearest_choice_by_hand():

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dense_conv import dense_conv
 from .gemm import gemm, gemm_acc
 
 
@@ -39,27 +40,34 @@ class FoldedConv:
         object.__setattr__(self, 'weight_channels_last',
                            self.weight.contiguous(memory_format=torch.channels_last))
 
-    def __call__(self, x: Tensor, valid: bool = False) -> Tensor:
+    def __call__(self, x: Tensor, valid: bool = False, relu: bool = False) -> Tensor:
         """Run densely (``valid=False``, the conv's own padding) or on windows that
-        already carry their halo (``valid=True``: no padding, VALID convolution).
+        already carry their halo (``valid=True``: no padding, VALID convolution); then
+        ReLU if ``relu`` (fused where the kernel can).
 
         On channels-last maps a 1x1 unstrided conv, and on channels-last stacks a window
         that is exactly one receptive field (S = 1), is a single matrix product (its
         kernel measured, :func:`~mmdyn.ops.gemm.gemm`), much faster than a batched conv.
+        Other convs on whole channels-last maps take the kernel measured fastest for
+        them (:func:`~mmdyn.ops.dense_conv.dense_conv`: a prepacked weight or not).
         """
         if x.dtype != self.weight.dtype:
-            return self.cast(x.dtype)(x, valid)
+            return self.cast(x.dtype)(x, valid, relu)
         kernel = self.weight.shape[-1]
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
         # a 1x1 unstrided conv has no padding: dense or valid, the same product
-        if self.groups == 1 and x.is_contiguous(memory_format=torch.channels_last) and (
+        if self.groups == 1 and channels_last and (
                 (kernel == 1 and self.stride == 1 and (valid or self.padding == 0))
                 or (valid and self.dilation == 1 and x.shape[-2:] == (kernel, kernel))):
-            return self._as_matmul(x, kernel)
-        weight = self.weight_channels_last \
-            if x.is_contiguous(memory_format=torch.channels_last) else self.weight
-        return F.conv2d(x, weight, self.bias, stride=self.stride,
-                        padding=0 if valid else self.padding, dilation=self.dilation,
-                        groups=self.groups)
+            out = self._as_matmul(x, kernel)
+            return out.relu_() if relu else out
+        if channels_last and not valid:
+            return dense_conv(x, self.weight_channels_last, self.bias, self.stride,
+                              self.padding, self.dilation, self.groups, relu)
+        out = F.conv2d(x, self.weight_channels_last if channels_last else self.weight,
+                       self.bias, stride=self.stride, padding=0 if valid else self.padding,
+                       dilation=self.dilation, groups=self.groups)
+        return out.relu_() if relu else out
 
     def _as_matmul(self, x: Tensor, kernel: int) -> Tensor:
         batch, _, height, width = x.shape

@@ -59,7 +59,8 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
 
 def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable[[], object],
                       cells: int, device='cpu', repeats: int = 3,
-                      run_dense_full: Optional[Callable[[], object]] = None) -> float:
+                      run_dense_full: Optional[Callable[[], object]] = None,
+                      full_mask_dense: bool = False) -> float:
     """The activation rate above which ``run_dense()`` (the dense route with a partial
     mask) is faster than ``run_sparse(rate)`` on ``device``; the sparse cost is taken as
     linear in the rate through its measurements at about 1/2 and 1. ``cells``: the
@@ -67,12 +68,15 @@ def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable
     cells``, a count the grid can draw (a one-patch grid has no lower rate: any active
     patch is the whole map). ``run_dense_full()``: the dense route with every patch on
     (it skips applying the mask); when it beats the sparse executor at rate 1 the
-    crossover is at most ``(cells - 1) / cells``, so that a full mask runs densely.
+    crossover is at most ``(cells - 1) / cells``, so that a full mask runs densely;
+    ``full_mask_dense`` sets that bound without timing it (a block whose dense route
+    with every patch on is exactly its dense block: SAR's refinement).
     1.0: the sparse executor wins even with every patch on."""
     device = torch.device(device)
     full = _median_seconds(lambda: run_sparse(1.0), device, repeats)
     upper = 1.0
-    if run_dense_full is not None and _median_seconds(run_dense_full, device, repeats) < full:
+    if full_mask_dense or (run_dense_full is not None
+                           and _median_seconds(run_dense_full, device, repeats) < full):
         upper = (cells - 1) / cells
     dense = _median_seconds(run_dense, device, repeats)
     if full <= dense:

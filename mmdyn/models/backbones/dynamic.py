@@ -187,7 +187,8 @@ class DynamicBlockMixin:
         return folded_cached(self._fold_cache, name, conv, bn)
 
     def takes_dense_route(self, x, mask, grid: PatchGrid, run_sparse, run_dense,
-                          groups: int = 1, shape: Optional[tuple] = None) -> bool:
+                          groups: int = 1, shape: Optional[tuple] = None,
+                          full_mask_dense: bool = False) -> bool:
         """Above its crossover rate (measured, or predicted from a latency profile) the
         block computes its residual densely and applies the mask: the same output,
         never slower than the dense block (:mod:`.dense_fallback`). The record still
@@ -195,7 +196,8 @@ class DynamicBlockMixin:
         ``ran_densely`` says which route ran. ``run_sparse(mask)`` / ``run_dense(mask)``
         run the two routes on this forward's tensors without changing them, for the
         measurement; ``groups``: masks per sample; ``shape``: see
-        :func:`.dense_fallback.runs_densely`."""
+        :func:`.dense_fallback.runs_densely`; ``full_mask_dense``: a full mask takes the
+        dense route without a timing (see :func:`.dense_fallback.measure_crossover`)."""
         def measure():
             def at(rate):
                 return draw_forced_mask(x.shape[0], grid, rate, 0, x.device,
@@ -205,7 +207,8 @@ class DynamicBlockMixin:
             half, ones = at(0.5), torch.ones_like(mask)
             return measure_crossover(lambda rate: run_sparse(at(rate)),
                                      lambda: run_dense(half), grid.rows * grid.cols,
-                                     x.device, run_dense_full=lambda: run_dense(ones))
+                                     x.device, run_dense_full=lambda: run_dense(ones),
+                                     full_mask_dense=full_mask_dense)
         self.ran_densely = runs_densely(float(mask.mean()), self.route_class(x.shape[0], grid),
                                         measure, x.device, shape)
         return self.ran_densely

@@ -182,7 +182,7 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         conv3 accumulates onto the identity with its bias and the ReLU fused
         (``gemm_acc``). A partial mask multiplies conv2's output (4x narrower than
         conv3's) and conv3's bias enters as M * b:  M (W h + b) = W (M h) + M b."""
-        hidden = self.folded('conv2', self.conv2, self.norm2)(F.relu(out1)).relu_()
+        hidden = self.folded('conv2', self.conv2, self.norm2)(F.relu(out1), relu=True)
         hidden = hidden.contiguous(memory_format=torch.channels_last)
         conv3 = self.folded('conv3', self.conv3, self.norm3).cast(hidden.dtype)
         reuse = self.may_overwrite(x, identity)

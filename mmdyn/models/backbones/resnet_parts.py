@@ -146,9 +146,7 @@ def run_folded_block(block, x):
                         'BasicBlock or Bottleneck')
     out = x
     for k, (conv, norm) in enumerate(convs):
-        out = folded_cached(cache, f'conv{k + 1}', conv, norm)(out)
-        if k + 1 < len(convs):
-            out = out.relu_()
+        out = folded_cached(cache, f'conv{k + 1}', conv, norm)(out, relu=k + 1 < len(convs))
     identity = x if block.downsample is None else run_folded_sequence(
         block.downsample, x, cache, 'downsample')
     return out.add_(identity).relu_()

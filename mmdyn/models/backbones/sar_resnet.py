@@ -200,14 +200,13 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         return self.cached(f'conv{index}/groups', (folded.weight,),
                            lambda: split_groups(folded, self.groups))
 
-    def sparse_identity(self, x, inplace: bool = True):
+    def sparse_identity(self, x):
         """(output map, pre-activation identity rows). The output starts as
-        relu(identity); selected cells are overwritten with relu(identity + F).
-        ``inplace=False`` never writes into ``x`` (the crossover measurement)."""
+        relu(identity); selected cells are overwritten with relu(identity + F)."""
         if self.downsample is None:
             # x is a ReLU output, so relu(x) == x: start from x itself (updated in place
             # when the backbone owns it and nothing records gradients).
-            reuse = inplace and self.may_overwrite(x, x)
+            reuse = self.may_overwrite(x, x)
             return (x if reuse else x.clone()), pixel_rows(x)
         *_, conv, norm = self.downsample
         identity = self.folded('downsample', conv, norm)(x)
@@ -228,15 +227,23 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         selected cells (:meth:`refine_sparse`); the same output. ``shape``: see
         :meth:`route_shape`."""
         x = x.contiguous(memory_format=torch.channels_last)
-        if self.takes_dense_route(x, mask, grid,
-                                  lambda m: self.refine_sparse(x, m, grid, inplace=False),
+        scratch = []
+
+        def run_sparse(m):
+            # as the forward runs it (in place where the backbone owns x), on a copy of
+            # x made once, before the timings: a copy per run is no cost of the route
+            if not scratch:
+                scratch.append(x.clone())
+            return self.refine_sparse(scratch[0], m, grid)
+
+        if self.takes_dense_route(x, mask, grid, run_sparse,
                                   lambda m: self.refine_dense(x, m, grid),
-                                  groups=self.groups, shape=shape):
+                                  groups=self.groups, shape=shape, full_mask_dense=True):
             return self.refine_dense(x, mask, grid)
         return self.refine_sparse(x, mask, grid)
 
-    def refine_sparse(self, x, mask, grid, inplace: bool = True):
-        out, identity_rows = self.sparse_identity(x, inplace)
+    def refine_sparse(self, x, mask, grid):
+        out, identity_rows = self.sparse_identity(x)
         out_rows = pixel_rows(out)
         channels = out.shape[1] // self.groups
         for g in range(self.groups):
@@ -303,6 +310,10 @@ class RefineBottleneck(_RefineBlock):
 
     def residual_masked(self, x, pixel_mask, fold: bool):
         conv1, conv2, conv3 = (self.conv_norm(i, fold) for i in (1, 2, 3))
+        if fold:  # inference: masks are 0 / 1 and conv3 is a (grouped) 1x1 conv, so the
+            # last mask also covers conv3's input:  M (W3 (M h) + b) = M (W3 h + b)
+            out = group_masked(conv1(x, relu=True), pixel_mask)
+            return group_masked(conv3(conv2(out, relu=True)), pixel_mask)
         out = group_masked(self.relu(conv1(x)), pixel_mask)
         out = group_masked(self.relu(conv2(out)), pixel_mask)
         return group_masked(conv3(out), pixel_mask)
@@ -340,6 +351,9 @@ class RefineBasicBlock(_RefineBlock):
 
     def residual_masked(self, x, pixel_mask, fold: bool):
         conv1, conv2 = (self.conv_norm(i, fold) for i in (1, 2))
+        if fold:
+            out = group_masked(conv1(group_masked(x, pixel_mask), relu=True), pixel_mask)
+            return group_masked(conv2(out), pixel_mask)
         out = group_masked(self.relu(conv1(group_masked(x, pixel_mask))), pixel_mask)
         return group_masked(conv2(out), pixel_mask)
 

@@ -1,0 +1,119 @@
+"""Folded convolutions on whole maps (mmdyn/ops/dense_conv.py): every kernel computes
+``F.conv2d`` (strided, padded, dilated, grouped, ReLU fused, batches, odd sizes), the
+prepacked weight follows the input shape and in-place weight changes and does not
+travel with copies, only float32 CPU maps can take the oneDNN kernel, and FoldedConv
+with ``relu`` equals its convolution then ReLU."""
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmdyn.ops import FoldedConv
+from mmdyn.ops.dense_conv import DENSE_CONV, dense_conv, pixel_class
+from mmdyn.ops.kernel_choice import CHOOSER, ENV_PINS
+
+IMPLS = sorted(DENSE_CONV.candidates)
+CL = torch.channels_last
+
+# (batch, in, out, height, width, kernel, stride, padding, dilation, groups)
+SETTINGS = [
+    (1, 16, 24, 7, 7, 3, 1, 1, 1, 1),
+    (2, 12, 20, 13, 9, 3, 2, 1, 1, 1),
+    (1, 8, 8, 11, 17, 3, 1, 2, 2, 2),
+    (3, 32, 16, 5, 6, 1, 2, 0, 1, 1),
+    (1, 64, 8, 9, 9, 3, 1, 1, 1, 2),
+    (1, 6, 10, 15, 4, 7, 2, 3, 1, 1),
+    (0, 8, 8, 5, 5, 3, 1, 1, 1, 1),
+]
+
+
+def reference(x, weight, bias, stride, padding, dilation, groups, relu):
+    out = F.conv2d(x.double(), weight.double(), bias.double(), stride, padding, dilation,
+                   groups)
+    return out.relu() if relu else out
+
+
+def relative_error(a, b):
+    return float((a.double() - b).norm() / b.norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('setting', SETTINGS, ids=lambda s: 'x'.join(map(str, s)))
+@pytest.mark.parametrize('relu', [False, True], ids=['linear', 'relu'])
+def test_every_dense_conv_kernel_computes_the_convolution(impl, setting, relu, monkeypatch):
+    monkeypatch.setenv(ENV_PINS, f'dense_conv={impl}')
+    batch, cin, cout, h, w, k, stride, padding, dilation, groups = setting
+    x = torch.randn(batch, cin, h, w).contiguous(memory_format=CL)
+    weight = torch.randn(cout, cin // groups, k, k).contiguous(memory_format=CL)
+    bias = torch.randn(cout)
+    out = dense_conv(x, weight, bias, stride, padding, dilation, groups, relu)
+    want = reference(x, weight, bias, stride, padding, dilation, groups, relu)
+    assert out.shape == want.shape and out.dtype == torch.float32
+    if want.numel():
+        assert relative_error(out, want) < 1e-5
+        assert out.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.skipif('conv_packed' not in DENSE_CONV.candidates,
+                    reason='this torch build has no prepacked oneDNN convolution')
+def test_packed_weight_follows_the_input_shape_and_weight_changes(monkeypatch):
+    """One packing per weight, rebuilt for another input shape (the layout oneDNN picks
+    depends on it) and after an in-place change of the weight; a weight carrying one
+    still deep-copies and pickles."""
+    monkeypatch.setenv(ENV_PINS, 'dense_conv=conv_packed')
+    weight = torch.randn(24, 16, 3, 3).contiguous(memory_format=CL)
+    bias = torch.randn(24)
+    for hw in ((9, 9), (5, 12), (9, 9)):
+        x = torch.randn(1, 16, *hw).contiguous(memory_format=CL)
+        out = dense_conv(x, weight, bias, 1, 1, 1, 1)
+        assert relative_error(out, reference(x, weight, bias, 1, 1, 1, 1, False)) < 1e-5
+    weight.mul_(-2)
+    out = dense_conv(x, weight, bias, 1, 1, 1, 1)
+    assert relative_error(out, reference(x, weight, bias, 1, 1, 1, 1, False)) < 1e-5
+    copied = copy.deepcopy(weight)
+    assert torch.equal(copied, weight)
+    assert torch.equal(pickle.loads(pickle.dumps(weight)), weight)
+    out = dense_conv(x, copied, bias, 1, 1, 1, 1)
+    assert relative_error(out, reference(x, copied, bias, 1, 1, 1, 1, False)) < 1e-5
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float64])
+def test_other_dtypes_take_the_portable_kernel(dtype):
+    """oneDNN's packed convolution serves float32 CPU maps only: another dtype is never
+    timed with it, and the result is F.conv2d's."""
+    shape = (str(dtype).replace('torch.', ''), 64, 8, 8, 3, 1, 1, 1, 1)
+    assert CHOOSER.choose('dense_conv', shape, 'cpu') == 'conv2d'
+    assert CHOOSER.choose('dense_conv', shape, 'meta') == 'conv2d'
+    x = torch.randn(1, 8, 6, 6, dtype=dtype).contiguous(memory_format=CL)
+    weight = torch.randn(8, 8, 3, 3, dtype=dtype)
+    bias = torch.randn(8, dtype=dtype)
+    out = dense_conv(x, weight, bias, 1, 1, 1, 1, relu=True)
+    assert out.dtype == dtype
+    assert torch.equal(out, F.conv2d(x, weight, bias, 1, 1).relu())
+
+
+def test_pixel_classes():
+    assert [pixel_class(n) for n in (1, 64, 65, 49 * 2, 4096, 10 ** 7)] == \
+        [64, 64, 256, 256, 4096, 65536]
+
+
+@pytest.mark.parametrize('layout', ['channels_last', 'contiguous'])
+@pytest.mark.parametrize('setting', [(3, 2, 1, 1), (3, 1, 2, 2), (1, 1, 0, 1), (1, 2, 0, 1)],
+                         ids=['3x3-s2', '3x3-d2-g2', '1x1', '1x1-s2'])
+def test_folded_conv_with_relu_is_the_conv_then_relu(setting, layout):
+    """Every route of FoldedConv (matrix product, measured dense kernel, F.conv2d on
+    NCHW maps) with the ReLU fused equals the convolution followed by ReLU."""
+    k, stride, padding, groups = setting
+    dilation = 2 if padding == 2 else 1
+    folded = FoldedConv(torch.randn(12, 8 // groups, k, k), torch.randn(12), stride,
+                        dilation, padding, groups)
+    x = torch.randn(2, 8, 11, 10)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=CL)
+    want = reference(x, folded.weight, folded.bias, stride, padding, dilation, groups, True)
+    assert relative_error(folded(x, relu=True), want) < 1e-5
+    linear = reference(x, folded.weight, folded.bias, stride, padding, dilation, groups,
+                       False)
+    assert relative_error(folded(x), linear) < 1e-5
