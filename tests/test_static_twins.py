@@ -12,6 +12,7 @@ from mmseg.models.backbones import ResNet as MMSegResNet
 
 from backbone_table import randomize_batchnorm_
 from mmdyn.analysis.config_benchmark import benchmark_config, parse_rate
+from mmdyn.analysis.twins import EngineForward
 from mmdyn.models.backbones import (CADResNet, ITDResNet, ITDResNeXt, LASResNet, SARResNet,
                                     SFSIResNet)
 
@@ -69,6 +70,31 @@ def test_static_twin_has_the_weights_and_equals_the_full_network(name):
             assert a.shape == b.shape and relative_error(a, b) < 1e-4
 
 
+@pytest.mark.parametrize('name', list(CASES))
+def test_engine_forward_computes_the_twin(name):
+    """The static twin run the way mmdyn runs static parts (folded blocks, the measured
+    dense-convolution and product kernels) equals the twin's own mmdet / mmseg forward:
+    mmdet and mmseg blocks, ResNeXt, contracted dilations, deep stems."""
+    build, _ = CASES[name]
+    torch.manual_seed(0)
+    twin = randomize_batchnorm_(build()).static_twin()
+    x = torch.randn(2, 3, 45, 61).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = twin(x)
+    got = EngineForward(twin)(x)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and relative_error(a, b) < 1e-4
+
+
+def test_engine_forward_refuses_deformable_blocks():
+    twin = MMDetResNet(depth=50, dcn=dict(type='DCNv2', deform_groups=1),
+                       stage_with_dcn=(False, True, False, False), init_cfg=None)
+    twin.eval()  # mmdet's ResNet.eval() returns None
+    with pytest.raises(TypeError, match='deformable conv or plugins'):
+        EngineForward(twin)(torch.randn(1, 3, 64, 64))
+
+
 def test_sar_twin_is_the_plain_resnet_of_its_layout():
     """SAR's stages are not ResNet's: the twin is the plain ResNet of the same depth and
     layout (its own weights), with the same output shapes."""
@@ -108,8 +134,10 @@ def test_config_benchmark_cad_segmentor_with_its_own_masks_on_a_photo():
     report = benchmark_config(str(CONFIGS / 'cad_resnet' / pspnet),
                               ['source', 0.0], (64, 96), threads=(1, ), part='backbone',
                               image='astronaut', warmup=0, repeats=1,
-                              cfg_options={'model.backbone.depth': 50})
+                              cfg_options={'model.backbone.depth': 50}, engine_twin=True)
     assert report['twin'] == 'ResNet'  # mmseg's, contract_dilation (OS8)
+    assert all(r['engine_s'] > 0 and r['latency_over_engine'] == pytest.approx(
+        r['dynamic_s'] / r['engine_s']) for r in report['rows'])
     edges, downsample_all = report['rows']
     assert edges['gflops_static'] == pytest.approx(edges['gflops_dense_own'], rel=1e-9)
     assert downsample_all['flops_ratio'] < edges['flops_ratio'] <= 1.0
@@ -133,6 +161,8 @@ def test_config_benchmark_bad_inputs(tmp_path):
     cad = str(CONFIGS / 'cad_resnet' / 'faster-rcnn_cad-r50-edge035-os16to8_fpn_1x_coco.py')
     with pytest.raises(ValueError, match='backbones only'):
         benchmark_config(cad, [0.5], (64, 64), part='model', coarse=True)
+    with pytest.raises(ValueError, match='backbones only'):
+        benchmark_config(las, [0.5], (64, 64), part='model', engine_twin=True)
     for text in ('fast', '1.5'):
         with pytest.raises(ValueError, match='rate'):
             parse_rate(text)

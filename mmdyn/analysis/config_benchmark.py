@@ -10,7 +10,11 @@ keep mask of that ratio) or, for the rate ``'source'``, produced by the model it
 segmentor / classifier ``predict`` (post-processing included) with the static twin
 swapped in for the backbone. ``coarse=True`` (CAD-ResNet: ``coarse_twin()``, the
 strided network at its base output stride) also times the cheap end of the backbone's
-range and interpolates the latency between the two twins by multiply-adds. Every
+range and interpolates the latency between the two twins by multiply-adds.
+``engine_twin=True`` also times the static twin run the way mmdyn runs the static
+parts of its backbones (:class:`~mmdyn.analysis.twins.EngineForward`: BatchNorm-folded
+blocks through the measured dense-convolution and product kernels), which separates
+what the engine makes of any dense network from what the masks save. Every
 figure is the median of whole calls alternating in one process, in the default process
 (no allocator tuning).
 """
@@ -23,6 +27,7 @@ from mmcv.cnn import fuse_conv_bn
 
 from .complexity import backbone_conv_macs
 from .timing import time_alternating
+from .twins import EngineForward
 
 SOURCE = 'source'
 
@@ -137,7 +142,7 @@ def prepare_pair(model, part: str):
 def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbone',
                      checkpoint=None, image=None, batch: int = 1, warmup: int = 2,
                      repeats: int = 7, seed: int = 0, cfg_options=None,
-                     coarse: bool = False) -> dict:
+                     coarse: bool = False, engine_twin: bool = False) -> dict:
     """``{'rows': [...]}``: per thread count and rate, the median seconds of the dynamic
     and static call, their ratio, the backbone's executed multiply-adds (records of the
     timed input: the masks' count) over the static twin's (mmengine's FlopAnalyzer), and
@@ -145,7 +150,8 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
     computed, dense routes included; ``gflops_dense_own`` is the backbone's own count
     with every mask on. ``coarse``: see the module docstring; the rows then also
     carry ``coarse_s``, ``gflops_coarse``, ``interpolated_s`` and
-    ``latency_over_interpolated``."""
+    ``latency_over_interpolated``; ``engine_twin``: ``engine_s`` and
+    ``latency_over_engine``."""
     model = build_model_offline(config, checkpoint, cfg_options)
     if coarse and not hasattr(model.backbone, 'coarse_twin'):
         raise ValueError(f'coarse=True: {type(model.backbone).__name__} has no coarse twin '
@@ -172,6 +178,11 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
             raise ValueError("coarse=True times backbones only (part='backbone')")
         calls['coarse'] = lambda: coarse_twin(x)
         coarse_macs = backbone_conv_macs(coarse_twin, hw)
+    if engine_twin:
+        if part != 'backbone':
+            raise ValueError("engine_twin=True times backbones only (part='backbone')")
+        engine_forward = EngineForward(twin)
+        calls['engine'] = lambda: engine_forward(x)
     rows = []
     for count in threads:
         torch.set_num_threads(count)
@@ -198,6 +209,9 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
                 row.update(coarse_s=seconds['coarse'], gflops_coarse=coarse_macs / 1e9,
                            interpolated_s=interpolated,
                            latency_over_interpolated=seconds['dynamic'] / interpolated)
+            if engine_twin:
+                row.update(engine_s=seconds['engine'],
+                           latency_over_engine=seconds['dynamic'] / seconds['engine'])
             rows.append(row)
     return dict(config=config, part=part, input=[batch, 3, *hw],
                 backbone=type(backbone).__name__, twin=type(twin).__name__, rows=rows)

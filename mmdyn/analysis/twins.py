@@ -5,6 +5,8 @@ import torch
 from mmcv.cnn import fuse_conv_bn
 from mmdet.models.backbones import ResNet
 
+from mmdyn.models.backbones.resnet_parts import run_resnet_stem, run_static_layer
+
 
 def prepare_dense_for_timing(backbone):
     """Eval mode, every BatchNorm folded, channels-last (its fastest CPU layout)."""
@@ -16,3 +18,24 @@ def build_dense_resnet(depth: int, **kwargs) -> ResNet:
     """A plain mmdet ResNet of ``depth`` (random weights: latency depends on shapes
     only), prepared for timing."""
     return prepare_dense_for_timing(ResNet(depth=depth, init_cfg=None, **kwargs))
+
+
+class EngineForward:
+    """A static mmdet ResNet run the way mmdyn runs the static parts of its dynamic
+    backbones (stem and blocks BatchNorm-folded through ``FoldedConv``: the measured
+    dense-convolution and product kernels, ReLUs fused): what the dynamic network's
+    engine alone makes of the dense network. Returns what ``resnet(x)`` returns."""
+
+    def __init__(self, resnet: ResNet):
+        self.resnet = resnet
+
+    @torch.no_grad()
+    def __call__(self, x):
+        net = self.resnet
+        x = net.maxpool(run_resnet_stem(net, x, fold=True))
+        outs = []
+        for i, name in enumerate(net.res_layers):
+            x = run_static_layer(getattr(net, name), x, fold=True)
+            if i in net.out_indices:
+                outs.append(x)
+        return tuple(outs)

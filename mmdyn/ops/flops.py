@@ -1,5 +1,6 @@
 """Per-sample FLOP records. FLOPs here are multiply-accumulates, the convention of
 mmengine's/fvcore's counters (one fused multiply-add = one FLOP)."""
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -59,10 +60,19 @@ def _clipped_lengths(count: int, step: int, offset: int, size: int, limit: int,
 
 
 def patch_extents(grid, device=None) -> Tensor:
-    """``[rows, cols]`` pixel count of each patch that lies inside the map."""
-    rows = _clipped_lengths(grid.rows, grid.patch_h, 0, grid.patch_h, grid.height, device)
-    cols = _clipped_lengths(grid.cols, grid.patch_w, 0, grid.patch_w, grid.width, device)
-    return rows[:, None] * cols[None, :]
+    """``[rows, cols]`` pixel count of each patch that lies inside the map (read-only:
+    cached per grid and device, every block's record reads it on every forward)."""
+    return _patch_extents(grid, None if device is None else torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _patch_extents(grid, device) -> Tensor:
+    with torch.inference_mode(False):  # a plain tensor: training forwards read it too
+        rows = _clipped_lengths(grid.rows, grid.patch_h, 0, grid.patch_h, grid.height,
+                                device)
+        cols = _clipped_lengths(grid.cols, grid.patch_w, 0, grid.patch_w, grid.width,
+                                device)
+        return rows[:, None] * cols[None, :]
 
 
 @dataclass

@@ -25,13 +25,17 @@ on ``--image``); ``--part model`` times the whole detector / segmentor / classif
 
     python tools/analysis/benchmark_latency.py CONFIG [--checkpoint CKPT] \
         [--rates 0.3 0.5 source] [--image astronaut] [--input H W] [--threads 2 1] \
-        [--part backbone|model] [--coarse-twin]
+        [--part backbone|model] [--coarse-twin] [--engine-twin]
 
 ``--coarse-twin`` (CAD-ResNet configs): the strided network at the base output stride
 is timed too, and the latency interpolated between it and the dilated twin by
 multiply-adds is printed next to CAD's (e.g. edge masks of several thresholds on a
 photo: ``--rates source --image coffee --cfg-options
-model.backbone.mask_source.threshold=0.95``).
+model.backbone.mask_source.threshold=0.95``). ``--engine-twin``: the static twin is
+timed a second time, run the way mmdyn runs the static parts of its backbones
+(BatchNorm-folded blocks, measured dense-convolution kernels), and the dynamic
+backbone's latency over it is printed too: the part of a ratio the masks, not the
+engine, earn.
 """
 import argparse
 import copy
@@ -64,6 +68,8 @@ def parse_args():
     parser.add_argument('--coarse-twin', action='store_true',
                         help='config mode, CAD-ResNet: also time the strided network and '
                         'interpolate between the two twins by multiply-adds')
+    parser.add_argument('--engine-twin', action='store_true',
+                        help='config mode: also time the static twin on mmdyn\'s engine')
     parser.add_argument('--arch', choices=('las', 'sar', 'sfsi'), default='las')
     parser.add_argument('--depth', type=int, default=None,
                         help='default: 101 for LAS and SFSI, 50 for SAR')
@@ -188,7 +194,7 @@ def run_config(args):
     report = benchmark_config(args.config, args.rates, tuple(args.input), args.threads,
                               args.part, args.checkpoint, args.image, args.batch,
                               args.warmup, args.repeats, args.seed, args.cfg_options,
-                              coarse=args.coarse_twin)
+                              coarse=args.coarse_twin, engine_twin=args.engine_twin)
     print(f"{os.path.basename(args.config)}: {report['part']} {report['backbone']} against "
           f"{report['twin']}, input {'x'.join(map(str, report['input']))}, median of "
           f'{args.repeats} whole calls after {args.warmup} warm-up, default process')
@@ -211,6 +217,14 @@ def run_config(args):
             print(f"{row['threads']:>7} {rate:>6} {row['coarse_s'] * 1e3:10.1f} "
                   f"{row['gflops_executed']:8.2f} {row['interpolated_s'] * 1e3:10.1f} "
                   f"{row['latency_over_interpolated']:10.3f}")
+    if args.engine_twin:
+        print(f'{"threads":>7} {"rate":>6} {"engine ms":>10} {"lat/engine":>10}   (engine: the '
+              'static twin run the way mmdyn runs static parts, folded blocks and measured '
+              'kernels)')
+        for row in report['rows']:
+            rate = row['rate'] if row['rate'] == SOURCE else f"{row['rate']:.2f}"
+            print(f"{row['threads']:>7} {rate:>6} {row['engine_s'] * 1e3:10.1f} "
+                  f"{row['latency_over_engine']:10.3f}")
     report['torch'] = torch.__version__
     stem = os.path.splitext(os.path.basename(args.config))[0]
     return report, f'{stem}-{args.part}-t{"-".join(map(str, args.threads))}'

@@ -131,19 +131,27 @@ def run_folded_sequence(layers, x, cache: dict, prefix: str):
     return x
 
 
+def _is_block(block, name: str) -> bool:
+    """mmseg's ResNet block of that name (the same layers as mmdet's)."""
+    return type(block).__name__ == name and type(block).__module__.startswith('mmseg.')
+
+
 def run_folded_block(block, x):
-    """An mmdet ``BasicBlock`` / ``Bottleneck`` at inference with its BatchNorms (and
+    """An mmdet (or mmseg) ``BasicBlock`` / ``Bottleneck`` at inference with its BatchNorms (and
     its shortcut's) folded into the convs, cached on the block: the same function as
     ``block(x)`` in eval mode, without the separate normalisation passes."""
     cache = fold_cache_of(block)
-    if isinstance(block, Bottleneck):
+    if getattr(block, 'with_dcn', False) or getattr(block, 'with_plugins', False):
+        raise TypeError(f'run_folded_block: {type(block).__name__} has a deformable conv '
+                        'or plugins; only plain blocks are folded')
+    if isinstance(block, Bottleneck) or _is_block(block, 'Bottleneck'):
         convs = ((block.conv1, block.norm1), (block.conv2, block.norm2),
                  (block.conv3, block.norm3))
-    elif isinstance(block, BasicBlock):
+    elif isinstance(block, BasicBlock) or _is_block(block, 'BasicBlock'):
         convs = ((block.conv1, block.norm1), (block.conv2, block.norm2))
     else:
-        raise TypeError(f'run_folded_block: {type(block).__name__} is not an mmdet '
-                        'BasicBlock or Bottleneck')
+        raise TypeError(f'run_folded_block: {type(block).__name__} is not an mmdet or '
+                        'mmseg BasicBlock or Bottleneck')
     out = x
     for k, (conv, norm) in enumerate(convs):
         out = folded_cached(cache, f'conv{k + 1}', conv, norm)(out, relu=k + 1 < len(convs))
@@ -337,8 +345,8 @@ class DynamicResNetMixin(DynamicBackboneMixin):
     def folds_static_parts(self) -> bool:
         """Whether this forward folds the BatchNorms of the static parts (stem, static
         blocks, projections): on the sparse inference path, as the dynamic blocks do."""
-        blocks = self.dynamic_blocks()
-        return bool(blocks) and blocks[0].use_sparse_path()
+        first = next((m for m in self.modules() if isinstance(m, DynamicBlockMixin)), None)
+        return first is not None and first.use_sparse_path()
 
     def stem_forward(self, x):
         """The stem and max-pool; returns the map and the stem's per-sample FLOPs."""
