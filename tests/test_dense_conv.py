@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mmdyn.ops import FoldedConv
-from mmdyn.ops.dense_conv import DENSE_CONV, dense_conv, pixel_class
+from mmdyn.ops.dense_conv import DENSE_CONV, dense_conv, packed_conv_weight, pixel_class
 from mmdyn.ops.kernel_choice import CHOOSER, ENV_PINS
 
 IMPLS = sorted(DENSE_CONV.candidates)
@@ -59,9 +59,9 @@ def test_every_dense_conv_kernel_computes_the_convolution(impl, setting, relu, m
 @pytest.mark.skipif('conv_packed' not in DENSE_CONV.candidates,
                     reason='this torch build has no prepacked oneDNN convolution')
 def test_packed_weight_follows_the_input_shape_and_weight_changes(monkeypatch):
-    """One packing per weight, rebuilt for another input shape (the layout oneDNN picks
-    depends on it) and after an in-place change of the weight; a weight carrying one
-    still deep-copies and pickles."""
+    """One packing per weight, rebuilt for another input shape or thread count (the
+    layout oneDNN picks depends on them) and after an in-place change of the weight; a
+    weight carrying one still deep-copies and pickles."""
     monkeypatch.setenv(ENV_PINS, 'dense_conv=conv_packed')
     weight = torch.randn(24, 16, 3, 3).contiguous(memory_format=CL)
     bias = torch.randn(24)
@@ -77,6 +77,16 @@ def test_packed_weight_follows_the_input_shape_and_weight_changes(monkeypatch):
     assert torch.equal(pickle.loads(pickle.dumps(weight)), weight)
     out = dense_conv(x, copied, bias, 1, 1, 1, 1)
     assert relative_error(out, reference(x, copied, bias, 1, 1, 1, 1, False)) < 1e-5
+    # and the thread count: oneDNN's layout may depend on it
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        at_two = packed_conv_weight(weight, x.shape, 1, 1, 1, 1)
+        assert packed_conv_weight(weight, x.shape, 1, 1, 1, 1) is at_two
+        torch.set_num_threads(1)
+        assert packed_conv_weight(weight, x.shape, 1, 1, 1, 1) is not at_two
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float64])

@@ -411,6 +411,24 @@ def test_prepacked_weights_follow_the_row_count_and_do_not_travel_with_copies(mo
     assert_product(gemm(x, copied, bias), reference(x, copied, bias))
 
 
+@pytest.mark.skipif(not HAS_PACKED, reason='this torch build has no prepacked oneDNN ops')
+def test_prepacked_weights_follow_the_thread_count():
+    """oneDNN's layout for a product depends on the threads it runs on (a weight packed
+    at 2 threads ran a 1-thread product at half speed): a thread count change packs
+    again, the same count reuses the packing."""
+    from mmdyn.ops.gemm import _packed_weight
+    matrix = torch.randn(64, 96)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        at_two = _packed_weight(matrix, 300)
+        assert _packed_weight(matrix, 300) is at_two
+        torch.set_num_threads(1)
+        assert _packed_weight(matrix, 300) is not at_two
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize('dense_partial, dense_full, expected', [
     (15.0, None, 0.5),     # sparse 10 + 10 r meets the dense route at r = 0.5
     (25.0, None, 1.0),     # sparse wins at every rate

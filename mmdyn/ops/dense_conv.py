@@ -42,16 +42,17 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, relu):
 def packed_conv_weight(weight: Tensor, shape, stride: int, padding: int, dilation: int,
                        groups: int) -> Tensor:
     """``weight`` reordered into oneDNN's layout for inputs of exactly ``shape``
-    (cached on the weight: one packing, for the last shape; rebuilt when the weight is
-    modified in place)."""
+    (cached on the weight: one packing, for the last shape and thread count; rebuilt
+    when the weight is modified in place)."""
     shape = tuple(shape)
+    key = shape, torch.get_num_threads()
 
     def build(w):
-        return shape, _REORDER(w, [padding] * 2, [stride] * 2, [dilation] * 2, groups,
-                               list(shape))
+        return key, _REORDER(w, [padding] * 2, [stride] * 2, [dilation] * 2, groups,
+                             list(shape))
     kind = ('dense', stride, padding, dilation, groups)
-    packed_shape, packed = _derived(weight, kind, build)
-    if packed_shape != shape:
+    packed_key, packed = _derived(weight, kind, build)
+    if packed_key != key:
         packed_shape, packed = _derived(weight, kind, build, rebuild=True)
     return packed
 

@@ -81,12 +81,15 @@ def _packed_weight(matrix: Tensor, rows: int) -> Tensor:
     rows few (a 3x3 conv's gathered tile in stage 4: 9.4 MB of weight for a few hundred
     rows). The layout oneDNN expects depends on the row count (a weight packed for
     another count is reordered again, slower than a plain one), so one packing is kept
-    per matrix, for the last row count (maps of one input size repeat theirs)."""
+    per matrix, for the last row count and thread count (maps of one input size repeat
+    theirs; a weight packed at 2 threads ran a 1-thread product at half speed)."""
+    key = rows, torch.get_num_threads()
+
     def build(m):
-        return rows, _REORDER(_conv_weight(m), [0, 0], [1, 1], [1, 1], 1,
-                              [1, m.shape[0], rows, 1])
-    packed_rows, packed = _derived(matrix, 'packed', build)
-    if packed_rows != rows:
+        return key, _REORDER(_conv_weight(m), [0, 0], [1, 1], [1, 1], 1,
+                             [1, m.shape[0], rows, 1])
+    packed_key, packed = _derived(matrix, 'packed', build)
+    if packed_key != key:
         packed_rows, packed = _derived(matrix, 'packed', build, rebuild=True)
     return packed
 
