@@ -76,15 +76,25 @@ def _per_stage(name: str, value, stages: int, number=int, what='SAR stage'):
     return [number(v) for v in values]
 
 
+def group_view(x, groups: int):
+    """``[B, C, H, W]`` as ``[B, G, C/G, H, W]`` (a view, channels-last or not)."""
+    batch, channels, height, width = x.shape
+    return x.view(batch, groups, channels // groups, height, width)
+
+
 def group_masked(x, pixel_mask):
     """Multiply channel group g of ``x`` ([B, C, H, W]) by ``pixel_mask[:, g]`` (None:
     every pixel selected, ``x`` itself)."""
     if pixel_mask is None:
         return x
-    batch, channels, height, width = x.shape
-    groups = pixel_mask.shape[1]
-    return (x.view(batch, groups, channels // groups, height, width)
-            * pixel_mask.unsqueeze(2)).view(batch, channels, height, width)
+    return (group_view(x, pixel_mask.shape[1]) * pixel_mask.unsqueeze(2)).view(x.shape)
+
+
+def group_masked_(x, pixel_mask):
+    """:func:`group_masked` in place on ``x`` (a fresh tensor nobody else reads)."""
+    if pixel_mask is not None:
+        group_view(x, pixel_mask.shape[1]).mul_(pixel_mask.unsqueeze(2))
+    return x
 
 
 def split_groups(folded, groups: int):
@@ -188,7 +198,7 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
     def forward_masked(self, x, mask, grid):
         """The reference (training): dense grouped convs multiplied by the masks."""
         identity = x if self.downsample is None else self.downsample(x)
-        residual = self.residual_masked(x, upsample_patch_mask(mask, grid), fold=False)
+        residual = self.residual_masked(x, upsample_patch_mask(mask, grid))
         return self.relu(identity + residual)
 
     # -- sparse execution (SAR Fig. 3) --------------------------------------------
@@ -261,13 +271,21 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
 
     def refine_dense(self, x, mask, grid):
         """relu(identity + M * F(x)) with F's grouped convs BatchNorm-folded and run on
-        the whole map (the masked reference's arithmetic); ``x`` is not modified."""
+        the whole map (the masked reference's arithmetic; the masks are 0 / 1 at
+        inference): the inner masks multiply the fresh conv outputs in place and the
+        last one blends in one pass, identity + M * F(x) into F(x)'s buffer; ``x`` is
+        not modified."""
         identity = x if self.downsample is None else \
             self.folded('downsample', *self.downsample[-2:])(x)
         full = bool((mask >= 1).all())  # every cell selected: nothing to mask
-        residual = self.residual_masked(x, None if full else upsample_patch_mask(mask, grid),
-                                        fold=True)
-        return residual.add_(identity).relu_()
+        pixel_mask = None if full else upsample_patch_mask(mask, grid)
+        residual = self.residual_dense(x, pixel_mask)
+        if pixel_mask is None:
+            return residual.add_(identity).relu_()
+        grouped = group_view(residual, self.groups)
+        torch.addcmul(group_view(identity, self.groups), grouped, pixel_mask.unsqueeze(2),
+                      out=grouped)
+        return residual.relu_()
 
     def conv_norm(self, index: int, fold: bool):
         """``norm<index>(conv<index>(.))``, or its BatchNorm-folded form."""
@@ -308,12 +326,16 @@ class RefineBottleneck(_RefineBlock):
         self.add_conv(3, self.mid_channels, self.out_channels, 1)
         self.finish_init()
 
-    def residual_masked(self, x, pixel_mask, fold: bool):
-        conv1, conv2, conv3 = (self.conv_norm(i, fold) for i in (1, 2, 3))
-        if fold:  # inference: masks are 0 / 1 and conv3 is a (grouped) 1x1 conv, so the
-            # last mask also covers conv3's input:  M (W3 (M h) + b) = M (W3 h + b)
-            out = group_masked(conv1(x, relu=True), pixel_mask)
-            return group_masked(conv3(conv2(out, relu=True)), pixel_mask)
+    def residual_dense(self, x, pixel_mask):
+        """F(x) for :meth:`refine_dense`, its last mask left to the caller: conv3 is a
+        (grouped) 1x1 conv and the masks are 0 / 1, so that mask also covers conv3's
+        input:  M (W3 (M h) + b) = M (W3 h + b)."""
+        conv1, conv2, conv3 = (self.conv_norm(i, fold=True) for i in (1, 2, 3))
+        out = group_masked_(conv1(x, relu=True), pixel_mask)
+        return conv3(conv2(out, relu=True))
+
+    def residual_masked(self, x, pixel_mask):
+        conv1, conv2, conv3 = (self.conv_norm(i, fold=False) for i in (1, 2, 3))
         out = group_masked(self.relu(conv1(x)), pixel_mask)
         out = group_masked(self.relu(conv2(out)), pixel_mask)
         return group_masked(conv3(out), pixel_mask)
@@ -349,11 +371,13 @@ class RefineBasicBlock(_RefineBlock):
         self.add_conv(2, self.mid_channels, self.out_channels, 3)
         self.finish_init()
 
-    def residual_masked(self, x, pixel_mask, fold: bool):
-        conv1, conv2 = (self.conv_norm(i, fold) for i in (1, 2))
-        if fold:
-            out = group_masked(conv1(group_masked(x, pixel_mask), relu=True), pixel_mask)
-            return group_masked(conv2(out), pixel_mask)
+    def residual_dense(self, x, pixel_mask):
+        """F(x) for :meth:`refine_dense`, its last mask left to the caller."""
+        conv1, conv2 = (self.conv_norm(i, fold=True) for i in (1, 2))
+        return conv2(group_masked_(conv1(group_masked(x, pixel_mask), relu=True), pixel_mask))
+
+    def residual_masked(self, x, pixel_mask):
+        conv1, conv2 = (self.conv_norm(i, fold=False) for i in (1, 2))
         out = group_masked(self.relu(conv1(group_masked(x, pixel_mask))), pixel_mask)
         return group_masked(conv2(out), pixel_mask)
 
