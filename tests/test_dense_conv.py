@@ -104,6 +104,21 @@ def test_other_dtypes_take_the_portable_kernel(dtype):
     assert torch.equal(out, F.conv2d(x, weight, bias, 1, 1).relu())
 
 
+def test_packed_candidate_needs_a_working_op(monkeypatch):
+    """The packed kernel is a candidate only where torch's internal op exists and
+    computes a strided, padded, grouped convolution right; else conv2d alone runs."""
+    from mmdyn.ops import dense_conv as module
+    assert module._packed_works() == ('conv_packed' in DENSE_CONV.candidates)
+    monkeypatch.setattr(module, '_POINTWISE', None)
+    assert not module._packed_works()
+
+    def wrong(x, weight, *args):
+        return torch.zeros(1)
+    monkeypatch.setattr(module, '_POINTWISE', wrong)
+    monkeypatch.setattr(module, '_REORDER', lambda weight, *args: weight)
+    assert not module._packed_works()
+
+
 def test_pixel_classes():
     assert [pixel_class(n) for n in (1, 64, 65, 49 * 2, 4096, 10 ** 7)] == \
         [64, 64, 256, 256, 4096, 65536]

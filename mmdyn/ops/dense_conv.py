@@ -8,15 +8,17 @@ BatchNorm-folded convolutions on channels-last maps. Two kernels compute each:
   weight into oneDNN's blocked layout on *every* call;
 * ``conv_packed``: oneDNN's convolution (``torch.ops.mkldnn._convolution_pointwise``)
   on the weight reordered once for the input's exact shape (the layout oneDNN picks
-  depends on it; one packing per weight, for its last input shape), ReLU fused.
+  depends on it; one packing per weight, for its last input shape and thread count),
+  ReLU fused.
 
 On small maps the per-call reorder costs as much as the convolution (2 threads,
 AMD EPYC family 26, 2026-12-04: a 3x3 512 -> 512 conv on a 7x7 map 0.76 ms plain
-against 0.41 ms packed, a 1x1 2048 -> 512 one 0.96 against 0.24 ms); on large maps it
-matters little either way, and a packed weight can also be the slower one (a 1x1
-64 -> 256 conv on a 56x56 map: 0.79 against 0.25 ms). So :mod:`.kernel_choice` times both per shape class (dtype, pixel-count class, channels,
-kernel, stride, padding, dilation, groups) where the code runs. The packed kernel
-serves float32 CPU tensors only; everything else runs ``conv2d``.
+against 0.41 ms packed; a strided one on 14x14 0.81 against 0.45 ms); on large maps it
+matters little, and a packed weight can also be the slower one (a grouped 1x1
+64 -> 256 conv on a 56x56 map: 0.76 against 0.17 ms, at 1 thread 0.24 against 3.29 ms).
+So :mod:`.kernel_choice` times both per shape class (dtype, pixel-count class,
+channels, kernel, stride, padding, dilation, groups) where the code runs. The packed
+kernel serves float32 CPU tensors only; everything else runs ``conv2d``.
 """
 import math
 
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gemm import _POINTWISE, _REORDER, _derived, dtype_name
+from .gemm import _POINTWISE, _REORDER, _derived, count_class, dtype_name
 from .kernel_choice import CHOOSER, CPU_FLOAT32, KernelOp
 
 #: input pixel-count classes (batch x height x width): a choice is measured once per
@@ -85,10 +87,7 @@ def _packed_works() -> bool:
 
 
 def pixel_class(pixels: int) -> int:
-    for limit in PIXEL_CLASSES:
-        if pixels <= limit:
-            return limit
-    return PIXEL_CLASSES[-1]
+    return count_class(pixels, PIXEL_CLASSES)
 
 
 def _timing_inputs(shape_class):

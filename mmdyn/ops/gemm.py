@@ -218,11 +218,17 @@ def _has_onednn_op(op, packed: bool = False) -> bool:
         return False
 
 
-def row_class(rows: int) -> int:
-    for limit in ROW_CLASSES:
-        if rows <= limit:
+def count_class(count: int, limits) -> int:
+    """The first of the ascending ``limits`` at or above ``count`` (the last takes every
+    larger count): the size part of a shape class."""
+    for limit in limits:
+        if count <= limit:
             return limit
-    return ROW_CLASSES[-1]
+    return limits[-1]
+
+
+def row_class(rows: int) -> int:
+    return count_class(rows, ROW_CLASSES)
 
 
 def _timing_inputs(with_out: bool, into: bool = False):

@@ -137,9 +137,9 @@ def _is_block(block, name: str) -> bool:
 
 
 def run_folded_block(block, x):
-    """An mmdet (or mmseg) ``BasicBlock`` / ``Bottleneck`` at inference with its BatchNorms (and
-    its shortcut's) folded into the convs, cached on the block: the same function as
-    ``block(x)`` in eval mode, without the separate normalisation passes."""
+    """An mmdet (or mmseg) ``BasicBlock`` / ``Bottleneck`` at inference with its
+    BatchNorms (and its shortcut's) folded into the convs, cached on the block: the same
+    function as ``block(x)`` in eval mode, without the separate normalisation passes."""
     cache = fold_cache_of(block)
     if getattr(block, 'with_dcn', False) or getattr(block, 'with_plugins', False):
         raise TypeError(f'run_folded_block: {type(block).__name__} has a deformable conv '

@@ -374,7 +374,8 @@ class RefineBasicBlock(_RefineBlock):
     def residual_dense(self, x, pixel_mask):
         """F(x) for :meth:`refine_dense`, its last mask left to the caller."""
         conv1, conv2 = (self.conv_norm(i, fold=True) for i in (1, 2))
-        return conv2(group_masked_(conv1(group_masked(x, pixel_mask), relu=True), pixel_mask))
+        hidden = group_masked_(conv1(group_masked(x, pixel_mask), relu=True), pixel_mask)
+        return conv2(hidden)
 
     def residual_masked(self, x, pixel_mask):
         conv1, conv2 = (self.conv_norm(i, fold=False) for i in (1, 2))
