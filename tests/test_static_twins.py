@@ -137,7 +137,7 @@ def test_config_benchmark_cad_segmentor_with_its_own_masks_on_a_photo():
                               cfg_options={'model.backbone.depth': 50}, engine_twin=True)
     assert report['twin'] == 'ResNet'  # mmseg's, contract_dilation (OS8)
     assert all(r['engine_s'] > 0 and r['latency_over_engine'] == pytest.approx(
-        r['dynamic_s'] / r['engine_s']) for r in report['rows'])
+        r['latency_ratio'] / r['engine_ratio']) for r in report['rows'])
     edges, downsample_all = report['rows']
     assert edges['gflops_static'] == pytest.approx(edges['gflops_dense_own'], rel=1e-9)
     assert downsample_all['flops_ratio'] < edges['flops_ratio'] <= 1.0

@@ -14,7 +14,11 @@ range and interpolates the latency between the two twins by multiply-adds.
 ``engine_twin=True`` also times the static twin run the way mmdyn runs the static
 parts of its backbones (:class:`~mmdyn.analysis.twins.EngineForward`: BatchNorm-folded
 blocks through the measured dense-convolution and product kernels), which separates
-what the engine makes of any dense network from what the masks save. Every
+what the engine makes of any dense network from what the masks save. It is timed after
+the rates of each thread count, alternating with the stock twin only: a third network
+in the rates' alternation changes the process's heap (at 800x1216 every network then
+page-faulted 40-45 k more pages per forward, SAR-ResNet-50 at rate 1 ran 1.25-1.97 x
+its twin instead of 0.97), and it is related to the rows through the stock twin. Every
 figure is the median of whole calls alternating in one process, in the default process
 (no allocator tuning).
 """
@@ -150,8 +154,9 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
     computed, dense routes included; ``gflops_dense_own`` is the backbone's own count
     with every mask on. ``coarse``: see the module docstring; the rows then also
     carry ``coarse_s``, ``gflops_coarse``, ``interpolated_s`` and
-    ``latency_over_interpolated``; ``engine_twin``: ``engine_s`` and
-    ``latency_over_engine``."""
+    ``latency_over_interpolated``; ``engine_twin``: ``engine_s``, ``engine_ratio`` (the
+    engine twin over the stock twin, timed in a pass of their own) and
+    ``latency_over_engine`` (``latency_ratio / engine_ratio``)."""
     model = build_model_offline(config, checkpoint, cfg_options)
     if coarse and not hasattr(model.backbone, 'coarse_twin'):
         raise ValueError(f'coarse=True: {type(model.backbone).__name__} has no coarse twin '
@@ -182,10 +187,10 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
         if part != 'backbone':
             raise ValueError("engine_twin=True times backbones only (part='backbone')")
         engine_forward = EngineForward(twin)
-        calls['engine'] = lambda: engine_forward(x)
     rows = []
     for count in threads:
         torch.set_num_threads(count)
+        first_row = len(rows)
         for rate in rates:
             force_rate(backbone, rate, seed)
             backbone(x)
@@ -209,9 +214,14 @@ def benchmark_config(config: str, rates, hw, threads=(2, ), part: str = 'backbon
                 row.update(coarse_s=seconds['coarse'], gflops_coarse=coarse_macs / 1e9,
                            interpolated_s=interpolated,
                            latency_over_interpolated=seconds['dynamic'] / interpolated)
-            if engine_twin:
-                row.update(engine_s=seconds['engine'],
-                           latency_over_engine=seconds['dynamic'] / seconds['engine'])
             rows.append(row)
+        if engine_twin:
+            seconds = time_alternating(dict(static=calls['static'],
+                                            engine=lambda: engine_forward(x)),
+                                       warmup, repeats)
+            engine_ratio = seconds['engine'] / seconds['static']
+            for row in rows[first_row:]:
+                row.update(engine_s=seconds['engine'], engine_ratio=engine_ratio,
+                           latency_over_engine=row['latency_ratio'] / engine_ratio)
     return dict(config=config, part=part, input=[batch, 3, *hw],
                 backbone=type(backbone).__name__, twin=type(twin).__name__, rows=rows)
