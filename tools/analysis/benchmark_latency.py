@@ -33,9 +33,10 @@ multiply-adds is printed next to CAD's (e.g. edge masks of several thresholds on
 photo: ``--rates source --image coffee --cfg-options
 model.backbone.mask_source.threshold=0.95``). ``--engine-twin``: the static twin is
 timed a second time, run the way mmdyn runs the static parts of its backbones
-(BatchNorm-folded blocks, measured dense-convolution kernels), and the dynamic
-backbone's latency over it is printed too: the part of a ratio the masks, not the
-engine, earn.
+(BatchNorm-folded blocks, measured dense-convolution kernels), after the rates and
+against the stock twin only, and the dynamic backbone's latency over it is printed too:
+the part of a ratio the masks, not the engine, earn. Give each thread count its own
+process for figures you will quote.
 """
 import argparse
 import copy
