@@ -17,14 +17,13 @@ TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'analysis' / 'sar_complex
 
 
 def counted(model, x):
-    """mmengine's per-part counts of the operators SAR's records model (conv, linear
-    and matmul: the region selectors' logits on the pooled grid; batch norm, pooling and
-    upsampling are outside mmdyn's FLOP convention)."""
+    """mmengine's per-part counts of the operators SAR's records model (conv and
+    linear; batch norm, pooling and upsampling are outside mmdyn's FLOP convention)."""
     analyzer = FlopAnalyzer(model, (x,))
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
     per_module = analyzer.by_module_and_operator()
-    return {name: sum(per_module[name].get(op, 0) for op in ('conv', 'linear', 'matmul'))
+    return {name: per_module[name].get('conv', 0) + per_module[name].get('linear', 0)
             for name in ('', 'conv1', 'layer1', 'layer2', 'layer3', 'layer4')}
 
 

@@ -55,7 +55,7 @@ def packed_conv_weight(weight: Tensor, shape, stride: int, padding: int, dilatio
     kind = ('dense', stride, padding, dilation, groups)
     packed_key, packed = _derived(weight, kind, build)
     if packed_key != key:
-        packed_shape, packed = _derived(weight, kind, build, rebuild=True)
+        _, packed = _derived(weight, kind, build, rebuild=True)
     return packed
 
 

@@ -90,7 +90,7 @@ def _packed_weight(matrix: Tensor, rows: int) -> Tensor:
                              [1, m.shape[0], rows, 1])
     packed_key, packed = _derived(matrix, 'packed', build)
     if packed_key != key:
-        packed_rows, packed = _derived(matrix, 'packed', build, rebuild=True)
+        _, packed = _derived(matrix, 'packed', build, rebuild=True)
     return packed
 
 

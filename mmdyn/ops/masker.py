@@ -36,17 +36,9 @@ class PatchMasker(nn.Module):
             self.bias.copy_(torch.tensor([self.init_on_bias, 0.0]).repeat(self.groups))
 
     def logits(self, x: Tensor, grid_hw) -> Tensor:
-        """``[B, 2G, rows, cols]``: (compute, skip) logit pairs, group by group. The
-        grouped 1x1 conv on the pooled grid runs as one small batched product (a
-        convolution call costs tens of microseconds on a grid of a few cells)."""
-        pooled = F.adaptive_avg_pool2d(x, grid_hw)
-        batch, channels, rows, cols = pooled.shape
-        groups = self.groups
-        weight = self.weight.view(groups, 2, channels // groups).to(pooled.dtype)
-        logits = torch.matmul(weight, pooled.reshape(batch, groups, channels // groups,
-                                                     rows * cols))    # [B, G, 2, cells]
-        return (logits.reshape(batch, 2 * groups, rows, cols)
-                + self.bias.to(pooled.dtype).view(1, -1, 1, 1))
+        """``[B, 2G, rows, cols]``: (compute, skip) logit pairs, group by group."""
+        return F.conv2d(F.adaptive_avg_pool2d(x, grid_hw), self.weight, self.bias,
+                        groups=self.groups)
 
     def forward(self, x: Tensor, grid_hw, tau: float) -> Tensor:
         """Hard (straight-through in training) mask of shape [B, G, rows, cols]."""
