@@ -169,14 +169,19 @@ def test_cad_detectors_train_a_step(coco, tmp_path, base, val):
 
 def test_config_benchmark_with_the_coarse_twin_writes_json(tmp_path):
     """CAD against both ends of its range from its config: the dilated OS8 twin and the
-    strided OS16 one (``--coarse-twin``), its own edge masks on a photo and forced keeps."""
+    strided OS16 one (``--coarse-twin``), its own edge masks on a photo and forced keeps;
+    and the OS8 twin on mmdyn's engine (``--engine-twin``)."""
     out = tmp_path / 'cad.json'
-    run('tools/analysis/benchmark_latency.py',
-        'configs/cad_resnet/faster-rcnn_cad-r50-edge035-os16to8_fpn_1x_coco.py',
-        '--coarse-twin', '--rates', '0', '0.3', 'source', '--image', 'coffee',
-        '--input', '64', '128', '--threads', '1', '--warmup', '0', '--repeats', '1',
-        '--out', out)
-    none, some, edges = json.loads(out.read_text())['rows']
+    printed = run('tools/analysis/benchmark_latency.py',
+                  'configs/cad_resnet/faster-rcnn_cad-r50-edge035-os16to8_fpn_1x_coco.py',
+                  '--coarse-twin', '--engine-twin', '--rates', '0', '0.3', 'source',
+                  '--image', 'coffee', '--input', '64', '128', '--threads', '1',
+                  '--warmup', '0', '--repeats', '1', '--out', out)
+    rows = json.loads(out.read_text())['rows']
+    assert all(r['latency_over_engine'] == pytest.approx(r['latency_ratio'] / r['engine_ratio'])
+               for r in rows)
+    assert 'lat/interp' in printed and 'lat/engine' in printed
+    none, some, edges = rows
     # every cell downsampled is the strided network: its operator-level count
     assert none['gflops_executed'] == pytest.approx(none['gflops_coarse'], rel=1e-9)
     for row in (some, edges):

@@ -191,6 +191,17 @@ def print_rows(rate, threads, stages, total):
         print(line)
 
 
+def print_rows(rows, columns, note: str = ''):
+    """One line per row: threads, rate, then ``(title, width, cell(row))`` columns."""
+    print(f'{"threads":>7} {"rate":>6} ' + ' '.join(f'{title:>{width}}'
+                                                  for title, width, _ in columns)
+          + (f'   ({note})' if note else ''))
+    for row in rows:
+        rate = row['rate'] if row['rate'] == SOURCE else f"{row['rate']:.2f}"
+        print(f"{row['threads']:>7} {rate:>6} " + ' '.join(f'{cell(row):>{width}}'
+                                                          for _, width, cell in columns))
+
+
 def run_config(args):
     report = benchmark_config(args.config, args.rates, tuple(args.input), args.threads,
                               args.part, args.checkpoint, args.image, args.batch,
@@ -199,33 +210,30 @@ def run_config(args):
     print(f"{os.path.basename(args.config)}: {report['part']} {report['backbone']} against "
           f"{report['twin']}, input {'x'.join(map(str, report['input']))}, median of "
           f'{args.repeats} whole calls after {args.warmup} warm-up, default process')
-    print(f'{"threads":>7} {"rate":>6} {"static ms":>10} {"dynamic ms":>10} {"lat ratio":>9} '
-          f'{"FLOPs ratio":>11} {"lat/FLOPs":>9} {"ran FLOPs":>9}')
-    for row in report['rows']:
-        rate = row['rate'] if row['rate'] == SOURCE else f"{row['rate']:.2f}"
-        print(f"{row['threads']:>7} {rate:>6} {row['static_s'] * 1e3:10.1f} "
-              f"{row['dynamic_s'] * 1e3:10.1f} {row['latency_ratio']:9.3f} "
-              f"{row['flops_ratio']:11.3f} {row['latency_over_flops']:9.3f} "
-              f"{row['ran_flops_ratio']:9.3f}")
+    print_rows(report['rows'], [
+        ('static ms', 10, lambda r: f"{r['static_s'] * 1e3:.1f}"),
+        ('dynamic ms', 10, lambda r: f"{r['dynamic_s'] * 1e3:.1f}"),
+        ('lat ratio', 9, lambda r: f"{r['latency_ratio']:.3f}"),
+        ('FLOPs ratio', 11, lambda r: f"{r['flops_ratio']:.3f}"),
+        ('lat/FLOPs', 9, lambda r: f"{r['latency_over_flops']:.3f}"),
+        ('ran FLOPs', 9, lambda r: f"{r['ran_flops_ratio']:.3f}")])
     print('FLOPs ratio: the masks\' FLOPs (the model\'s) over the static twin\'s; ran FLOPs: '
           'what the operators computed, dense routes included, over the same')
     if args.coarse_twin:
-        print(f'{"threads":>7} {"rate":>6} {"coarse ms":>10} {"GMACs":>8} {"interp ms":>10} '
-              f'{"lat/interp":>10}   (coarse twin: the strided network; interp: the latency '
-              'on the line between the twins at these MACs)')
-        for row in report['rows']:
-            rate = row['rate'] if row['rate'] == SOURCE else f"{row['rate']:.2f}"
-            print(f"{row['threads']:>7} {rate:>6} {row['coarse_s'] * 1e3:10.1f} "
-                  f"{row['gflops_executed']:8.2f} {row['interpolated_s'] * 1e3:10.1f} "
-                  f"{row['latency_over_interpolated']:10.3f}")
+        print_rows(report['rows'], [
+            ('coarse ms', 10, lambda r: f"{r['coarse_s'] * 1e3:.1f}"),
+            ('GMACs', 8, lambda r: f"{r['gflops_executed']:.2f}"),
+            ('interp ms', 10, lambda r: f"{r['interpolated_s'] * 1e3:.1f}"),
+            ('lat/interp', 10, lambda r: f"{r['latency_over_interpolated']:.3f}")],
+            'coarse twin: the strided network; interp: the latency on the line between '
+            'the twins at these MACs')
     if args.engine_twin:
-        print(f'{"threads":>7} {"rate":>6} {"engine ms":>10} {"engine/static":>13} '
-              f'{"lat/engine":>10}   (engine: the static twin run the way mmdyn runs static '
-              'parts, timed after the rates against the stock twin)')
-        for row in report['rows']:
-            rate = row['rate'] if row['rate'] == SOURCE else f"{row['rate']:.2f}"
-            print(f"{row['threads']:>7} {rate:>6} {row['engine_s'] * 1e3:10.1f} "
-                  f"{row['engine_ratio']:13.3f} {row['latency_over_engine']:10.3f}")
+        print_rows(report['rows'], [
+            ('engine ms', 10, lambda r: f"{r['engine_s'] * 1e3:.1f}"),
+            ('engine/static', 13, lambda r: f"{r['engine_ratio']:.3f}"),
+            ('lat/engine', 10, lambda r: f"{r['latency_over_engine']:.3f}")],
+            'engine: the static twin run the way mmdyn runs static parts, timed after the '
+            'rates against the stock twin')
     report['torch'] = torch.__version__
     stem = os.path.splitext(os.path.basename(args.config))[0]
     return report, f'{stem}-{args.part}-t{"-".join(map(str, args.threads))}'
