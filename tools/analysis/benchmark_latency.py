@@ -191,7 +191,7 @@ def print_rows(rate, threads, stages, total):
         print(line)
 
 
-def print_rows(rows, columns, note: str = ''):
+def print_config_rows(rows, columns, note: str = ''):
     """One line per row: threads, rate, then ``(title, width, cell(row))`` columns."""
     print(f'{"threads":>7} {"rate":>6} ' + ' '.join(f'{title:>{width}}'
                                                   for title, width, _ in columns)
@@ -210,7 +210,7 @@ def run_config(args):
     print(f"{os.path.basename(args.config)}: {report['part']} {report['backbone']} against "
           f"{report['twin']}, input {'x'.join(map(str, report['input']))}, median of "
           f'{args.repeats} whole calls after {args.warmup} warm-up, default process')
-    print_rows(report['rows'], [
+    print_config_rows(report['rows'], [
         ('static ms', 10, lambda r: f"{r['static_s'] * 1e3:.1f}"),
         ('dynamic ms', 10, lambda r: f"{r['dynamic_s'] * 1e3:.1f}"),
         ('lat ratio', 9, lambda r: f"{r['latency_ratio']:.3f}"),
@@ -220,7 +220,7 @@ def run_config(args):
     print('FLOPs ratio: the masks\' FLOPs (the model\'s) over the static twin\'s; ran FLOPs: '
           'what the operators computed, dense routes included, over the same')
     if args.coarse_twin:
-        print_rows(report['rows'], [
+        print_config_rows(report['rows'], [
             ('coarse ms', 10, lambda r: f"{r['coarse_s'] * 1e3:.1f}"),
             ('GMACs', 8, lambda r: f"{r['gflops_executed']:.2f}"),
             ('interp ms', 10, lambda r: f"{r['interpolated_s'] * 1e3:.1f}"),
@@ -228,7 +228,7 @@ def run_config(args):
             'coarse twin: the strided network; interp: the latency on the line between '
             'the twins at these MACs')
     if args.engine_twin:
-        print_rows(report['rows'], [
+        print_config_rows(report['rows'], [
             ('engine ms', 10, lambda r: f"{r['engine_s'] * 1e3:.1f}"),
             ('engine/static', 13, lambda r: f"{r['engine_ratio']:.3f}"),
             ('lat/engine', 10, lambda r: f"{r['latency_over_engine']:.3f}")],
