@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gemm import _POINTWISE, _REORDER, _derived, count_class, dtype_name
+from .gemm import _POINTWISE, _REORDER, count_class, dtype_name, packed_for
 from .kernel_choice import CHOOSER, CPU_FLOAT32, KernelOp
 
 #: input pixel-count classes (batch x height x width): a choice is measured once per
@@ -47,16 +47,9 @@ def packed_conv_weight(weight: Tensor, shape, stride: int, padding: int, dilatio
     (cached on the weight: one packing, for the last shape and thread count; rebuilt
     when the weight is modified in place)."""
     shape = tuple(shape)
-    key = shape, torch.get_num_threads()
-
-    def build(w):
-        return key, _REORDER(w, [padding] * 2, [stride] * 2, [dilation] * 2, groups,
-                             list(shape))
-    kind = ('dense', stride, padding, dilation, groups)
-    packed_key, packed = _derived(weight, kind, build)
-    if packed_key != key:
-        _, packed = _derived(weight, kind, build, rebuild=True)
-    return packed
+    return packed_for(weight, ('dense', stride, padding, dilation, groups), shape,
+                      lambda w: _REORDER(w, [padding] * 2, [stride] * 2, [dilation] * 2,
+                                         groups, list(shape)))
 
 
 def _conv_packed(x, weight, bias, stride, padding, dilation, groups, relu):

@@ -83,14 +83,18 @@ def _packed_weight(matrix: Tensor, rows: int) -> Tensor:
     another count is reordered again, slower than a plain one), so one packing is kept
     per matrix, for the last row count and thread count (maps of one input size repeat
     theirs; a weight packed at 2 threads ran a 1-thread product at half speed)."""
-    key = rows, torch.get_num_threads()
+    return packed_for(matrix, 'packed', rows, lambda m: _REORDER(
+        _conv_weight(m), [0, 0], [1, 1], [1, 1], 1, [1, m.shape[0], rows, 1]))
 
-    def build(m):
-        return key, _REORDER(_conv_weight(m), [0, 0], [1, 1], [1, 1], 1,
-                             [1, m.shape[0], rows, 1])
-    packed_key, packed = _derived(matrix, 'packed', build)
+
+def packed_for(weight: Tensor, kind, target, pack):
+    """``pack(weight)``, a oneDNN packing for ``target`` (a row count, an input shape)
+    at the current thread count, cached on ``weight`` (:func:`_derived`): one packing
+    per ``kind``, rebuilt when the target or the thread count changes."""
+    key = target, torch.get_num_threads()
+    packed_key, packed = _derived(weight, kind, lambda w: (key, pack(w)))
     if packed_key != key:
-        _, packed = _derived(matrix, 'packed', build, rebuild=True)
+        _, packed = _derived(weight, kind, lambda w: (key, pack(w)), rebuild=True)
     return packed
 
 
