@@ -134,12 +134,15 @@ def test_missing_stale_or_switched_off_kernels_fall_back_with_one_warning(tmp_pa
 @pytest.mark.parametrize('shape', [(0, 9, 8, 5), (1, 1, 3, 4), (37, 9, 16, 24), (600, 9, 64, 64),
                                    (300, 1, 256, 64), (2500, 9, 8, 5)])
 @pytest.mark.parametrize('threads', [1, 2])
-def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, threads,
+@pytest.mark.parametrize('mode', [torch.enable_grad, torch.no_grad, torch.inference_mode])
+def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, threads, mode,
                                                                 monkeypatch):
     """bias + concat(table[taps]) @ matrix against a float64 reference, tiles crossed
     (2500 rows for oneDNN's 2048-row tiles), taps on the zero row, one-tap (1x1) and
     9-tap convs, on one thread and two (the native kernels balance their tiles over
-    the threads)."""
+    the threads), in every autograd mode a forward runs in: under inference mode the
+    native kernel's worker threads write an inference tensor (they failed, and the
+    kernel was dropped, before they took the caller's mode)."""
     monkeypatch.setenv(ENV_PINS, f'gather_gemm={impl}')
     spy = spy_on_native(monkeypatch, impl)
     rows, taps, channels, out_channels = shape
@@ -153,7 +156,8 @@ def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, thr
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = gather_gemm(table, index, matrix, bias)
+        with mode():
+            got = gather_gemm(table, index, matrix, bias)
     finally:
         torch.set_num_threads(before)
     assert got.shape == (rows, out_channels) and got.dtype == torch.float32

@@ -14,6 +14,7 @@
 // class on the CPUs measured and was removed.)
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
@@ -73,7 +74,12 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
   tiles = std::max<int64_t>(1, (tiles + threads - 1) / threads * threads);
   tile = std::max<int64_t>(1, (rows + tiles - 1) / tiles);
   tiles = (rows + tile - 1) / tile;
+  // The workers run ATen ops on `out`: they take the caller's inference / grad mode
+  // (parallel_for does not carry it; an inference tensor written outside inference
+  // mode is an error).
+  const at::ThreadLocalState caller_state;
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard state_guard(caller_state);
     std::vector<float> buffer(tile * width);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t first = t * tile, size = std::min(tile, rows - first);
