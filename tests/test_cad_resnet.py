@@ -12,6 +12,8 @@ from skimage import data as skdata
 from mmdyn.models.backbones import CADResNet
 from mmdyn.models.losses import KeepRatioLoss
 from mmdyn.models.mask_sources import EdgeMask
+from mmdyn.ops.gemm import GATHER_GEMM
+from mmdyn.ops.kernel_choice import ENV_PINS
 from mmdyn.ops.multires import (CellLayout, adaptive_downsample, check_keep_mask,
                                 conv3x3_rows, dense_to_rows, fill_cells, rows_to_dense,
                                 step_levels)
@@ -123,11 +125,11 @@ def cad(base_output_stride, mask_source='RandomMask'):
     return model
 
 
-def run(model, x, mode, masks=None):
+def run(model, x, mode, masks=None, grad_mode=torch.no_grad):
     model.set_execution_mode(mode)
     model.set_masks(masks)
     try:
-        with torch.no_grad():
+        with grad_mode():
             return model(x), model.records
     finally:
         model.set_masks(None)
@@ -173,12 +175,18 @@ def test_guarantee_2_strided_and_dilated_networks(base_output_stride, mode, size
 
 @pytest.mark.parametrize('base_output_stride', [16, 32])
 @pytest.mark.parametrize('keep_ratio', [0.0, 0.3, 1.0])
-def test_sparse_equals_dense_reference(base_output_stride, keep_ratio):
+@pytest.mark.parametrize('gather', ['torch', 'native_onednn_packed'])
+def test_sparse_equals_dense_reference(base_output_stride, keep_ratio, gather, monkeypatch):
+    """Both gather-GEMM kernels (the native one where built), the sparse forward
+    under inference mode as deployments call it."""
+    if gather not in GATHER_GEMM.candidates:
+        pytest.skip(f'{gather} is not available in this torch build')
+    monkeypatch.setenv(ENV_PINS, f'gather_gemm={gather}')
     model = cad(base_output_stride)
     x = torch.randn(2, 3, 70, 90)
     masks = [torch.rand(2, *m.shape[1:]) < keep_ratio for m in keep_all(model, x, True)]
     dense, dense_record = run(model, x, 'dense', masks)
-    sparse, sparse_record = run(model, x, 'sparse', masks)
+    sparse, sparse_record = run(model, x, 'sparse', masks, torch.inference_mode)
     for a, b in zip(sparse, dense):
         assert relative_error(a, b) < 1e-4
     assert torch.equal(sparse_record.executed_flops, dense_record.executed_flops)

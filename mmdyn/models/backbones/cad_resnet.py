@@ -26,8 +26,9 @@ from mmengine.registry import MODELS
 from mmdyn.models.mask_sources.basic import (build_mask_source, check_source_steps,
                                             source_keep_masks)
 from mmdyn.ops import BlockRecord, ForwardRecord, MaskTerms, PatchGrid, conv_macs
-from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, conv3x3_rows,
-                                dense_to_rows, fill_cells, rows_to_dense, step_levels)
+from mmdyn.ops.gemm import gather_gemm
+from mmdyn.ops.multires import (CellLayout, block_grid, check_keep_mask, dense_to_rows,
+                                fill_cells, rows_to_dense, step_levels, zero_padded)
 from .dynamic import check_number, fold_cache_of, folded_cached
 from .resnet_parts import (DynamicResNetMixin, output_memory_format, plain_block_flops,
                            plain_res_layer, reject_unsupported, run_static_layer)
@@ -285,7 +286,9 @@ class CADResNet(ForcedKeepMasks, DynamicResNetMixin, ResNet):
         conv1, conv2, conv3 = (self._folded(block, i) for i in (1, 2, 3))
         hidden = conv1.rows(rows).relu_()
         taps = self._taps(source, target, conv2.dilation)
-        hidden = conv3x3_rows(hidden, taps, conv2.matrix, conv2.bias, relu=True)
+        # the nine taps gathered tile by tile into the product (the measured kernel:
+        # a gathered copy of every tap would be 9x the map, written to fresh memory)
+        hidden = gather_gemm(zero_padded(hidden), taps, conv2.matrix, conv2.bias, relu=True)
         # The shortcut reads the input at the output cells (a strided 1x1 conv samples).
         identity = rows if source is target else rows.index_select(
             0, source.rows_at(target.positions))
