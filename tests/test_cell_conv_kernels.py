@@ -142,7 +142,7 @@ def test_cad_vgg_reused_buffers_give_the_same_cells_and_fresh_results():
 
 
 def test_row_buffers_regrow_and_follow_the_dtype():
-    from mmdyn.ops.multires import RowBuffers
+    from mmdyn.ops.row_buffers import RowBuffers
     buffers = RowBuffers()
     small = buffers.take('a', (2, 3), torch.empty(0))
     assert small.shape == (2, 3) and buffers.take('a', (1, 3), small).data_ptr() == \

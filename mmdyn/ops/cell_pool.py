@@ -12,7 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .multires import CellLayout, RowBuffers, new_rows
+from .multires import CellLayout, new_rows
+from .row_buffers import RowBuffers
 
 
 def max_pool_rows(rows: Tensor, source: CellLayout, target: CellLayout, step: int,

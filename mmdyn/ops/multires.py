@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .gemm import gemm_into
+from .row_buffers import RowBuffers
 
 DOWNSAMPLE_MODES = ('strided', 'max', 'avg')
 
@@ -174,35 +175,6 @@ def fill_cells(x: Tensor, layout: CellLayout) -> Tensor:
     """Dense reference of the multi-resolution map: every pixel takes the value of its
     cell's active (top-left) pixel."""
     return rows_to_dense(dense_to_rows(x, layout), layout)
-
-
-class RowBuffers:
-    """Storage that the sparse executors reuse across forwards for their large
-    temporaries (gather buffers, intermediate cell maps): a fresh buffer of hundreds
-    of MB is mapped anew by the allocator and costs a page fault per page on every
-    forward. ``take(name, shape, like)`` returns an uninitialised tensor on the storage
-    kept under ``name`` (reallocated when too small or of another dtype / device); the
-    next ``take`` of the same name overwrites it, so the caller alternates names
-    between a map and the one computed from it, and gives the result it returns fresh
-    memory. Not for concurrent forwards of one module."""
-
-    def __init__(self):
-        self._flat = {}
-
-    def take(self, name: str, shape, like: Tensor) -> Tensor:
-        numel = 1
-        for size in shape:
-            numel *= size
-        flat = self._flat.get(name)
-        if flat is None or flat.numel() < numel or flat.dtype != like.dtype \
-                or flat.device != like.device:
-            self._flat.pop(name, None)  # free the old storage before allocating
-            flat = like.new_empty(numel + numel // 8)  # some room for larger inputs
-            self._flat[name] = flat
-        return flat[:numel].view(shape)
-
-    def clear(self):
-        self._flat.clear()
 
 
 def new_rows(n: int, channels: int, like: Tensor, buffers: Optional[RowBuffers] = None,

@@ -13,11 +13,13 @@ of pixel rows, windows are one row gather and results one row copy.
 """
 import math
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .row_buffers import RowBuffers, gather_rows
 
 
 IntOrPair = Union[int, Tuple[int, int]]
@@ -104,16 +106,18 @@ def _window_taps(index: Tensor, window: Window, height: int, width: int):
     return taps.view(-1), outside
 
 
-def gather_windows(x: Tensor, index: Tensor, window: Window) -> Tensor:
+def gather_windows(x: Tensor, index: Tensor, window: Window,
+                   buffers: Optional[RowBuffers] = None) -> Tensor:
     """Stack the windows of ``x`` that feed the active patches: ``[N, C, size_h,
     size_w]`` (channels-last memory).
 
     Pixels outside ``x`` read as zero, which is exactly the zero padding a dense conv
     would apply, so a VALID conv on the stack equals the dense conv on those patches.
-    One row gather on the channels-last view: no padded copy of ``x`` is made.
+    One row gather on the channels-last view: no padded copy of ``x`` is made; into the
+    slot ``'windows'`` of ``buffers`` when given (see :func:`.row_buffers.gather_rows`).
     """
     taps, outside = _window_taps(index, window, x.shape[2], x.shape[3])
-    windows = F.embedding(taps, pixel_rows(x))  # a row gather; faster than index_select
+    windows = gather_rows(pixel_rows(x), taps, buffers, 'windows')
     if outside.numel():
         windows.index_fill_(0, outside, 0.0)
     return windows.view(index.shape[0], *pair(window.size), x.shape[1]).permute(0, 3, 1, 2)
@@ -135,7 +139,7 @@ def patch_pixels(index: Tensor, grid: PatchGrid):
 
 def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: PatchGrid,
                         relu: bool = False, inplace: bool = False,
-                        pointwise=None) -> Tensor:
+                        pointwise=None, buffers: Optional[RowBuffers] = None) -> Tensor:
     """``base + scatter(f(patches))``, optionally followed by ReLU over the whole map.
 
     ``base`` is ``[B, C, height, width]`` and ``patches`` ``[N, C', S_h, S_w]``; border
@@ -143,7 +147,8 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
     for the identity) is applied to the patches inside the scatter: its product is
     accumulated straight onto the gathered base rows (one GEMM, no intermediate map).
     The result is channels-last; ``base`` is left untouched unless ``inplace`` (then
-    it must already be channels-last).
+    it must already be channels-last). The gathered base rows go to the slot
+    ``'scatter'`` of ``buffers`` when given.
     """
     if not base.is_contiguous(memory_format=torch.channels_last):
         if inplace:
@@ -153,7 +158,7 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
     values = pixel_rows(patches)
     if keep is not None:
         values = values.index_select(0, keep)
-    updated = F.embedding(pixels, pixel_rows(base))  # a row gather, faster than index_select
+    updated = gather_rows(pixel_rows(base), pixels, buffers, 'scatter')
     if pointwise is None:
         updated.add_(values)  # in-place add promotes across float dtypes
         if relu:

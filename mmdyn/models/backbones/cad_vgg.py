@@ -20,7 +20,7 @@ kernel measured on the running CPU), the adaptive pools on rows
 (:func:`~mmdyn.ops.cell_pool.max_pool_rows`). The products write straight into the
 output with the ReLU fused, the maps chain through a trailing zero row (the taps outside
 the image) and the large temporaries live on storage reused across forwards
-(:class:`~mmdyn.ops.multires.RowBuffers`). Multiply-adds are counted per conv from the
+(:class:`~mmdyn.ops.row_buffers.RowBuffers`). Multiply-adds are counted per conv from the
 cells it computes.
 """
 from typing import Dict
@@ -34,9 +34,9 @@ from mmdyn.models.mask_sources.basic import (build_mask_source, check_source_ste
 from mmdyn.ops import (BlockRecord, ForwardRecord, MaskTerms, PatchGrid, conv_macs,
                        fold_conv_bn)
 from mmdyn.ops.cell_pool import max_pool_rows
-from mmdyn.ops.multires import (CellLayout, RowBuffers, adaptive_downsample, block_grid,
-                                check_keep_mask, conv3x3_rows, fill_cells, rows_to_dense,
-                                step_levels)
+from mmdyn.ops.multires import (CellLayout, adaptive_downsample, block_grid, check_keep_mask,
+                                conv3x3_rows, fill_cells, rows_to_dense, step_levels)
+from mmdyn.ops.row_buffers import RowBuffers
 from .cad_resnet import ForcedKeepMasks
 from .d2net_vgg import BLOCKS, D2NetVGG, check_output_stride
 from .dynamic import DynamicBackboneMixin, tensor_state

@@ -97,17 +97,26 @@ def tensor_state(tensor: Tensor) -> tuple:
     version counter (optimizer steps, load_state_dict, BatchNorm statistics updates and
     mmcv's fuse_conv_bn change it) and its storage, device and dtype (``model.to()``,
     ``.cuda()``, ``.half()`` in place keep a Parameter's identity and version but give
-    it new data)."""
-    return (id(tensor), tensor._version, tensor.data_ptr(), tensor.device, tensor.dtype)
+    it new data). An inference tensor (a weight derived in a forward under
+    ``torch.inference_mode``) has no version counter and cannot be changed in place
+    outside inference mode; its identity and storage stand for it."""
+    version = -1 if tensor.is_inference() else tensor._version
+    return (id(tensor), version, tensor.data_ptr(), tensor.device, tensor.dtype)
 
 
 def cached_build(cache: dict, name: str, sources, build):
     """``build()``, recomputed only when one of the ``sources`` tensors changed
-    (:func:`tensor_state`)."""
+    (:func:`tensor_state`). Built outside inference mode (still recording no graph
+    there): an inference tensor kept in the cache would fail a later forward with
+    gradients on ("Inference tensors cannot be saved for backward")."""
     key = tuple(tensor_state(t) for t in sources if t is not None)
     entry = cache.get(name)
     if entry is None or entry[0] != key:
-        entry = (key, build())
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False), torch.no_grad():
+                entry = (key, build())
+        else:
+            entry = (key, build())
         cache[name] = entry
     return entry[1]
 
@@ -137,6 +146,9 @@ class DynamicBlockMixin:
         self.forced_seed = 0
         self.record = None
         self.owns_input = False  # set by a backbone that never reuses block inputs
+        # storage for the sparse path's large temporaries, shared by the backbone's
+        # blocks (they run one after another); None: fresh memory
+        self.row_buffers = None
         self._fold_cache = {}
 
     def may_overwrite(self, x: torch.Tensor, identity: torch.Tensor) -> bool:

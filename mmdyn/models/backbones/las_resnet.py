@@ -113,7 +113,7 @@ class _LASBlockMixin(DynamicBlockMixin):
         if index.numel() == 0:
             return identity.relu_() if reuse else F.relu(identity)
         return scatter_add_patches(identity, patches, index, grid, relu=True, inplace=reuse,
-                                   pointwise=pointwise)
+                                   pointwise=pointwise, buffers=self.row_buffers)
 
 
 class LASBottleneck(_LASBlockMixin, Bottleneck):
@@ -172,7 +172,7 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
         """relu(identity + scatter(conv3(conv2(windows)))) on the active patches."""
         if index.numel() == 0:
             return self.sparse_output(x, identity, None, index, grid)
-        windows = gather_windows(out1, index, self.conv2_window).relu_()
+        windows = gather_windows(out1, index, self.conv2_window, self.row_buffers).relu_()
         hidden = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True).relu_()
         conv3 = self.folded('conv3', self.conv3, self.norm3)  # fused into the scatter-add
         return self.sparse_output(x, identity, hidden, index, grid, pointwise=conv3)
@@ -306,7 +306,7 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
     def _residual_sparse(self, x, out1, identity, index, grid):
         if index.numel() == 0:
             return self.sparse_output(x, identity, None, index, grid)
-        windows = gather_windows(out1, index, self.conv2_window).relu_()
+        windows = gather_windows(out1, index, self.conv2_window, self.row_buffers).relu_()
         patches = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True)
         return self.sparse_output(x, identity, patches, index, grid)
 

@@ -11,6 +11,7 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from mmdyn.ops import conv_macs
+from mmdyn.ops.row_buffers import RowBuffers
 from .dynamic import (DynamicBackboneMixin, DynamicBlockMixin, check_number, fold_cache_of,
                       folded_cached)
 
@@ -258,11 +259,13 @@ class DynamicResNetMixin(DynamicBackboneMixin):
             for c in stem_convs)
         self.set_execution_mode(execution_mode)
         self.set_temperature(temperature)
+        shared = RowBuffers()
         for block in self.dynamic_blocks():
             # forward() never reads a dynamic block's input again (a stage output kept
             # for out_indices feeds a static block or a shortcut projection), so the
             # blocks may overwrite it at inference.
             block.owns_input = True
+            block.row_buffers = shared
 
     def train(self, mode: bool = True):
         """mmdet's ResNet.train() returns None; keep nn.Module's ``return self``."""

@@ -283,6 +283,9 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
         if pixel_mask is None:
             return residual.add_(identity).relu_()
         grouped = group_view(residual, self.groups)
+        if torch.is_grad_enabled():  # an eval forward with gradients on: no out= op
+            grouped.mul_(pixel_mask.unsqueeze(2))
+            return residual.add_(identity).relu_()
         torch.addcmul(group_view(identity, self.groups), grouped, pixel_mask.unsqueeze(2),
                       out=grouped)
         return residual.relu_()
@@ -350,7 +353,8 @@ class RefineBottleneck(_RefineBlock):
             inputs = F.embedding(pixels, pixel_rows(x)[:, g * width:(g + 1) * width])
         hidden = conv1.rows(inputs).relu_()
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
-        hidden = conv2(gather_windows(canvas, index, self.window(grid)), valid=True).relu_()
+        hidden = conv2(gather_windows(canvas, index, self.window(grid), self.row_buffers),
+                       valid=True).relu_()
         hidden = pixel_rows(hidden)
         if keep is not None:
             hidden = hidden.index_select(0, keep)
@@ -390,13 +394,15 @@ class RefineBasicBlock(_RefineBlock):
         # conv1 reads x with its halo, zero on the cells group g did not select.
         selected = upsample_patch_mask(mask[:, g:g + 1], grid).contiguous(
             memory_format=torch.channels_last)
-        inputs = gather_windows(x[:, g * width:(g + 1) * width], index, window)
+        inputs = gather_windows(x[:, g * width:(g + 1) * width], index, window,
+                                self.row_buffers)
         inputs = inputs * gather_windows(selected, index, window)
         hidden = pixel_rows(conv1(inputs, valid=True).relu_())
         if keep is not None:
             hidden = hidden.index_select(0, keep)
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
-        hidden = pixel_rows(conv2(gather_windows(canvas, index, window), valid=True))
+        hidden = pixel_rows(conv2(gather_windows(canvas, index, window, self.row_buffers),
+                                  valid=True))
         return identity.add_(hidden if keep is None else hidden.index_select(0, keep))
 
     def group_pixel_flops(self) -> int:
