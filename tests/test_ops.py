@@ -140,3 +140,30 @@ def test_ops_import_with_torch_alone():
         'assert mmdyn.ops.patch_extents(grid).sum() == 25\n')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize('inplace', [False, True])
+@pytest.mark.parametrize('with_buffers', [False, True])
+def test_scatter_relu_on_a_nonnegative_base_touches_only_the_patches(inplace, with_buffers):
+    """relu(base + scatter(patches)) against the independent arithmetic: with
+    ``base_nonnegative`` (a ReLU output as base) the map outside the patches is base
+    itself; the gathered rows may live in reused storage."""
+    from mmdyn.ops.row_buffers import RowBuffers
+    torch.manual_seed(0)
+    grid = PatchGrid(9, 11, 4)
+    base = torch.randn(2, 6, 9, 11).relu_().contiguous(memory_format=torch.channels_last)
+    mask = (torch.rand(2, 1, *grid.shape) < 0.5).float()
+    mask[0, 0, 0, 0] = 1.0
+    index = active_patches(mask)
+    patches = torch.randn(index.shape[0], 6, 4, 4)
+    canvas = torch.zeros(2, 6, grid.rows * 4, grid.cols * 4)
+    for (b, r, c), patch in zip(index.tolist(), patches):
+        canvas[b, :, r * 4:r * 4 + 4, c * 4:c * 4 + 4] = patch
+    expected = F.relu(base + canvas[:, :, :9, :11])
+    buffers = RowBuffers() if with_buffers else None
+    source = base.clone(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = scatter_add_patches(source, patches, index, grid, relu=True, inplace=inplace,
+                                  buffers=buffers, base_nonnegative=True)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert (got.data_ptr() == source.data_ptr()) == inplace

@@ -139,7 +139,8 @@ def patch_pixels(index: Tensor, grid: PatchGrid):
 
 def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: PatchGrid,
                         relu: bool = False, inplace: bool = False,
-                        pointwise=None, buffers: Optional[RowBuffers] = None) -> Tensor:
+                        pointwise=None, buffers: Optional[RowBuffers] = None,
+                        base_nonnegative: bool = False) -> Tensor:
     """``base + scatter(f(patches))``, optionally followed by ReLU over the whole map.
 
     ``base`` is ``[B, C, height, width]`` and ``patches`` ``[N, C', S_h, S_w]``; border
@@ -148,7 +149,8 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
     accumulated straight onto the gathered base rows (one GEMM, no intermediate map).
     The result is channels-last; ``base`` is left untouched unless ``inplace`` (then
     it must already be channels-last). The gathered base rows go to the slot
-    ``'scatter'`` of ``buffers`` when given.
+    ``'scatter'`` of ``buffers`` when given. ``base_nonnegative``: ``base`` is a ReLU
+    output, so the ReLU leaves it unchanged outside the patches (no pass over the map).
     """
     if not base.is_contiguous(memory_format=torch.channels_last):
         if inplace:
@@ -165,7 +167,7 @@ def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: Patc
             updated.relu_()
     else:
         pointwise.accumulate_(updated, values, relu=relu)  # ReLU fused into the product
-    if relu:
+    if relu and not base_nonnegative:
         out = base.relu_() if inplace else F.relu(base)
     else:
         out = base if inplace else base.clone()

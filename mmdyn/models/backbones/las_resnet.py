@@ -108,12 +108,18 @@ class _LASBlockMixin(DynamicBlockMixin):
     def sparse_output(self, x, identity, patches, index, grid, pointwise=None):
         """relu(identity + scatter(patches)). The identity is updated in place when it
         is a fresh tensor (the downsample output) or when the owning backbone says the
-        block's input is not used afterwards (and no autograd graph is recorded)."""
+        block's input is not used afterwards (and no autograd graph is recorded). A
+        block's input is a ReLU output (the previous block's, or the stem's max-pooled
+        one): an identity that is the input needs no ReLU outside the patches."""
         reuse = self.may_overwrite(x, identity)
+        nonnegative = identity is x
         if index.numel() == 0:
+            if nonnegative:
+                return identity if reuse else identity.clone()
             return identity.relu_() if reuse else F.relu(identity)
         return scatter_add_patches(identity, patches, index, grid, relu=True, inplace=reuse,
-                                   pointwise=pointwise, buffers=self.row_buffers)
+                                   pointwise=pointwise, buffers=self.row_buffers,
+                                   base_nonnegative=nonnegative)
 
 
 class LASBottleneck(_LASBlockMixin, Bottleneck):
