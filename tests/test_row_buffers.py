@@ -18,6 +18,16 @@ def test_a_slot_keeps_its_storage_and_reallocates_only_when_it_must():
     assert buffers.take('a', (10, 4), like.double()).dtype == torch.float64
 
 
+def test_copies_and_pickles_start_empty():
+    import copy
+    import pickle
+    buffers = RowBuffers()
+    buffers.take('a', (1000, 8), torch.zeros(1))
+    for other in (copy.deepcopy(buffers), pickle.loads(pickle.dumps(buffers))):
+        assert other._flat == {} and other.take('a', (2, 2), torch.zeros(1)).shape == (2, 2)
+    assert 'a' in buffers._flat
+
+
 def test_storage_made_in_inference_mode_is_replaced_outside_it():
     """An inference tensor cannot be written outside inference mode: a model first
     run under torch.inference_mode, then under torch.no_grad, must still run."""

@@ -40,6 +40,11 @@ class RowBuffers:
     def clear(self):
         self._flat.clear()
 
+    def __getstate__(self):
+        """Copies and pickles (``copy.deepcopy(model)``, ``torch.save(model)``) start
+        empty: the storage is scratch, not state."""
+        return {'_flat': {}}
+
 
 def gather_rows(rows: Tensor, index: Tensor, buffers: Optional[RowBuffers] = None,
                 name: str = 'gather') -> Tensor:
