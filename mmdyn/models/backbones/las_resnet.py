@@ -110,9 +110,10 @@ class _LASBlockMixin(DynamicBlockMixin):
         is a fresh tensor (the downsample output) or when the owning backbone says the
         block's input is not used afterwards (and no autograd graph is recorded). A
         block's input is a ReLU output (the previous block's, or the stem's max-pooled
-        one): an identity that is the input needs no ReLU outside the patches."""
+        one): an identity that is the input (or, in a crossover measurement, its copy)
+        needs no ReLU outside the patches."""
         reuse = self.may_overwrite(x, identity)
-        nonnegative = identity is x
+        nonnegative = self.downsample is None
         if index.numel() == 0:
             if nonnegative:
                 return identity if reuse else identity.clone()
