@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .caching import build_outside_inference_mode
+
 
 @dataclass(frozen=True)
 class MaskTerms:
@@ -67,12 +69,13 @@ def patch_extents(grid, device=None) -> Tensor:
 
 @functools.lru_cache(maxsize=256)
 def _patch_extents(grid, device) -> Tensor:
-    with torch.inference_mode(False):  # a plain tensor: training forwards read it too
+    def build():  # a plain tensor (.caching): training forwards read it too
         rows = _clipped_lengths(grid.rows, grid.patch_h, 0, grid.patch_h, grid.height,
                                 device)
         cols = _clipped_lengths(grid.cols, grid.patch_w, 0, grid.patch_w, grid.width,
                                 device)
         return rows[:, None] * cols[None, :]
+    return build_outside_inference_mode(build)
 
 
 @dataclass

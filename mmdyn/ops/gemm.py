@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .caching import build_outside_inference_mode
 from .kernel_choice import CHOOSER, CPU_FLOAT32, KernelOp, Serves
 from .native import native_kernels
 
@@ -49,7 +50,8 @@ class DerivedWeights(dict):
 def _derived(matrix: Tensor, kind, build, rebuild: bool = False):
     """``build(matrix)`` cached on the matrix (on its base when it is a view, such as
     ``grouped[0]``: a fresh view per call would otherwise redo the work on every
-    forward), rebuilt when the matrix is modified in place."""
+    forward), rebuilt when the matrix is modified in place; built outside inference
+    mode (:mod:`.caching`)."""
     owner = matrix if matrix._base is None else matrix._base
     try:
         version = owner._version
@@ -61,7 +63,7 @@ def _derived(matrix: Tensor, kind, build, rebuild: bool = False):
     key = (kind, matrix.storage_offset(), tuple(matrix.shape), tuple(matrix.stride()))
     cached = cache.get(key)
     if rebuild or cached is None or cached[0] != version or version is None:
-        cached = (version, build(matrix))
+        cached = (version, build_outside_inference_mode(build, matrix))
         cache[key] = cached
     return cached[1]
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from mmdyn.ops import BlockRecord, ForwardRecord, MaskTerms, PatchGrid, fold_conv_bn
+from mmdyn.ops.caching import build_outside_inference_mode
 from .dense_fallback import measure_crossover, runs_densely, size_class
 
 EXECUTION_MODES = ('auto', 'masked', 'sparse')
@@ -106,17 +107,12 @@ def tensor_state(tensor: Tensor) -> tuple:
 
 def cached_build(cache: dict, name: str, sources, build):
     """``build()``, recomputed only when one of the ``sources`` tensors changed
-    (:func:`tensor_state`). Built outside inference mode (still recording no graph
-    there): an inference tensor kept in the cache would fail a later forward with
-    gradients on ("Inference tensors cannot be saved for backward")."""
+    (:func:`tensor_state`). Built outside inference mode
+    (:mod:`mmdyn.ops.caching`)."""
     key = tuple(tensor_state(t) for t in sources if t is not None)
     entry = cache.get(name)
     if entry is None or entry[0] != key:
-        if torch.is_inference_mode_enabled():
-            with torch.inference_mode(False), torch.no_grad():
-                entry = (key, build())
-        else:
-            entry = (key, build())
+        entry = (key, build_outside_inference_mode(build))
         cache[name] = entry
     return entry[1]
 
