@@ -7,9 +7,10 @@ inference mode and cannot be saved for backward, so whatever a forward caches fo
 forwards (folded and derived weights, patch extents) is built with inference mode
 switched off.
 """
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import torch
+from torch import Tensor
 
 T = TypeVar('T')
 
@@ -21,3 +22,9 @@ def build_outside_inference_mode(build: Callable[..., T], *args) -> T:
         return build(*args)
     with torch.inference_mode(False), torch.no_grad():
         return build(*args)
+
+
+def version_counter(tensor: Tensor) -> Optional[int]:
+    """The tensor's in-place version counter, or None for an inference tensor (it has
+    none)."""
+    return None if tensor.is_inference() else tensor._version

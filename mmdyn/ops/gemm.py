@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .caching import build_outside_inference_mode
+from .caching import build_outside_inference_mode, version_counter
 from .kernel_choice import CHOOSER, CPU_FLOAT32, KernelOp, Serves
 from .native import native_kernels
 
@@ -53,10 +53,7 @@ def _derived(matrix: Tensor, kind, build, rebuild: bool = False):
     forward), rebuilt when the matrix is modified in place; built outside inference
     mode (:mod:`.caching`)."""
     owner = matrix if matrix._base is None else matrix._base
-    try:
-        version = owner._version
-    except RuntimeError:  # inference tensors have no version counter
-        version = None
+    version = version_counter(owner)
     cache = owner.__dict__.get('_mmdyn_conv_weights')
     if not isinstance(cache, DerivedWeights):
         cache = owner.__dict__['_mmdyn_conv_weights'] = DerivedWeights()

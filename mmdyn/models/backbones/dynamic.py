@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mmdyn.ops import BlockRecord, ForwardRecord, MaskTerms, PatchGrid, fold_conv_bn
-from mmdyn.ops.caching import build_outside_inference_mode
+from mmdyn.ops.caching import build_outside_inference_mode, version_counter
 from .dense_fallback import measure_crossover, runs_densely, size_class
 
 EXECUTION_MODES = ('auto', 'masked', 'sparse')
@@ -101,8 +101,8 @@ def tensor_state(tensor: Tensor) -> tuple:
     it new data). An inference tensor (a weight derived in a forward under
     ``torch.inference_mode``) has no version counter and cannot be changed in place
     outside inference mode; its identity and storage stand for it."""
-    version = -1 if tensor.is_inference() else tensor._version
-    return (id(tensor), version, tensor.data_ptr(), tensor.device, tensor.dtype)
+    return (id(tensor), version_counter(tensor), tensor.data_ptr(), tensor.device,
+            tensor.dtype)
 
 
 def cached_build(cache: dict, name: str, sources, build):
