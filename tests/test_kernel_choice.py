@@ -442,7 +442,7 @@ def test_crossover_arithmetic(dense_partial, dense_full, expected, monkeypatch):
     from mmdyn.models.backbones import dense_fallback
     costs = {'sparse': lambda rate: 10.0 + 10.0 * rate, 'dense': dense_partial,
              'full': dense_full}
-    monkeypatch.setattr(dense_fallback, '_median_seconds', lambda fn, device, repeats: fn())
+    monkeypatch.setattr(dense_fallback, 'time_call', lambda fn, device: fn())
     crossover = dense_fallback.measure_crossover(
         costs['sparse'], lambda: costs['dense'], cells=10,
         run_dense_full=None if dense_full is None else (lambda: costs['full']))
@@ -454,6 +454,57 @@ def test_crossover_arithmetic(dense_partial, dense_full, expected, monkeypatch):
         costs['sparse'], lambda: costs['dense'], cells=10, run_dense_full=never_timed,
         full_mask_dense=True)
     assert crossover == pytest.approx(min(expected, 0.9))
+
+
+def fake_clock(monkeypatch, slowdown=lambda call: 1.0):
+    """Routes return their cost instead of running; ``slowdown(call)`` scales the
+    ``call``-th timing (a passing slowdown of the machine). Returns the call log."""
+    from mmdyn.models.backbones import dense_fallback
+    calls = []
+
+    def time_call(fn, device):
+        calls.append(fn)
+        return fn() * slowdown(len(calls) - 1)
+    monkeypatch.setattr(dense_fallback, 'time_call', time_call)
+    return calls
+
+
+def test_a_passing_slowdown_does_not_move_the_crossover(monkeypatch):
+    """Three consecutive timings taken three times slower, wherever they fall in the
+    measurement, leave the crossover where it is: the routes are timed in alternating
+    rounds, so the burst hits one run of each route, not three runs of one (timed route
+    by route, a burst on the half-rate runs put a 3.5x faster sparse route of a LAS-18
+    block on its dense route at 2 % activation: CI of 2026-12-05)."""
+    from mmdyn.models.backbones import dense_fallback
+
+    def crossover(slowdown):
+        calls = fake_clock(monkeypatch, slowdown)
+        rate = dense_fallback.measure_crossover(lambda rate: 10.0 + 10.0 * rate, lambda: 15.0,
+                                                cells=10, run_dense_full=lambda: 25.0)
+        return rate, len(calls)
+    steady, total = crossover(lambda call: 1.0)
+    assert steady == pytest.approx(0.5) and total >= 12
+    for start in range(total):
+        moved, _ = crossover(lambda call: 3.0 if start <= call < start + 3 else 1.0)
+        assert moved == pytest.approx(0.5), (start, total)
+
+
+def test_a_crossover_below_half_is_measured_not_extrapolated(monkeypatch):
+    """A sparse cost that barely grows above half the patches (its line through 1/2 and
+    1 lies above the dense cost at every rate) but is cheap with few patches: the
+    crossover comes from one patch and 1/2, so that a sparse mask stays sparse."""
+    from mmdyn.models.backbones import dense_fallback
+    fake_clock(monkeypatch)
+    rates = set()
+
+    def sparse(rate):
+        rates.add(rate)
+        return 2.0 + 8.0 * rate if rate <= 0.5 else 6.0 + 2.0 * (rate - 0.5)
+    crossover = dense_fallback.measure_crossover(sparse, lambda: 5.0, cells=10)
+    assert crossover == pytest.approx(0.375)  # 2 + 8 r = 5
+    assert rates == {0.1, 0.5, 1.0}
+    # sparse everywhere slower than dense: no patch count runs sparsely
+    assert dense_fallback.measure_crossover(sparse, lambda: 1.0, cells=10) == 0.0
 
 
 def test_nearest_choice_by_hand():

@@ -5,9 +5,10 @@ Gathering windows and scattering patches cost time that a dense convolution does
 pay, so above some activation rate the sparse executor is slower than the dense one.
 Where that rate lies depends on the block's shape and on the CPU: it is measured where
 the code runs, the first time a block class meets a size class (the sparse cost is
-modelled as linear in the rate from runs at about 1/2 and 1), and kept with the kernel
-choices in the per-machine file of :mod:`mmdyn.ops.kernel_choice`, per device (the
-entry names it; CUDA timings synchronise). The sparse route is timed only at rates the
+modelled as linear in the rate from runs at about 1/2 and 1, or one patch and 1/2 where
+the crossover lies lower; the routes' runs alternate), and kept with the kernel choices
+in the per-machine file of :mod:`mmdyn.ops.kernel_choice`, per device (the entry names
+it; CUDA timings synchronise). The sparse route is timed only at rates the
 block's grid can draw (whole patches, at least one); on a device that cannot be timed
 (``meta``) the block stays sparse. The records count the FLOPs the mask selects on
 either route: a FLOPs figure does not depend on the machine's timings.
@@ -52,43 +53,74 @@ def size_class(height: int, width: int) -> int:
     return round(2 * math.log2(max(1, height * width)))
 
 
-def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up: caches, folded weights, allocator
-    return statistics.median(time_call(fn, device) for _ in range(repeats))
+def _interleaved_medians(routes: Dict[str, Callable[[], object]], device: torch.device,
+                         repeats: int) -> Dict[str, float]:
+    """``{name: median seconds}`` of each route, timed in alternating rounds after one
+    warm-up round (caches, folded weights, allocator), so that a passing slowdown of
+    the machine falls on every route alike rather than on all of one route's calls."""
+    times = {name: [] for name in routes}
+    for step in range(1 + repeats):
+        for name, route in routes.items():
+            seconds = time_call(route, device)
+            if step:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _rate_at_equal_cost(low: Tuple[float, float], high: Tuple[float, float],
+                        dense: float) -> float:
+    """The rate where the sparse cost, linear through the ``(rate, seconds)`` points
+    ``low`` and ``high``, meets ``dense``; 0.0 where it lies above ``dense`` at every rate
+    (no measurable growth with the rate and ``high`` slower: the fixed cost decides)."""
+    slope = (high[1] - low[1]) / (high[0] - low[0])
+    if slope <= 0:
+        return 0.0 if high[1] > dense else 1.0
+    return low[0] + (dense - low[1]) / slope
 
 
 def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable[[], object],
-                      cells: int, device='cpu', repeats: int = 3,
+                      cells: int, device='cpu', repeats: int = 5,
                       run_dense_full: Optional[Callable[[], object]] = None,
                       full_mask_dense: bool = False) -> float:
     """The activation rate above which ``run_dense()`` (the dense route with a partial
-    mask) is faster than ``run_sparse(rate)`` on ``device``; the sparse cost is taken as
-    linear in the rate through its measurements at about 1/2 and 1. ``cells``: the
-    patches of the block's grid per sample; the lower rate is ``floor(cells / 2) /
-    cells``, a count the grid can draw (a one-patch grid has no lower rate: any active
-    patch is the whole map). ``run_dense_full()``: the dense route with every patch on
-    (it skips applying the mask); when it beats the sparse executor at rate 1 the
-    crossover is at most ``(cells - 1) / cells``, so that a full mask runs densely;
-    ``full_mask_dense`` sets that bound without timing it (a block whose dense route
-    with every patch on is exactly its dense block: SAR's refinement).
-    1.0: the sparse executor wins even with every patch on."""
+    mask) is faster than ``run_sparse(rate)`` on ``device``. The sparse cost is taken as
+    linear in the rate through its measurements at about 1/2 and 1; a crossover that
+    line puts below 1/2 is measured there instead of extrapolated: the line through one
+    patch (``1 / cells``) and 1/2. ``cells``: the patches of the block's grid per sample;
+    the lower rate is ``floor(cells / 2) / cells``, a count the grid can draw (a
+    one-patch grid has no lower rate: any active patch is the whole map).
+    ``run_dense_full()``: the dense route with every patch on (it skips applying the
+    mask); when it beats the sparse executor at rate 1 the crossover is at most
+    ``(cells - 1) / cells``, so that a full mask runs densely; ``full_mask_dense`` sets
+    that bound without timing it (a block whose dense route with every patch on is
+    exactly its dense block: SAR's refinement). 1.0: the sparse executor wins even with
+    every patch on. The routes are timed in alternating rounds (median of ``repeats``)."""
     device = torch.device(device)
-    full = _median_seconds(lambda: run_sparse(1.0), device, repeats)
-    upper = 1.0
-    if full_mask_dense or (run_dense_full is not None
-                           and _median_seconds(run_dense_full, device, repeats) < full):
-        upper = (cells - 1) / cells
-    dense = _median_seconds(run_dense, device, repeats)
-    if full <= dense:
-        return upper
     low_rate = (cells // 2) / cells
+    routes = {'full': lambda: run_sparse(1.0), 'dense': run_dense}
+    if run_dense_full is not None and not full_mask_dense:
+        routes['dense_full'] = run_dense_full
+    if low_rate > 0.0:
+        routes['low'] = lambda: run_sparse(low_rate)
+    seconds = _interleaved_medians(routes, device, repeats)
+    upper = 1.0
+    if full_mask_dense or seconds.get('dense_full', math.inf) < seconds['full']:
+        upper = (cells - 1) / cells
+    dense = seconds['dense']
+    if seconds['full'] <= dense:
+        return upper
     if low_rate <= 0.0:  # one patch per sample: the full map or nothing
         return 0.0
-    low = _median_seconds(lambda: run_sparse(low_rate), device, repeats)
-    slope = (full - low) / (1.0 - low_rate)
-    if slope <= 0:  # no measurable growth with the rate: the fixed cost decides
-        return 0.0
-    return min(upper, max(0.0, (dense - (full - slope)) / slope))
+    low = (low_rate, seconds['low'])
+    crossover = _rate_at_equal_cost(low, (1.0, seconds['full']), dense)
+    one_patch = 1.0 / cells
+    if crossover < low_rate and one_patch < low_rate:
+        again = _interleaved_medians({'one': lambda: run_sparse(one_patch), 'low': routes['low'],
+                                      'dense': run_dense}, device, repeats)
+        dense = again['dense']
+        crossover = min(low_rate, _rate_at_equal_cost((one_patch, again['one']),
+                                                      (low_rate, again['low']), dense))
+    return min(upper, max(0.0, crossover))
 
 
 @lru_cache(maxsize=None)
