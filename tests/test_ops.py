@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdyn.ops import (PatchGrid, PatchMasker, Window, active_patches, fold_conv_bn,
-                       gather_windows, gumbel_gate, patch_extents, scatter_add_patches,
-                       upsample_patch_mask)
+from mmdyn.ops import (PatchGrid, PatchMasker, Window, active_patches, border_groups,
+                       cropped_window, fold_conv_bn, gather_windows, gumbel_gate,
+                       patch_extents, scatter_add_patches, upsample_patch_mask)
 
 CASES = [  # H, W, patch, stride, dilation
     (13, 17, 4, 1, 1), (13, 17, 4, 2, 1), (16, 16, 8, 2, 1), (9, 11, 3, 1, 2),
@@ -38,6 +38,50 @@ def test_gather_conv_scatter_equals_dense_masked(height, width, patch, stride, d
         result = base.clone()
     expected = base + dense * upsample_patch_mask(mask, grid)
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('height,width,patch,stride,dilation', CASES)
+@pytest.mark.parametrize('density', [0.4, 1.0])
+def test_border_patches_cropped_to_the_map_equal_dense_masked(height, width, patch, stride,
+                                                              dilation, density):
+    """Group by group of border_groups, each through its cropped window: the conv
+    computes exactly the in-map pixels of the active patches (as many outputs as
+    patch_extents counts), and the scatters give the dense masked result."""
+    torch.manual_seed(height * width + patch)
+    x = torch.randn(2, 5, height, width)
+    weight, bias = torch.randn(6, 5, 3, 3), torch.randn(6)
+    dense = F.conv2d(x, weight, bias, stride=stride, padding=dilation, dilation=dilation)
+    grid = PatchGrid(dense.shape[2], dense.shape[3], patch)
+    mask = (torch.rand(2, 1, *grid.shape) < density).float()
+    index = active_patches(mask)
+    window = Window(patch * stride, (patch - 1) * stride + 2 * dilation + 1, dilation)
+    base = torch.randn_like(dense)
+    result, computed = base, 0
+    groups = border_groups(index, grid)
+    assert sum(len(group) for group, _ in groups) == len(index)
+    for group, extent in groups:
+        patches = F.conv2d(gather_windows(x, group, cropped_window(window, grid, extent)),
+                           weight, bias, stride=stride, dilation=dilation)
+        assert patches.shape[2:] == extent
+        computed += patches[:, 0].numel()
+        result = scatter_add_patches(result, patches, group, grid, extent=extent)
+    assert computed == float((mask * patch_extents(grid)).sum())
+    expected = base + dense * upsample_patch_mask(mask, grid)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_border_groups_by_hand():
+    """A 50 x 76 map in 7 x 7 patches: the last patch row keeps 1 row, the last column
+    6 columns; a dividing grid is one group of whole patches."""
+    grid = PatchGrid(50, 76, 7)
+    index = torch.tensor([[0, 0, 0], [0, 7, 3], [0, 2, 10], [0, 7, 10], [1, 0, 10]])
+    groups = {extent: group[:, 1:].tolist() for group, extent in border_groups(index, grid)}
+    assert groups == {(7, 7): [[0, 0]], (7, 6): [[2, 10], [0, 10]], (1, 7): [[7, 3]],
+                      (1, 6): [[7, 10]]}
+    assert cropped_window(Window(14, 15, 1), grid, (1, 6)) == Window(14, (3, 13), 1)
+    whole = PatchGrid(56, 77, 7)
+    [(group, extent)] = border_groups(index, whole)
+    assert group is index and extent == (7, 7)
 
 
 def test_scatter_does_not_modify_its_input():

@@ -2,8 +2,9 @@
 
 An output map of size H x W is covered by a grid of ``rows x cols`` patches of
 ``S_h x S_w`` pixels (square, ``S x S``, unless a pair is given),
-``rows = ceil(H / S_h)``; border patches hang over the map and are computed on a
-zero-padded canvas, then cropped. A patch (i, j) of the output needs, from a map ``k``
+``rows = ceil(H / S_h)``; border patches hang over the map: the sparse executors
+compute them cropped to the map (:func:`border_groups`, :func:`cropped_window`). A
+patch (i, j) of the output needs, from a map ``k``
 convolutions earlier, the *window* that starts at ``i * step - offset`` and is ``size``
 pixels long (``step = S * stride``, ``offset``/``size`` grow by each conv's padding
 and dilated kernel); each of the three is an int or a (vertical, horizontal) pair.
@@ -13,7 +14,7 @@ of pixel rows, windows are one row gather and results one row copy.
 """
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -123,14 +124,58 @@ def gather_windows(x: Tensor, index: Tensor, window: Window,
     return windows.view(index.shape[0], *pair(window.size), x.shape[1]).permute(0, 3, 1, 2)
 
 
-def patch_pixels(index: Tensor, grid: PatchGrid):
+def border_groups(index: Tensor, grid: PatchGrid) -> List[Tuple[Tensor, Tuple[int, int]]]:
+    """The active patches ``index`` grouped by the part of them that lies inside the map:
+    ``[(index of the group, (rows, cols) inside the map)]``, non-empty groups only. Where
+    ``S`` does not divide the map, the last patch row and column hang over it (a 50-row
+    map in 7-row patches keeps one row of the last patch row): computed cropped, they
+    cost what the model's FLOPs count. One group (all patches, full size) otherwise."""
+    last_h = grid.height - (grid.rows - 1) * grid.patch_h
+    last_w = grid.width - (grid.cols - 1) * grid.patch_w
+    if last_h == grid.patch_h and last_w == grid.patch_w:
+        return [(index, (grid.patch_h, grid.patch_w))]
+    on_last_row = index[:, 1] == grid.rows - 1 if last_h < grid.patch_h else None
+    on_last_col = index[:, 2] == grid.cols - 1 if last_w < grid.patch_w else None
+    groups = []
+    for last_row in ((False, True) if on_last_row is not None else (False, )):
+        for last_col in ((False, True) if on_last_col is not None else (False, )):
+            chosen = torch.ones_like(index[:, 0], dtype=torch.bool)
+            if on_last_row is not None:
+                chosen &= on_last_row if last_row else ~on_last_row
+            if on_last_col is not None:
+                chosen &= on_last_col if last_col else ~on_last_col
+            members = torch.nonzero(chosen).view(-1)
+            if members.numel():
+                groups.append((index.index_select(0, members),
+                               (last_h if last_row else grid.patch_h,
+                                last_w if last_col else grid.patch_w)))
+    return groups
+
+
+def cropped_window(window: Window, grid: PatchGrid, extent: Tuple[int, int]) -> Window:
+    """The window that feeds patches of ``extent`` (rows, cols) inside the map: shorter
+    than ``window`` by the conv's stride (``step / S``) for every patch row or column
+    cut off."""
+    (step_h, step_w), (size_h, size_w) = pair(window.step), pair(window.size)
+    cut_h, cut_w = grid.patch_h - extent[0], grid.patch_w - extent[1]
+    if cut_h == cut_w == 0:
+        return window
+    return Window(window.step, (size_h - cut_h * (step_h // grid.patch_h),
+                                size_w - cut_w * (step_w // grid.patch_w)), window.offset)
+
+
+def patch_pixels(index: Tensor, grid: PatchGrid, extent: Optional[Tuple[int, int]] = None):
     """Row ids (on the output map) of the pixels of every active patch that lie inside
-    the map, and which rows of the ``[N * S_h * S_w]`` patch stack they are (None: all)."""
-    rows = index[:, 1:2] * grid.patch_h + torch.arange(grid.patch_h, device=index.device)
-    cols = index[:, 2:3] * grid.patch_w + torch.arange(grid.patch_w, device=index.device)
+    the map, and which rows of the ``[N * S_h * S_w]`` patch stack they are (None: all).
+    ``extent``: the patches are ``(rows, cols)`` crops that lie inside the map (a group
+    of :func:`border_groups`); all their pixels count."""
+    height, width = extent or (grid.patch_h, grid.patch_w)
+    rows = index[:, 1:2] * grid.patch_h + torch.arange(height, device=index.device)
+    cols = index[:, 2:3] * grid.patch_w + torch.arange(width, device=index.device)
     pixels = (index[:, 0, None, None] * grid.height + rows[:, :, None]) * grid.width \
         + cols[:, None, :]
-    if grid.height % grid.patch_h == 0 and grid.width % grid.patch_w == 0:
+    if extent is not None or (grid.height % grid.patch_h == 0
+                              and grid.width % grid.patch_w == 0):
         return pixels.view(-1), None
     inside = ((rows < grid.height)[:, :, None] & (cols < grid.width)[:, None, :]).view(-1)
     keep = torch.nonzero(inside).view(-1)
@@ -140,26 +185,41 @@ def patch_pixels(index: Tensor, grid: PatchGrid):
 def scatter_add_patches(base: Tensor, patches: Tensor, index: Tensor, grid: PatchGrid,
                         relu: bool = False, inplace: bool = False,
                         pointwise=None, buffers: Optional[RowBuffers] = None,
-                        base_nonnegative: bool = False) -> Tensor:
+                        base_nonnegative: bool = False,
+                        extent: Optional[Tuple[int, int]] = None) -> Tensor:
     """``base + scatter(f(patches))``, optionally followed by ReLU over the whole map.
 
     ``base`` is ``[B, C, height, width]`` and ``patches`` ``[N, C', S_h, S_w]``; border
-    patches are cropped to the map. ``pointwise`` (a 1x1 :class:`FoldedConv`, or None
-    for the identity) is applied to the patches inside the scatter: its product is
-    accumulated straight onto the gathered base rows (one GEMM, no intermediate map).
-    The result is channels-last; ``base`` is left untouched unless ``inplace`` (then
-    it must already be channels-last). The gathered base rows go to the slot
-    ``'scatter'`` of ``buffers`` when given. ``base_nonnegative``: ``base`` is a ReLU
-    output, so the ReLU leaves it unchanged outside the patches (no pass over the map).
+    patches are cropped to the map (``extent``: ``patches`` are ``[N, C', rows, cols]``
+    crops inside the map, see :func:`patch_pixels`). The rest as
+    :func:`scatter_add_rows`.
+    """
+    pixels, keep = patch_pixels(index, grid, extent)
+    values = pixel_rows(patches)
+    if keep is not None:
+        values = values.index_select(0, keep)
+    return scatter_add_rows(base, values, pixels, relu, inplace, pointwise, buffers,
+                            base_nonnegative)
+
+
+def scatter_add_rows(base: Tensor, values: Tensor, pixels: Tensor, relu: bool = False,
+                     inplace: bool = False, pointwise=None,
+                     buffers: Optional[RowBuffers] = None,
+                     base_nonnegative: bool = False) -> Tensor:
+    """``base + scatter(f(values))`` at the pixel rows ``pixels`` (distinct), optionally
+    followed by ReLU over the whole map. ``pointwise`` (a 1x1 :class:`FoldedConv`, or
+    None for the identity) is applied to the ``[N, C']`` rows ``values`` inside the
+    scatter: its product is accumulated straight onto the gathered base rows (one GEMM,
+    no intermediate map). The result is channels-last; ``base`` is left untouched unless
+    ``inplace`` (then it must already be channels-last). The gathered base rows go to
+    the slot ``'scatter'`` of ``buffers`` when given. ``base_nonnegative``: ``base`` is a
+    ReLU output, so the ReLU leaves it unchanged outside the patches (no pass over the
+    map).
     """
     if not base.is_contiguous(memory_format=torch.channels_last):
         if inplace:
             raise ValueError('scatter_add_patches(inplace=True) needs a channels-last base')
         base, inplace = base.contiguous(memory_format=torch.channels_last), True
-    pixels, keep = patch_pixels(index, grid)
-    values = pixel_rows(patches)
-    if keep is not None:
-        values = values.index_select(0, keep)
     updated = gather_rows(pixel_rows(base), pixels, buffers, 'scatter')
     if pointwise is None:
         updated.add_(values)  # in-place add promotes across float dtypes

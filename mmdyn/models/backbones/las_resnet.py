@@ -26,9 +26,9 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmengine.registry import MODELS
 
 from mmdyn.ops import (FoldedConv, ForwardRecord, MaskTerms, PatchGrid, PatchMasker, Window,
-                       active_patches, conv_macs, conv_tap_rows, gather_windows, gemm_acc,
-                       patch_extents, patch_halo_pixels, pixel_rows, sampled_pixels,
-                       scatter_add_patches, upsample_patch_mask)
+                       active_patches, border_groups, conv_macs, cropped_window, conv_tap_rows, gather_windows, gemm_acc,
+                       patch_extents, patch_halo_pixels, patch_pixels, pixel_rows,
+                       sampled_pixels, scatter_add_rows, upsample_patch_mask)
 from mmdyn.ops.multires import conv3x3_rows
 from .dynamic import DynamicBlockMixin, check_granularity, check_number, fold_sources
 from .resnet_parts import (DynamicResNetMixin, check_norm_cfg, output_memory_format,
@@ -105,22 +105,31 @@ class _LASBlockMixin(DynamicBlockMixin):
                 x.shape[2], x.shape[3], self.granularity, self.conv2.stride[0],
                 self.downsample is not None)
 
-    def sparse_output(self, x, identity, patches, index, grid, pointwise=None):
-        """relu(identity + scatter(patches)). The identity is updated in place when it
-        is a fresh tensor (the downsample output) or when the owning backbone says the
-        block's input is not used afterwards (and no autograd graph is recorded). A
-        block's input is a ReLU output (the previous block's, or the stem's max-pooled
-        one): an identity that is the input (or, in a crossover measurement, its copy)
-        needs no ReLU outside the patches."""
+    def sparse_output(self, x, identity, index, grid, patches_for=None, pointwise=None):
+        """relu(identity + scatter(patches)) on the active patches ``index``, a group of
+        :func:`border_groups` at a time (border patches cropped to the map):
+        ``patches_for(group, window)`` computes a group's patches from its windows of
+        conv2's input (``window``, cropped likewise). The identity is updated in place
+        when it is a fresh tensor (the downsample output) or when the owning backbone
+        says the block's input is not used afterwards (and no autograd graph is
+        recorded). A block's input is a ReLU output (the previous block's, or the stem's
+        max-pooled one): an identity that is the input (or, in a crossover measurement,
+        its copy) needs no ReLU outside the patches."""
         reuse = self.may_overwrite(x, identity)
         nonnegative = self.downsample is None
         if index.numel() == 0:
             if nonnegative:
                 return identity if reuse else identity.clone()
             return identity.relu_() if reuse else F.relu(identity)
-        return scatter_add_patches(identity, patches, index, grid, relu=True, inplace=reuse,
-                                   pointwise=pointwise, buffers=self.row_buffers,
-                                   base_nonnegative=nonnegative)
+        pixels, values = [], []
+        for group, extent in border_groups(index, grid):
+            patches = patches_for(group, cropped_window(self.conv2_window, grid, extent))
+            pixels.append(patch_pixels(group, grid, extent)[0])
+            values.append(pixel_rows(patches))
+        return scatter_add_rows(identity, torch.cat(values) if len(values) > 1 else values[0],
+                                torch.cat(pixels) if len(pixels) > 1 else pixels[0],
+                                relu=True, inplace=reuse, pointwise=pointwise,
+                                buffers=self.row_buffers, base_nonnegative=nonnegative)
 
 
 class LASBottleneck(_LASBlockMixin, Bottleneck):
@@ -177,12 +186,13 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
 
     def _residual_sparse(self, x, out1, identity, index, grid):
         """relu(identity + scatter(conv3(conv2(windows)))) on the active patches."""
-        if index.numel() == 0:
-            return self.sparse_output(x, identity, None, index, grid)
-        windows = gather_windows(out1, index, self.conv2_window, self.row_buffers).relu_()
-        hidden = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True).relu_()
+        conv2 = self.folded('conv2', self.conv2, self.norm2)
+
+        def hidden(group, window):
+            windows = gather_windows(out1, group, window, self.row_buffers).relu_()
+            return conv2(windows, valid=True).relu_()
         conv3 = self.folded('conv3', self.conv3, self.norm3)  # fused into the scatter-add
-        return self.sparse_output(x, identity, hidden, index, grid, pointwise=conv3)
+        return self.sparse_output(x, identity, index, grid, hidden, pointwise=conv3)
 
     def _residual_dense(self, x, out1, identity, mask, grid):
         """relu(identity + M * conv3(conv2(out1))), conv2/conv3 dense, BatchNorm folded:
@@ -276,7 +286,7 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         index = active_patches(mask)
         identity = self.downsample_dense(x, True)
         if index.numel() == 0:
-            return self.sparse_output(x, identity, None, index, grid)
+            return self.sparse_output(x, identity, index, grid)
         dense_out1 = None if self.sparse_conv1 else self._conv1_dense(x)
 
         def out1_for(m):  # conv1's output where conv2 reads it for the mask m
@@ -311,11 +321,12 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         return out1
 
     def _residual_sparse(self, x, out1, identity, index, grid):
-        if index.numel() == 0:
-            return self.sparse_output(x, identity, None, index, grid)
-        windows = gather_windows(out1, index, self.conv2_window, self.row_buffers).relu_()
-        patches = self.folded('conv2', self.conv2, self.norm2)(windows, valid=True)
-        return self.sparse_output(x, identity, patches, index, grid)
+        conv2 = self.folded('conv2', self.conv2, self.norm2)
+
+        def patches(group, window):
+            windows = gather_windows(out1, group, window, self.row_buffers).relu_()
+            return conv2(windows, valid=True)
+        return self.sparse_output(x, identity, index, grid, patches)
 
     def _residual_dense(self, out1, identity, mask, grid):
         residual = self.folded('conv2', self.conv2, self.norm2)(F.relu(out1))
