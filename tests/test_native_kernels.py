@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmdyn.ops import native
-from mmdyn.ops.gemm import GATHER_GEMM, gather_gemm
+from mmdyn.ops.gemm import GATHER_GEMM, SCATTER_GEMM_ACC, gather_gemm, scatter_gemm_acc
 from mmdyn.ops.kernel_choice import ENV_PINS
 from mmdyn.ops.pixel_sampling import (interpolate_dense, interpolate_rows, map_with_zero_row,
                                       sampled_pixels)
@@ -164,6 +164,70 @@ def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, thr
     if rows:
         assert float((got.double() - want).norm() / want.norm()) < 1e-6
     assert spy is None or spy.calls == ['gather_gemm']
+
+
+@pytest.mark.parametrize('impl', sorted(SCATTER_GEMM_ACC.candidates))
+@pytest.mark.parametrize('shape', [(0, 8, 5), (1, 3, 4), (37, 16, 24), (1300, 64, 256)])
+@pytest.mark.parametrize('threads', [1, 2])
+@pytest.mark.parametrize('mode', [torch.enable_grad, torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize('relu, in_place', [(True, True), (False, False)])
+def test_every_scatter_gemm_kernel_adds_the_product_onto_its_rows(impl, shape, threads, mode,
+                                                                  relu, in_place, monkeypatch):
+    """dest[pixels] = source[pixels] + bias + rows @ matrix (ReLU'd) against a float64
+    reference built by indexing, the other rows of dest untouched; tiles crossed (1300
+    rows over 256-channel tiles of 2048 rows at most), one thread and two, every
+    autograd mode (no tensor requires a gradient: the native kernel runs)."""
+    monkeypatch.setenv(ENV_PINS, f'scatter_gemm_acc={impl}')
+    spy = spy_on_native(monkeypatch, impl)
+    count, channels, out_channels = shape
+    generator = torch.Generator().manual_seed(2)
+    source = torch.randn(3 * count + 2, out_channels, generator=generator)
+    dest = source if in_place else torch.randn(source.shape, generator=generator)
+    pixels = torch.randperm(source.shape[0], generator=generator)[:count]
+    rows = torch.randn(count, channels, generator=generator)
+    matrix = torch.randn(channels, out_channels, generator=generator)
+    bias = torch.randn(out_channels, generator=generator)
+    want = dest.double().clone()
+    sums = source.double()[pixels] + rows.double() @ matrix.double() + bias.double()
+    want[pixels] = sums.relu() if relu else sums
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with mode():
+            got = scatter_gemm_acc(dest, source, pixels, rows, matrix, bias, relu)
+    finally:
+        torch.set_num_threads(before)
+    assert got is dest
+    assert float((got.double() - want).abs().max()) < 1e-4 * float(want.abs().max() + 1)
+    assert spy is None or spy.calls == ['scatter_gemm_acc']
+
+
+def test_scatter_gemm_records_a_graph_on_the_torch_route(monkeypatch):
+    """Rows that require a gradient (a forward with gradients on) take the PyTorch
+    route, whatever the pinned kernel: the native kernel writes through pointers."""
+    monkeypatch.setenv(ENV_PINS, 'scatter_gemm_acc=native_onednn')
+    spy = spy_on_native(monkeypatch, 'native_onednn')
+    source = torch.randn(9, 3)
+    rows = torch.randn(4, 2, requires_grad=True)
+    matrix = torch.randn(2, 3)
+    pixels = torch.tensor([7, 0, 3, 5])
+    out = scatter_gemm_acc(source.clone(), source, pixels, rows, matrix, None)
+    out.sum().backward()
+    assert spy.calls == []
+    torch.testing.assert_close(rows.grad, matrix.sum(dim=1).expand(4, 2))
+
+
+def test_scatter_gemm_rejects_bad_shapes_and_indices():
+    require_native()
+    dest, rows, matrix = torch.randn(10, 3), torch.randn(5, 4), torch.randn(4, 3)
+    with pytest.raises(ValueError, match='do not fit'):
+        scatter_gemm_acc(dest, dest, torch.arange(4), rows, matrix, None)
+    with pytest.raises(ValueError, match='one shape'):
+        scatter_gemm_acc(dest, torch.randn(9, 3), torch.arange(5), rows, matrix, None)
+    with pytest.raises(RuntimeError, match='outside dest'):
+        native.native_kernels().scatter_gemm_acc(dest, dest, torch.full((5, ), 10), rows,
+                                                 matrix, None, False, 256,
+                                                 matrix.t().reshape(3, 4, 1, 1))
 
 
 def test_gather_gemm_rejects_bad_shapes_and_indices():

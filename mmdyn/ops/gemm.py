@@ -25,6 +25,7 @@ from torch import Tensor
 from .caching import build_outside_inference_mode, version_counter
 from .kernel_choice import CHOOSER, CPU_FLOAT32, KernelOp, Serves
 from .native import native_kernels
+from .row_buffers import gather_rows
 
 #: row-count classes: a choice is measured once per (class, K, N, dtype); the last
 #: takes every larger count
@@ -373,6 +374,92 @@ def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tens
              matrix.shape[0], matrix.shape[1], taps.shape[1])
     impl = CHOOSER.choose('gather_gemm', shape, table.device)
     return GATHER_GEMM.candidates[impl](table, taps.contiguous(), matrix, bias, relu)
+
+
+def _acc_then_scatter(dest, source, pixels, rows, matrix, bias, relu=False, buffers=None):
+    """The PyTorch route: the source rows gathered (into the slot ``'scatter'`` of
+    ``buffers`` when given), the product accumulated onto them (:func:`gemm_acc`),
+    the result copied to the destination rows."""
+    updated = gather_rows(source, pixels, buffers, 'scatter')
+    gemm_acc(updated, rows, matrix, bias, relu)
+    return dest.index_copy_(0, pixels, updated)
+
+
+def _scatter_gemm_native(dest, source, pixels, rows, matrix, bias, relu=False, buffers=None,
+                         onednn: str = 'plain'):
+    """The scatter fused into the product, tile by tile (mmdyn/ops/native): each tile
+    multiplied by oneDNN's 1x1 convolution (``onednn``: ``'plain'`` or ``'packed'``
+    weight) and added onto its destination rows while it is in cache; the PyTorch route
+    where the native kernels are not built, the dtype is not float32 or an autograd
+    graph is recorded (the kernel writes through pointers)."""
+    kernels = native_kernels()
+    records_graph = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (dest, source, rows, matrix, bias))
+    if kernels is None or not CPU_FLOAT32.covers(dest.device, dest.dtype) or records_graph:
+        return _acc_then_scatter(dest, source, pixels, rows, matrix, bias, relu, buffers)
+    tile = balanced_tile(rows.shape[0], max(64, min(ONEDNN_GATHER_TILE,
+                                                    SCATTER_TILE_FLOATS // matrix.shape[1])))
+    weight = _packed_weight(matrix, tile) if onednn == 'packed' else _conv_weight(matrix)
+    return kernels.scatter_gemm_acc(dest, source, pixels, rows, matrix, bias, relu, tile,
+                                    weight)
+
+
+def _scatter_gemm_native_packed(dest, source, pixels, rows, matrix, bias, relu=False,
+                                buffers=None):
+    return _scatter_gemm_native(dest, source, pixels, rows, matrix, bias, relu, buffers,
+                                onednn='packed')
+
+
+def _scatter_timing_inputs(shape_class):
+    """At the class's row count, onto a map 2.5x as tall (a block's identity at half
+    its pixels), in place, ReLU fused."""
+    dtype, rows, k, n = shape_class
+    rows = max(64, min(rows, TIMING_ELEMENTS // (k + 3 * n)))
+    generator = torch.Generator().manual_seed(0)
+    dtype = getattr(torch, dtype)
+    table = torch.randn(5 * rows // 2, n, generator=generator).to(dtype)
+    pixels = torch.randperm(table.shape[0], generator=generator)[:rows]
+    values = torch.randn(rows, k, generator=generator).to(dtype)
+    matrix = torch.randn(k, n, generator=generator).to(dtype)
+    return table, table, pixels, values, matrix, torch.zeros(n, dtype=dtype), True
+
+
+#: floats of a native scatter-GEMM tile's product (2 MB: it is added onto scattered
+#: rows right after, from cache)
+SCATTER_TILE_FLOATS = 1 << 19
+_SCATTER_CANDIDATES = {'torch': _acc_then_scatter}
+if torch.backends.mkldnn.is_available():
+    _SCATTER_CANDIDATES['native_onednn'] = _scatter_gemm_native
+    if HAS_PACKED:
+        _SCATTER_CANDIDATES['native_onednn_packed'] = _scatter_gemm_native_packed
+SCATTER_GEMM_ACC = CHOOSER.register(KernelOp('scatter_gemm_acc', _SCATTER_CANDIDATES,
+                                             _scatter_timing_inputs,
+                                             {name: CPU_FLOAT32 for name in _SCATTER_CANDIDATES
+                                              if name != 'torch'}))
+
+
+def scatter_gemm_acc(dest: Tensor, source: Tensor, pixels: Tensor, rows: Tensor,
+                     matrix: Tensor, bias: Optional[Tensor], relu: bool = False,
+                     buffers=None) -> Tensor:
+    """``dest[pixels] = source[pixels] + bias + rows @ matrix`` (then ReLU if ``relu``) on
+    ``[P, N]`` pixel rows (``source`` may be ``dest``; ``pixels`` distinct, one per row
+    of ``rows`` ``[n, K]``): a block's last 1x1 conv added to its identity at the
+    active pixels. Either a gather, the accumulating product and a copy back, or the
+    native kernel adding each tile's product onto its rows; chosen by measurement per
+    shape class. ``buffers``: a :class:`~mmdyn.ops.row_buffers.RowBuffers` for the
+    PyTorch route's gathered rows. Returns ``dest``."""
+    if dest.shape != source.shape or not dest.is_contiguous() or not source.is_contiguous():
+        raise ValueError(f'scatter_gemm_acc: dest and source must be contiguous tensors of '
+                         f'one shape, got {tuple(dest.shape)} and {tuple(source.shape)}')
+    if rows.shape[0] != pixels.numel() or matrix.shape != (rows.shape[1], dest.shape[1]):
+        raise ValueError(f'scatter_gemm_acc: {pixels.numel()} pixels, rows '
+                         f'{tuple(rows.shape)}, matrix {tuple(matrix.shape)} and dest '
+                         f'{tuple(dest.shape)} do not fit')
+    rows = _follow(dest, rows.contiguous())
+    matrix, bias = _follow(dest, matrix).contiguous(), _follow(dest, bias)
+    impl = CHOOSER.choose('scatter_gemm_acc', _shape_class(rows, matrix), dest.device)
+    return SCATTER_GEMM_ACC.candidates[impl](dest, source, pixels.reshape(-1).contiguous(),
+                                             rows, matrix, bias, relu, buffers)
 
 
 def dtype_name(tensor: Tensor) -> str:

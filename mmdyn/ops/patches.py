@@ -209,8 +209,8 @@ def scatter_add_rows(base: Tensor, values: Tensor, pixels: Tensor, relu: bool = 
     """``base + scatter(f(values))`` at the pixel rows ``pixels`` (distinct), optionally
     followed by ReLU over the whole map. ``pointwise`` (a 1x1 :class:`FoldedConv`, or
     None for the identity) is applied to the ``[N, C']`` rows ``values`` inside the
-    scatter: its product is accumulated straight onto the gathered base rows (one GEMM,
-    no intermediate map). The result is channels-last; ``base`` is left untouched unless
+    scatter: its product is added straight onto the base rows
+    (:func:`~mmdyn.ops.gemm.scatter_gemm_acc`, no intermediate map). The result is channels-last; ``base`` is left untouched unless
     ``inplace`` (then it must already be channels-last). The gathered base rows go to
     the slot ``'scatter'`` of ``buffers`` when given. ``base_nonnegative``: ``base`` is a
     ReLU output, so the ReLU leaves it unchanged outside the patches (no pass over the
@@ -220,14 +220,18 @@ def scatter_add_rows(base: Tensor, values: Tensor, pixels: Tensor, relu: bool = 
         if inplace:
             raise ValueError('scatter_add_patches(inplace=True) needs a channels-last base')
         base, inplace = base.contiguous(memory_format=torch.channels_last), True
+    map_relu = relu and not base_nonnegative
+    if pointwise is not None:  # the product added onto the base rows, ReLU fused
+        out = base if inplace else F.relu(base) if map_relu else base.clone()
+        pointwise.scatter_accumulate_(pixel_rows(out), pixel_rows(base), pixels, values,
+                                      relu, buffers)
+        # the updated rows are already >= 0 where a ReLU was asked for
+        return out.relu_() if inplace and map_relu else out
     updated = gather_rows(pixel_rows(base), pixels, buffers, 'scatter')
-    if pointwise is None:
-        updated.add_(values)  # in-place add promotes across float dtypes
-        if relu:
-            updated.relu_()
-    else:
-        pointwise.accumulate_(updated, values, relu=relu)  # ReLU fused into the product
-    if relu and not base_nonnegative:
+    updated.add_(values)  # in-place add promotes across float dtypes
+    if relu:
+        updated.relu_()
+    if map_relu:
         out = base.relu_() if inplace else F.relu(base)
     else:
         out = base if inplace else base.clone()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dense_conv import dense_conv
-from .gemm import gemm, gemm_acc
+from .gemm import gemm, gemm_acc, scatter_gemm_acc
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,15 @@ class FoldedConv:
         ``relu``), in ``out``'s dtype (in-place ops are not autocast)."""
         folded = self.cast(out.dtype)
         return gemm_acc(out, rows, folded.matrix, folded.bias, relu)
+
+    def scatter_accumulate_(self, dest: Tensor, source: Tensor, pixels: Tensor, rows: Tensor,
+                            relu: bool = False, buffers=None) -> Tensor:
+        """``dest[pixels] = source[pixels] + conv(rows)`` for a 1x1 conv on pixel rows
+        (then ReLU if ``relu``), in ``dest``'s dtype: see
+        :func:`~mmdyn.ops.gemm.scatter_gemm_acc`."""
+        folded = self.cast(dest.dtype)
+        return scatter_gemm_acc(dest, source, pixels, rows, folded.matrix, folded.bias, relu,
+                                buffers)
 
     @property
     def out_channels(self) -> int:

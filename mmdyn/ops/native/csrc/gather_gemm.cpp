@@ -108,6 +108,86 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
   return out;
 }
 
+// The product accumulated onto scattered rows, the scatter fused into it (the native
+// route of mmdyn.ops.gemm.scatter_gemm_acc: a block's last 1x1 conv added to its
+// identity at the active pixels):
+//
+//     dest[pixels[i]] = source[pixels[i]] + bias + rows[i] @ matrix   (then ReLU if asked)
+//
+// The PyTorch route gathers the identity rows into a buffer, accumulates the product
+// onto it and copies it back; here each task multiplies a tile of rows (oneDNN's 1x1
+// convolution, plain or prepacked weight as in gather_gemm) into a buffer that stays
+// in cache and adds it straight onto its destination rows. `pixels` must be distinct
+// (tasks write their rows concurrently); `source` may be `dest`.
+at::Tensor scatter_gemm_acc(at::Tensor dest, const at::Tensor& source, const at::Tensor& pixels,
+                            const at::Tensor& rows, const at::Tensor& matrix,
+                            const c10::optional<at::Tensor>& bias, bool relu, int64_t tile,
+                            const at::Tensor& conv_weight) {
+  check_cpu("scatter_gemm_acc", {dest, source, pixels, rows, matrix, conv_weight});
+  if (bias.has_value()) check_cpu("scatter_gemm_acc", {*bias});
+  const int64_t out_channels = matrix.size(1), in_channels = matrix.size(0);
+  TORCH_CHECK(dest.dim() == 2 && dest.scalar_type() == at::kFloat && dest.is_contiguous() &&
+                  dest.size(1) == out_channels,
+              "dest must be a contiguous float32 [P, C_out] tensor");
+  TORCH_CHECK(source.sizes() == dest.sizes() && source.scalar_type() == at::kFloat &&
+                  source.is_contiguous(),
+              "source must be a contiguous float32 tensor of dest's shape");
+  TORCH_CHECK(pixels.dim() == 1 && pixels.scalar_type() == at::kLong && pixels.is_contiguous(),
+              "pixels must be a contiguous int64 1-D tensor");
+  TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kFloat && rows.is_contiguous() &&
+                  rows.size(0) == pixels.size(0) && rows.size(1) == in_channels,
+              "rows must be a contiguous float32 [n, C_in] tensor, one row per pixel");
+  TORCH_CHECK(matrix.dim() == 2 && matrix.scalar_type() == at::kFloat,
+              "matrix must be a float32 [C_in, C_out] tensor");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels &&
+                    bias->scalar_type() == at::kFloat,
+                "bias must be a float32 [C_out] tensor");
+  }
+  TORCH_CHECK(conv_weight.dim() == 4 && conv_weight.size(0) == out_channels &&
+                  conv_weight.size(1) == in_channels && conv_weight.scalar_type() == at::kFloat,
+              "conv_weight must be the float32 [C_out, C_in, 1, 1] weight of the matrix");
+  TORCH_CHECK(tile >= 1, "tile must be >= 1");
+  const int64_t count = pixels.size(0), table_rows = dest.size(0);
+  if (count == 0) return dest;
+  const int64_t* __restrict__ ids = pixels.data_ptr<int64_t>();
+  const float* src = source.data_ptr<float>();
+  float* dst = dest.data_ptr<float>();
+  const int64_t threads = at::get_num_threads();
+  int64_t tiles = (count + tile - 1) / tile;
+  tiles = std::max<int64_t>(1, (tiles + threads - 1) / threads * threads);
+  tile = std::max<int64_t>(1, (count + tiles - 1) / tiles);
+  tiles = (count + tile - 1) / tile;
+  const at::ThreadLocalState caller_state;  // as in gather_gemm
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard state_guard(caller_state);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t first = t * tile, size = std::min(tile, count - first);
+      at::Tensor map = rows.narrow(0, first, size).view({1, size, 1, in_channels})
+                           .permute({0, 3, 1, 2});
+      at::Tensor product =
+          (conv_weight.is_mkldnn()
+               ? pointwise_conv(map, conv_weight, bias, false)
+               : at::mkldnn_convolution(map, conv_weight, bias, {0, 0}, {1, 1}, {1, 1}, 1))
+              .permute({0, 2, 3, 1}).reshape({size, out_channels}).contiguous();
+      const float* __restrict__ values = product.data_ptr<float>();
+      for (int64_t r = 0; r < size; ++r) {
+        const int64_t id = ids[first + r];
+        TORCH_CHECK(id >= 0 && id < table_rows, "pixels index rows outside dest");
+        const float* from = src + id * out_channels;  // may be `to` (source is dest)
+        const float* __restrict__ add = values + r * out_channels;
+        float* to = dst + id * out_channels;
+        if (relu) {
+          for (int64_t c = 0; c < out_channels; ++c) to[c] = std::max(0.0f, from[c] + add[c]);
+        } else {
+          for (int64_t c = 0; c < out_channels; ++c) to[c] = from[c] + add[c];
+        }
+      }
+    }
+  });
+  return dest;
+}
+
 // The input rows a k x k convolution reads at the output pixels `index` (flat ids on
 // the out_h x out_w maps of the batch), kernel-row then kernel-col; taps outside the
 // input read `zero_row` (the native route of mmdyn.ops.pixel_sampling.conv_tap_rows).
@@ -155,4 +235,9 @@ void register_gather_gemm(pybind11::module& m) {
         pybind11::arg("table"), pybind11::arg("taps"), pybind11::arg("matrix"),
         pybind11::arg("bias"), pybind11::arg("relu"), pybind11::arg("tile"),
         pybind11::arg("conv_weight"));
+  m.def("scatter_gemm_acc", &scatter_gemm_acc,
+        "dest[pixels] = source[pixels] + bias + rows @ matrix (see gather_gemm.cpp)",
+        pybind11::arg("dest"), pybind11::arg("source"), pybind11::arg("pixels"),
+        pybind11::arg("rows"), pybind11::arg("matrix"), pybind11::arg("bias"),
+        pybind11::arg("relu"), pybind11::arg("tile"), pybind11::arg("conv_weight"));
 }
