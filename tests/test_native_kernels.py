@@ -170,19 +170,26 @@ def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, thr
 @pytest.mark.parametrize('shape', [(0, 8, 5), (1, 3, 4), (37, 16, 24), (1300, 64, 256)])
 @pytest.mark.parametrize('threads', [1, 2])
 @pytest.mark.parametrize('mode', [torch.enable_grad, torch.no_grad, torch.inference_mode])
-@pytest.mark.parametrize('relu, in_place', [(True, True), (False, False)])
+@pytest.mark.parametrize('relu, in_place, column_slice', [(True, True, False),
+                                                           (False, False, False),
+                                                           (True, True, True)])
 def test_every_scatter_gemm_kernel_adds_the_product_onto_its_rows(impl, shape, threads, mode,
-                                                                  relu, in_place, monkeypatch):
+                                                                  relu, in_place, column_slice,
+                                                                  monkeypatch):
     """dest[pixels] = source[pixels] + bias + rows @ matrix (ReLU'd) against a float64
     reference built by indexing, the other rows of dest untouched; tiles crossed (1300
     rows over 256-channel tiles of 2048 rows at most), one thread and two, every
-    autograd mode (no tensor requires a gradient: the native kernel runs)."""
+    autograd mode (no tensor requires a gradient: the native kernel runs), on whole rows
+    or a column slice of a wider map (a SAR group's channels)."""
     monkeypatch.setenv(ENV_PINS, f'scatter_gemm_acc={impl}')
     spy = spy_on_native(monkeypatch, impl)
     count, channels, out_channels = shape
     generator = torch.Generator().manual_seed(2)
-    source = torch.randn(3 * count + 2, out_channels, generator=generator)
+    wide = torch.randn(3 * count + 2, 3 * out_channels, generator=generator)
+    source = wide[:, out_channels:2 * out_channels] if column_slice \
+        else wide[:, :out_channels].contiguous()
     dest = source if in_place else torch.randn(source.shape, generator=generator)
+    untouched = wide.clone()
     pixels = torch.randperm(source.shape[0], generator=generator)[:count]
     rows = torch.randn(count, channels, generator=generator)
     matrix = torch.randn(channels, out_channels, generator=generator)
@@ -199,6 +206,9 @@ def test_every_scatter_gemm_kernel_adds_the_product_onto_its_rows(impl, shape, t
         torch.set_num_threads(before)
     assert got is dest
     assert float((got.double() - want).abs().max()) < 1e-4 * float(want.abs().max() + 1)
+    if column_slice:  # the map's other channels untouched
+        assert torch.equal(wide[:, :out_channels], untouched[:, :out_channels])
+        assert torch.equal(wide[:, 2 * out_channels:], untouched[:, 2 * out_channels:])
     assert spy is None or spy.calls == ['scatter_gemm_acc']
 
 
@@ -222,7 +232,7 @@ def test_scatter_gemm_rejects_bad_shapes_and_indices():
     dest, rows, matrix = torch.randn(10, 3), torch.randn(5, 4), torch.randn(4, 3)
     with pytest.raises(ValueError, match='do not fit'):
         scatter_gemm_acc(dest, dest, torch.arange(4), rows, matrix, None)
-    with pytest.raises(ValueError, match='one shape'):
+    with pytest.raises(ValueError, match='of one shape'):
         scatter_gemm_acc(dest, torch.randn(9, 3), torch.arange(5), rows, matrix, None)
     with pytest.raises(RuntimeError, match='outside dest'):
         native.native_kernels().scatter_gemm_acc(dest, dest, torch.full((5, ), 10), rows,

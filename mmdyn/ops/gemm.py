@@ -442,15 +442,17 @@ def scatter_gemm_acc(dest: Tensor, source: Tensor, pixels: Tensor, rows: Tensor,
                      matrix: Tensor, bias: Optional[Tensor], relu: bool = False,
                      buffers=None) -> Tensor:
     """``dest[pixels] = source[pixels] + bias + rows @ matrix`` (then ReLU if ``relu``) on
-    ``[P, N]`` pixel rows (``source`` may be ``dest``; ``pixels`` distinct, one per row
-    of ``rows`` ``[n, K]``): a block's last 1x1 conv added to its identity at the
-    active pixels. Either a gather, the accumulating product and a copy back, or the
+    ``[P, N]`` pixel rows (``source`` may be ``dest``; each a map's rows or a column
+    slice of them, one group's channels; ``pixels`` distinct, one per row of ``rows``
+    ``[n, K]``): a block's last 1x1 conv added to its identity at the active pixels. Either a gather, the accumulating product and a copy back, or the
     native kernel adding each tile's product onto its rows; chosen by measurement per
     shape class. ``buffers``: a :class:`~mmdyn.ops.row_buffers.RowBuffers` for the
     PyTorch route's gathered rows. Returns ``dest``."""
-    if dest.shape != source.shape or not dest.is_contiguous() or not source.is_contiguous():
-        raise ValueError(f'scatter_gemm_acc: dest and source must be contiguous tensors of '
-                         f'one shape, got {tuple(dest.shape)} and {tuple(source.shape)}')
+    if dest.shape != source.shape or dest.dim() != 2 or dest.stride(1) != 1 \
+            or source.stride(1) != 1:
+        raise ValueError(f'scatter_gemm_acc: dest and source must be [P, N] tensors of one '
+                         f'shape with contiguous rows, got {tuple(dest.shape)} and '
+                         f'{tuple(source.shape)}')
     if rows.shape[0] != pixels.numel() or matrix.shape != (rows.shape[1], dest.shape[1]):
         raise ValueError(f'scatter_gemm_acc: {pixels.numel()} pixels, rows '
                          f'{tuple(rows.shape)}, matrix {tuple(matrix.shape)} and dest '

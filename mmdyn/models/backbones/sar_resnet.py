@@ -262,11 +262,8 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
                 continue
             pixels, keep = patch_pixels(index, grid)
             cols = slice(g * channels, (g + 1) * channels)
-            # The group's identity rows (a row gather, faster than index_select); the
-            # refinement is accumulated onto them.
-            identity = F.embedding(pixels, identity_rows[:, cols])
-            updated = self.refine_group(x, grid, g, index, pixels, keep, identity, mask)
-            out_rows[:, cols].index_copy_(0, pixels, updated.relu_())
+            self.refine_group(x, grid, g, index, pixels, keep, mask, out_rows[:, cols],
+                              identity_rows[:, cols])
         return out
 
     def refine_dense(self, x, mask, grid):
@@ -343,14 +340,16 @@ class RefineBottleneck(_RefineBlock):
         out = group_masked(self.relu(conv2(out)), pixel_mask)
         return group_masked(conv3(out), pixel_mask)
 
-    def refine_group(self, x, grid, g, index, pixels, keep, identity, mask):
-        """``identity + F_g(x)`` on group g's selected pixels (in place on ``identity``)."""
+    def refine_group(self, x, grid, g, index, pixels, keep, mask, dest, identity):
+        """``dest = relu(identity + F_g(x))`` on group g's selected pixels (``dest``,
+        ``identity``: the group's channels of the output's and the identity's rows):
+        conv3's product added onto the identity rows in one scatter
+        (:meth:`FoldedConv.scatter_accumulate_`)."""
         conv1, conv2, conv3 = (self.group_convs(i)[g] for i in (1, 2, 3))
-        if self.downsample is None:
-            inputs = identity  # the same rows of x: read them once
-        else:
-            width = x.shape[1] // self.groups
-            inputs = F.embedding(pixels, pixel_rows(x)[:, g * width:(g + 1) * width])
+        width = x.shape[1] // self.groups
+        # a row gather, faster than index_select; the identity is x itself without a
+        # downsample
+        inputs = F.embedding(pixels, pixel_rows(x)[:, g * width:(g + 1) * width])
         hidden = conv1.rows(inputs).relu_()
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
         hidden = conv2(gather_windows(canvas, index, self.window(grid), self.row_buffers),
@@ -358,7 +357,8 @@ class RefineBottleneck(_RefineBlock):
         hidden = pixel_rows(hidden)
         if keep is not None:
             hidden = hidden.index_select(0, keep)
-        return conv3.accumulate_(identity, hidden)
+        conv3.scatter_accumulate_(dest, identity, pixels, hidden, relu=True,
+                                  buffers=self.row_buffers)
 
     def group_pixel_flops(self) -> int:
         g = self.groups
@@ -386,8 +386,9 @@ class RefineBasicBlock(_RefineBlock):
         out = group_masked(self.relu(conv1(group_masked(x, pixel_mask))), pixel_mask)
         return group_masked(conv2(out), pixel_mask)
 
-    def refine_group(self, x, grid, g, index, pixels, keep, identity, mask):
-        """``identity + F_g(x)`` on group g's selected pixels (in place on ``identity``)."""
+    def refine_group(self, x, grid, g, index, pixels, keep, mask, dest, identity):
+        """``dest = relu(identity + F_g(x))`` on group g's selected pixels (``dest``,
+        ``identity``: the group's channels of the output's and the identity's rows)."""
         conv1, conv2 = (self.group_convs(i)[g] for i in (1, 2))
         width = x.shape[1] // self.groups
         window = self.window(grid)
@@ -403,7 +404,9 @@ class RefineBasicBlock(_RefineBlock):
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
         hidden = pixel_rows(conv2(gather_windows(canvas, index, window, self.row_buffers),
                                   valid=True))
-        return identity.add_(hidden if keep is None else hidden.index_select(0, keep))
+        updated = F.embedding(pixels, identity)  # a row gather
+        updated.add_(hidden if keep is None else hidden.index_select(0, keep))
+        dest.index_copy_(0, pixels, updated.relu_())
 
     def group_pixel_flops(self) -> int:
         g = self.groups

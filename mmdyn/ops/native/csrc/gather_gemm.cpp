@@ -118,7 +118,8 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
 // onto it and copies it back; here each task multiplies a tile of rows (oneDNN's 1x1
 // convolution, plain or prepacked weight as in gather_gemm) into a buffer that stays
 // in cache and adds it straight onto its destination rows. `pixels` must be distinct
-// (tasks write their rows concurrently); `source` may be `dest`.
+// (tasks write their rows concurrently); `source` may be `dest`. The rows of `dest` and
+// `source` may lie apart (a column slice of a wider map: one group's channels).
 at::Tensor scatter_gemm_acc(at::Tensor dest, const at::Tensor& source, const at::Tensor& pixels,
                             const at::Tensor& rows, const at::Tensor& matrix,
                             const c10::optional<at::Tensor>& bias, bool relu, int64_t tile,
@@ -126,12 +127,12 @@ at::Tensor scatter_gemm_acc(at::Tensor dest, const at::Tensor& source, const at:
   check_cpu("scatter_gemm_acc", {dest, source, pixels, rows, matrix, conv_weight});
   if (bias.has_value()) check_cpu("scatter_gemm_acc", {*bias});
   const int64_t out_channels = matrix.size(1), in_channels = matrix.size(0);
-  TORCH_CHECK(dest.dim() == 2 && dest.scalar_type() == at::kFloat && dest.is_contiguous() &&
+  TORCH_CHECK(dest.dim() == 2 && dest.scalar_type() == at::kFloat && dest.stride(1) == 1 &&
                   dest.size(1) == out_channels,
-              "dest must be a contiguous float32 [P, C_out] tensor");
+              "dest must be a float32 [P, C_out] tensor of contiguous rows");
   TORCH_CHECK(source.sizes() == dest.sizes() && source.scalar_type() == at::kFloat &&
-                  source.is_contiguous(),
-              "source must be a contiguous float32 tensor of dest's shape");
+                  source.stride(1) == 1,
+              "source must be a float32 tensor of dest's shape, of contiguous rows");
   TORCH_CHECK(pixels.dim() == 1 && pixels.scalar_type() == at::kLong && pixels.is_contiguous(),
               "pixels must be a contiguous int64 1-D tensor");
   TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kFloat && rows.is_contiguous() &&
@@ -153,6 +154,7 @@ at::Tensor scatter_gemm_acc(at::Tensor dest, const at::Tensor& source, const at:
   const int64_t* __restrict__ ids = pixels.data_ptr<int64_t>();
   const float* src = source.data_ptr<float>();
   float* dst = dest.data_ptr<float>();
+  const int64_t src_pitch = source.stride(0), dst_pitch = dest.stride(0);
   const int64_t threads = at::get_num_threads();
   int64_t tiles = (count + tile - 1) / tile;
   tiles = std::max<int64_t>(1, (tiles + threads - 1) / threads * threads);
@@ -174,9 +176,9 @@ at::Tensor scatter_gemm_acc(at::Tensor dest, const at::Tensor& source, const at:
       for (int64_t r = 0; r < size; ++r) {
         const int64_t id = ids[first + r];
         TORCH_CHECK(id >= 0 && id < table_rows, "pixels index rows outside dest");
-        const float* from = src + id * out_channels;  // may be `to` (source is dest)
+        const float* from = src + id * src_pitch;  // may be `to` (source is dest)
         const float* __restrict__ add = values + r * out_channels;
-        float* to = dst + id * out_channels;
+        float* to = dst + id * dst_pitch;
         if (relu) {
           for (int64_t c = 0; c < out_channels; ++c) to[c] = std::max(0.0f, from[c] + add[c]);
         } else {
