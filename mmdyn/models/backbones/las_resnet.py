@@ -197,21 +197,24 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
     def _residual_dense(self, x, out1, identity, mask, grid):
         """relu(identity + M * conv3(conv2(out1))), conv2/conv3 dense, BatchNorm folded:
         conv3 accumulates onto the identity with its bias and the ReLU fused
-        (``gemm_acc``). A partial mask multiplies conv2's output (4x narrower than
-        conv3's) and conv3's bias enters as M * b:  M (W h + b) = W (M h) + M b."""
+        (``gemm_acc``). A partial mask zeroes conv2's output (4x narrower than
+        conv3's) at the inactive pixels, where conv3's bias is taken off the identity
+        first."""
         hidden = self.folded('conv2', self.conv2, self.norm2)(F.relu(out1), relu=True)
         hidden = hidden.contiguous(memory_format=torch.channels_last)
         conv3 = self.folded('conv3', self.conv3, self.norm3).cast(hidden.dtype)
         reuse = self.may_overwrite(x, identity)
         out = identity if reuse else identity.clone()
         out = out.contiguous(memory_format=torch.channels_last)
-        bias = conv3.bias
         if bool((mask < 1).any()):
-            full = upsample_patch_mask(mask, grid).to(hidden.dtype)
-            hidden.mul_(full)
-            out.addcmul_(full, bias.view(1, -1, 1, 1).to(out.dtype))
-            bias = None
-        gemm_acc(pixel_rows(out), pixel_rows(hidden), conv3.matrix, bias, relu=True)
+            # M (W h + b) = W (M h) + b - (1 - M) b: conv2's rows zeroed and the identity
+            # rows less b at the inactive pixels only (the route runs at high rates)
+            inactive = patch_pixels(active_patches(1 - mask), grid)[0]
+            pixel_rows(hidden).index_fill_(0, inactive, 0.0)
+            out_rows = pixel_rows(out)
+            out_rows.index_copy_(0, inactive, out_rows.index_select(0, inactive).sub_(
+                conv3.bias.to(out.dtype)))
+        gemm_acc(pixel_rows(out), pixel_rows(hidden), conv3.matrix, conv3.bias, relu=True)
         return out
 
     def fused_conv1_gate(self) -> FoldedConv:
