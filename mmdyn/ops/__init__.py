@@ -10,9 +10,10 @@ from .gemm import gemm, gemm_acc, gemm_into
 from .gumbel import gumbel_gate
 from .kernel_choice import kernel_choices, pin_kernel
 from .masker import PatchMasker
-from .patches import (PatchGrid, Window, active_patches, border_groups, cropped_window,
-                      gather_windows, pair, patch_halo_pixels, patch_pixels, pixel_rows,
-                      scatter_add_patches, scatter_add_rows, upsample_patch_mask)
+from .patches import (PatchGrid, Window, active_patches, border_groups, border_pixels,
+                      cropped_window, gather_windows, grouped_rows, pair, patch_halo_pixels,
+                      patch_pixels, pixel_rows, scatter_add_patches, scatter_add_rows,
+                      upsample_patch_mask)
 from .pixel_sampling import (PixelMaskHead, apply_grid_prior, conv_rows, conv_tap_rows,
                              interpolate_dense, interpolate_rows, sample_mask,
                              sampled_pixels)
@@ -25,7 +26,8 @@ __all__ = [
     'PatchMasker', 'PatchGrid', 'Window', 'active_patches', 'gather_windows',
     'scatter_add_patches', 'scatter_add_rows', 'upsample_patch_mask', 'patch_halo_pixels',
     'pixel_rows',
-    'patch_pixels', 'pair', 'border_groups', 'cropped_window',
+    'patch_pixels', 'pair', 'border_groups', 'border_pixels', 'cropped_window',
+    'grouped_rows',
     'FoldedConv', 'gemm', 'gemm_acc', 'gemm_into', 'kernel_choices', 'pin_kernel',
     'fold_conv_bn', 'PixelMaskHead', 'apply_grid_prior', 'conv_rows', 'conv_tap_rows',
     'interpolate_dense', 'interpolate_rows', 'sample_mask', 'sampled_pixels'

@@ -164,6 +164,22 @@ def cropped_window(window: Window, grid: PatchGrid, extent: Tuple[int, int]) -> 
                                 size_w - cut_w * (step_w // grid.patch_w)), window.offset)
 
 
+def border_pixels(groups, grid: PatchGrid) -> Tensor:
+    """Row ids (on the output map) of the pixels of :func:`border_groups`' groups, group
+    after group: the row order of :func:`grouped_rows`."""
+    pixels = [patch_pixels(group, grid, extent)[0] for group, extent in groups]
+    return pixels[0] if len(pixels) == 1 else torch.cat(pixels)
+
+
+def grouped_rows(groups, grid: PatchGrid, window: Window, patches_for) -> Tensor:
+    """``[n, C]``: the pixel rows of ``patches_for(group, window)`` (channels-last
+    ``[N, C, rows, cols]`` patches from ``window`` cropped to the group's extent) for
+    each of :func:`border_groups`' groups, group after group."""
+    rows = [pixel_rows(patches_for(group, cropped_window(window, grid, extent)))
+            for group, extent in groups]
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+
 def patch_pixels(index: Tensor, grid: PatchGrid, extent: Optional[Tuple[int, int]] = None):
     """Row ids (on the output map) of the pixels of every active patch that lie inside
     the map, and which rows of the ``[N * S_h * S_w]`` patch stack they are (None: all).

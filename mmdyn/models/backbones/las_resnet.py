@@ -26,9 +26,10 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmengine.registry import MODELS
 
 from mmdyn.ops import (FoldedConv, ForwardRecord, MaskTerms, PatchGrid, PatchMasker, Window,
-                       active_patches, border_groups, conv_macs, cropped_window, conv_tap_rows, gather_windows, gemm_acc,
-                       patch_extents, patch_halo_pixels, patch_pixels, pixel_rows,
-                       sampled_pixels, scatter_add_rows, upsample_patch_mask)
+                       active_patches, border_groups, border_pixels, conv_macs, conv_tap_rows,
+                       gather_windows, gemm_acc, grouped_rows, patch_extents,
+                       patch_halo_pixels, patch_pixels, pixel_rows, sampled_pixels,
+                       scatter_add_rows, upsample_patch_mask)
 from mmdyn.ops.multires import conv3x3_rows
 from .dynamic import DynamicBlockMixin, check_granularity, check_number, fold_sources
 from .resnet_parts import (DynamicResNetMixin, check_norm_cfg, output_memory_format,
@@ -121,15 +122,12 @@ class _LASBlockMixin(DynamicBlockMixin):
             if nonnegative:
                 return identity if reuse else identity.clone()
             return identity.relu_() if reuse else F.relu(identity)
-        pixels, values = [], []
-        for group, extent in border_groups(index, grid):
-            patches = patches_for(group, cropped_window(self.conv2_window, grid, extent))
-            pixels.append(patch_pixels(group, grid, extent)[0])
-            values.append(pixel_rows(patches))
-        return scatter_add_rows(identity, torch.cat(values) if len(values) > 1 else values[0],
-                                torch.cat(pixels) if len(pixels) > 1 else pixels[0],
-                                relu=True, inplace=reuse, pointwise=pointwise,
-                                buffers=self.row_buffers, base_nonnegative=nonnegative)
+        groups = border_groups(index, grid)
+        return scatter_add_rows(identity, grouped_rows(groups, grid, self.conv2_window,
+                                                       patches_for),
+                                border_pixels(groups, grid), relu=True, inplace=reuse,
+                                pointwise=pointwise, buffers=self.row_buffers,
+                                base_nonnegative=nonnegative)
 
 
 class LASBottleneck(_LASBlockMixin, Bottleneck):

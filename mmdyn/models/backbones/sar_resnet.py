@@ -40,8 +40,9 @@ from mmengine.registry import MODELS
 from torch import nn
 
 from mmdyn.ops import (ForwardRecord, MaskTerms, PatchGrid, PatchMasker, Window,
-                       active_patches, conv_macs, gather_windows, patch_extents,
-                       patch_pixels, pixel_rows, upsample_patch_mask)
+                       active_patches, border_groups, border_pixels, conv_macs,
+                       gather_windows, grouped_rows, patch_extents, pixel_rows,
+                       upsample_patch_mask)
 from .dynamic import DynamicBlockMixin, check_number, fold_cache_of
 from .resnet_parts import (DynamicResNetMixin, build_shortcut, first_block_dilation,
                            output_memory_format, plain_block_flops, plain_res_layer,
@@ -260,10 +261,11 @@ class _RefineBlock(DynamicBlockMixin, BaseModule):
             index = active_patches(mask[:, g])
             if index.numel() == 0:
                 continue
-            pixels, keep = patch_pixels(index, grid)
+            # border cells cropped to the map: the convs compute what the records count
+            groups = border_groups(index, grid)
             cols = slice(g * channels, (g + 1) * channels)
-            self.refine_group(x, grid, g, index, pixels, keep, mask, out_rows[:, cols],
-                              identity_rows[:, cols])
+            self.refine_group(x, grid, g, groups, border_pixels(groups, grid), mask,
+                              out_rows[:, cols], identity_rows[:, cols])
         return out
 
     def refine_dense(self, x, mask, grid):
@@ -340,10 +342,11 @@ class RefineBottleneck(_RefineBlock):
         out = group_masked(self.relu(conv2(out)), pixel_mask)
         return group_masked(conv3(out), pixel_mask)
 
-    def refine_group(self, x, grid, g, index, pixels, keep, mask, dest, identity):
-        """``dest = relu(identity + F_g(x))`` on group g's selected pixels (``dest``,
-        ``identity``: the group's channels of the output's and the identity's rows):
-        conv3's product added onto the identity rows in one scatter
+    def refine_group(self, x, grid, g, groups, pixels, mask, dest, identity):
+        """``dest = relu(identity + F_g(x))`` on group g's selected pixels (``groups``:
+        its selected cells by :func:`border_groups`, ``pixels``: their pixels in that
+        order; ``dest``, ``identity``: the group's channels of the output's and the
+        identity's rows): conv3's product added onto the identity rows in one scatter
         (:meth:`FoldedConv.scatter_accumulate_`)."""
         conv1, conv2, conv3 = (self.group_convs(i)[g] for i in (1, 2, 3))
         width = x.shape[1] // self.groups
@@ -352,11 +355,8 @@ class RefineBottleneck(_RefineBlock):
         inputs = F.embedding(pixels, pixel_rows(x)[:, g * width:(g + 1) * width])
         hidden = conv1.rows(inputs).relu_()
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
-        hidden = conv2(gather_windows(canvas, index, self.window(grid), self.row_buffers),
-                       valid=True).relu_()
-        hidden = pixel_rows(hidden)
-        if keep is not None:
-            hidden = hidden.index_select(0, keep)
+        hidden = grouped_rows(groups, grid, self.window(grid), lambda cells, window: conv2(
+            gather_windows(canvas, cells, window, self.row_buffers), valid=True).relu_())
         conv3.scatter_accumulate_(dest, identity, pixels, hidden, relu=True,
                                   buffers=self.row_buffers)
 
@@ -386,26 +386,24 @@ class RefineBasicBlock(_RefineBlock):
         out = group_masked(self.relu(conv1(group_masked(x, pixel_mask))), pixel_mask)
         return group_masked(conv2(out), pixel_mask)
 
-    def refine_group(self, x, grid, g, index, pixels, keep, mask, dest, identity):
-        """``dest = relu(identity + F_g(x))`` on group g's selected pixels (``dest``,
-        ``identity``: the group's channels of the output's and the identity's rows)."""
+    def refine_group(self, x, grid, g, groups, pixels, mask, dest, identity):
+        """``dest = relu(identity + F_g(x))`` on group g's selected pixels (arguments as
+        :meth:`RefineBottleneck.refine_group`)."""
         conv1, conv2 = (self.group_convs(i)[g] for i in (1, 2))
         width = x.shape[1] // self.groups
-        window = self.window(grid)
         # conv1 reads x with its halo, zero on the cells group g did not select.
         selected = upsample_patch_mask(mask[:, g:g + 1], grid).contiguous(
             memory_format=torch.channels_last)
-        inputs = gather_windows(x[:, g * width:(g + 1) * width], index, window,
-                                self.row_buffers)
-        inputs = inputs * gather_windows(selected, index, window)
-        hidden = pixel_rows(conv1(inputs, valid=True).relu_())
-        if keep is not None:
-            hidden = hidden.index_select(0, keep)
+        x_g = x[:, g * width:(g + 1) * width]
+
+        def conv1_cells(cells, window):
+            inputs = gather_windows(x_g, cells, window, self.row_buffers)
+            return conv1(inputs * gather_windows(selected, cells, window), valid=True).relu_()
+        hidden = grouped_rows(groups, grid, self.window(grid), conv1_cells)
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
-        hidden = pixel_rows(conv2(gather_windows(canvas, index, window, self.row_buffers),
-                                  valid=True))
-        updated = F.embedding(pixels, identity)  # a row gather
-        updated.add_(hidden if keep is None else hidden.index_select(0, keep))
+        hidden = grouped_rows(groups, grid, self.window(grid), lambda cells, window: conv2(
+            gather_windows(canvas, cells, window, self.row_buffers), valid=True))
+        updated = F.embedding(pixels, identity).add_(hidden)  # a row gather
         dest.index_copy_(0, pixels, updated.relu_())
 
     def group_pixel_flops(self) -> int:
