@@ -79,7 +79,7 @@ def _rate_at_equal_cost(low: Tuple[float, float], high: Tuple[float, float],
 
 
 def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable[[], object],
-                      cells: int, device='cpu', repeats: int = 5,
+                      cells: int, device='cpu', repeats: int = 3,
                       run_dense_full: Optional[Callable[[], object]] = None,
                       full_mask_dense: bool = False) -> float:
     """The activation rate above which ``run_dense()`` (the dense route with a partial
