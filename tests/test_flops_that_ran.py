@@ -4,7 +4,11 @@ dense routes included; both against an operator-level count (:class:`MacCounter`
 
 The PyTorch products run here (``MMDYN_NATIVE=0``): the native kernels compute in C++
 where the counter cannot see them (they are tested equal to the PyTorch route in
-test_native_kernels.py); the FLOPs do not depend on the kernel."""
+test_native_kernels.py); the FLOPs do not depend on the kernel. A LAS bottleneck's gate
+runs fused into conv1 here (``conv1_gate=fused``, LAS App. B.1, the form its records
+count): the other kernel pools the input, an operator the counter does not see, and
+computes one logit per patch more (``C_in`` multiply-adds per patch, below 0.01 % of a
+block)."""
 import pytest
 import torch
 
@@ -12,6 +16,7 @@ from mac_counter import MacCounter
 from mmdyn.models.backbones import CADResNet, LASResNet, SARResNet, SFSIResNet
 from mmdyn.models.backbones.las_resnet import LASBasicBlock
 from mmdyn.ops import native
+from mmdyn.ops.kernel_choice import ENV_PINS
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -55,6 +60,7 @@ def test_both_routes_count_what_ran(name, size, monkeypatch):
     patches, SAR's in cells of ceil(H / k)): border patches count and compute their
     in-map pixels only."""
     monkeypatch.setenv(native.ENV_SWITCH, '0')
+    monkeypatch.setenv(ENV_PINS, 'conv1_gate=fused')
     torch.manual_seed(0)
     model = BACKBONES[name]().eval()
     model.set_execution_mode('sparse')

@@ -69,8 +69,11 @@ def test_sparse_equals_masked_for_the_same_mask(case, rate):
 
 
 @pytest.mark.parametrize('depth', [18, 50])
-def test_learned_masks_fused_gate_agrees_with_masker(depth):
-    """Sparse mode decides with the masker fused into conv1 (App. B.1)."""
+@pytest.mark.parametrize('gate', ['fused', 'pooled'])
+def test_learned_masks_fused_gate_agrees_with_masker(depth, gate, monkeypatch):
+    """Sparse mode decides with the masker fused into conv1 (App. B.1) or on the pooled
+    input (the two kernels of mmdyn.ops.gate, each pinned; basic blocks use the masker)."""
+    monkeypatch.setenv('MMDYN_KERNELS', f'conv1_gate={gate}')
     model = build(depth, granularity=(4, 2, 2, 1))
     for block in model.dynamic_blocks():
         torch.nn.init.normal_(block.masker.weight, std=0.5)  # mixed decisions

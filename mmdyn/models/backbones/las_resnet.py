@@ -30,6 +30,7 @@ from mmdyn.ops import (FoldedConv, ForwardRecord, MaskTerms, PatchGrid, PatchMas
                        gather_windows, gemm_acc, grouped_rows, patch_extents,
                        patch_halo_pixels, patch_pixels, pixel_rows, sampled_pixels,
                        scatter_add_rows, upsample_patch_mask)
+from mmdyn.ops.gate import conv1_and_gate
 from mmdyn.ops.multires import conv3x3_rows
 from .dynamic import DynamicBlockMixin, check_granularity, check_number, fold_sources
 from .resnet_parts import (DynamicResNetMixin, check_norm_cfg, output_memory_format,
@@ -167,13 +168,15 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
 
     def _forward_sparse(self, x, grid):
         x = x.contiguous(memory_format=torch.channels_last)
-        # One conv with C+1 outputs: conv1 and the gate's logit difference (App. B.1).
-        # Forced masks (benchmarks, tests) still pay for the gate channel.
-        fused = self.fused_conv1_gate()(x)  # a 1x1 conv on channels-last: the measured GEMM
-        out1 = fused[:, :-1]
+        # conv1 and the gate's logit difference on the patch grid: the difference pooled
+        # as one more conv1 output (App. B.1) or computed on the pooled input, whichever
+        # the kernel choice measured faster. Forced masks (benchmarks, tests) still pay
+        # for the gate.
+        out1, logits = conv1_and_gate(x, self.folded('conv1', self.conv1, self.norm1),
+                                      self.gate_conv(), self.fused_conv1_gate, grid.shape)
         mask = self.forced_mask(x.shape[0], grid, x)
         if mask is None:
-            mask = (F.adaptive_avg_pool2d(fused[:, -1:], grid.shape) >= 0).to(x.dtype)
+            mask = (logits >= 0).to(x.dtype)
         identity = self.downsample_dense(x, True)
         if self.takes_dense_route(
                 x, mask, grid,
@@ -214,6 +217,11 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
                 conv3.bias.to(out.dtype)))
         gemm_acc(pixel_rows(out), pixel_rows(hidden), conv3.matrix, conv3.bias, relu=True)
         return out
+
+    def gate_conv(self) -> FoldedConv:
+        """The masker's logit difference as a 1x1 conv (cached)."""
+        return self.cached('gate', (self.masker.weight, self.masker.bias),
+                           lambda: FoldedConv(*self.masker.decision_weight()))
 
     def fused_conv1_gate(self) -> FoldedConv:
         """conv1 (BatchNorm folded) with the gate's logit difference appended as one
