@@ -18,8 +18,13 @@ CASES = [  # H, W, patch, stride, dilation
 
 @pytest.mark.parametrize('height,width,patch,stride,dilation', CASES)
 @pytest.mark.parametrize('density', [0.0, 0.4, 1.0])
+@pytest.mark.parametrize('cropped', [False, True], ids=['whole-patches', 'cropped-borders'])
 def test_gather_conv_scatter_equals_dense_masked(height, width, patch, stride, dilation,
-                                                 density):
+                                                 density, cropped):
+    """Whole patches (the scatter crops border patches), or group by group of
+    border_groups through cropped windows: then the conv computes exactly the in-map
+    pixels of the active patches (as many outputs as patch_extents counts). Both give
+    the dense masked result."""
     torch.manual_seed(height * width + patch)
     x = torch.randn(2, 5, height, width)
     weight, bias = torch.randn(6, 5, 3, 3), torch.randn(6)
@@ -29,43 +34,20 @@ def test_gather_conv_scatter_equals_dense_masked(height, width, patch, stride, d
     index = active_patches(mask)
     window = Window(patch * stride, (patch - 1) * stride + 2 * dilation + 1, dilation)
     base = torch.randn_like(dense)
-    if index.numel():
-        patches = F.conv2d(gather_windows(x, index, window), weight, bias,
-                           stride=stride, dilation=dilation)
-        assert patches.shape[2:] == (patch, patch)
-        result = scatter_add_patches(base, patches, index, grid)
-    else:
-        result = base.clone()
-    expected = base + dense * upsample_patch_mask(mask, grid)
-    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize('height,width,patch,stride,dilation', CASES)
-@pytest.mark.parametrize('density', [0.4, 1.0])
-def test_border_patches_cropped_to_the_map_equal_dense_masked(height, width, patch, stride,
-                                                              dilation, density):
-    """Group by group of border_groups, each through its cropped window: the conv
-    computes exactly the in-map pixels of the active patches (as many outputs as
-    patch_extents counts), and the scatters give the dense masked result."""
-    torch.manual_seed(height * width + patch)
-    x = torch.randn(2, 5, height, width)
-    weight, bias = torch.randn(6, 5, 3, 3), torch.randn(6)
-    dense = F.conv2d(x, weight, bias, stride=stride, padding=dilation, dilation=dilation)
-    grid = PatchGrid(dense.shape[2], dense.shape[3], patch)
-    mask = (torch.rand(2, 1, *grid.shape) < density).float()
-    index = active_patches(mask)
-    window = Window(patch * stride, (patch - 1) * stride + 2 * dilation + 1, dilation)
-    base = torch.randn_like(dense)
-    result, computed = base, 0
-    groups = border_groups(index, grid)
+    groups = border_groups(index, grid) if cropped else [(index, None)]
     assert sum(len(group) for group, _ in groups) == len(index)
+    result, computed = base.clone(), 0
     for group, extent in groups:
-        patches = F.conv2d(gather_windows(x, group, cropped_window(window, grid, extent)),
+        if not group.numel():
+            continue
+        patches = F.conv2d(gather_windows(x, group, cropped_window(window, grid, extent)
+                                          if extent else window),
                            weight, bias, stride=stride, dilation=dilation)
-        assert patches.shape[2:] == extent
+        assert patches.shape[2:] == (extent or (patch, patch))
         computed += patches[:, 0].numel()
         result = scatter_add_patches(result, patches, group, grid, extent=extent)
-    assert computed == float((mask * patch_extents(grid)).sum())
+    if cropped:
+        assert computed == float((mask * patch_extents(grid)).sum())
     expected = base + dense * upsample_patch_mask(mask, grid)
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
 

@@ -346,15 +346,23 @@ def _gather_timing_inputs(shape_class):
 #: docs/speed_engine.md) and is no longer a candidate.
 ONEDNN_GATHER_TILE = 2048
 ONEDNN_TILE_FLOATS = 1 << 21
-_GATHER_CANDIDATES = {'torch': _gather_then_gemm}
-if torch.backends.mkldnn.is_available():
-    _GATHER_CANDIDATES['native_onednn'] = _gather_gemm_native
-    if HAS_PACKED:
-        _GATHER_CANDIDATES['native_onednn_packed'] = _gather_gemm_native_packed
-GATHER_GEMM = CHOOSER.register(KernelOp('gather_gemm', _GATHER_CANDIDATES,
-                                        _gather_timing_inputs,
-                                        {name: CPU_FLOAT32 for name in _GATHER_CANDIDATES
-                                         if name != 'torch'}))
+
+
+def register_tiled_op(name: str, torch_route, native_plain, native_packed, make_inputs):
+    """Register the op ``name``: its PyTorch route (the portable candidate) and, where
+    torch has oneDNN, the native tiled kernel on the plain weight and, where the build
+    packs weights, on the prepacked one (CPU float32 only)."""
+    candidates = {'torch': torch_route}
+    if torch.backends.mkldnn.is_available():
+        candidates['native_onednn'] = native_plain
+        if HAS_PACKED:
+            candidates['native_onednn_packed'] = native_packed
+    return CHOOSER.register(KernelOp(name, candidates, make_inputs,
+                                     {n: CPU_FLOAT32 for n in candidates if n != 'torch'}))
+
+
+GATHER_GEMM = register_tiled_op('gather_gemm', _gather_then_gemm, _gather_gemm_native,
+                                _gather_gemm_native_packed, _gather_timing_inputs)
 
 
 def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tensor],
@@ -427,15 +435,9 @@ def _scatter_timing_inputs(shape_class):
 #: floats of a native scatter-GEMM tile's product (2 MB: it is added onto scattered
 #: rows right after, from cache)
 SCATTER_TILE_FLOATS = 1 << 19
-_SCATTER_CANDIDATES = {'torch': _acc_then_scatter}
-if torch.backends.mkldnn.is_available():
-    _SCATTER_CANDIDATES['native_onednn'] = _scatter_gemm_native
-    if HAS_PACKED:
-        _SCATTER_CANDIDATES['native_onednn_packed'] = _scatter_gemm_native_packed
-SCATTER_GEMM_ACC = CHOOSER.register(KernelOp('scatter_gemm_acc', _SCATTER_CANDIDATES,
-                                             _scatter_timing_inputs,
-                                             {name: CPU_FLOAT32 for name in _SCATTER_CANDIDATES
-                                              if name != 'torch'}))
+SCATTER_GEMM_ACC = register_tiled_op('scatter_gemm_acc', _acc_then_scatter,
+                                     _scatter_gemm_native, _scatter_gemm_native_packed,
+                                     _scatter_timing_inputs)
 
 
 def scatter_gemm_acc(dest: Tensor, source: Tensor, pixels: Tensor, rows: Tensor,
