@@ -446,10 +446,11 @@ def scatter_gemm_acc(dest: Tensor, source: Tensor, pixels: Tensor, rows: Tensor,
     """``dest[pixels] = source[pixels] + bias + rows @ matrix`` (then ReLU if ``relu``) on
     ``[P, N]`` pixel rows (``source`` may be ``dest``; each a map's rows or a column
     slice of them, one group's channels; ``pixels`` distinct, one per row of ``rows``
-    ``[n, K]``): a block's last 1x1 conv added to its identity at the active pixels. Either a gather, the accumulating product and a copy back, or the
-    native kernel adding each tile's product onto its rows; chosen by measurement per
-    shape class. ``buffers``: a :class:`~mmdyn.ops.row_buffers.RowBuffers` for the
-    PyTorch route's gathered rows. Returns ``dest``."""
+    ``[n, K]``): a block's last 1x1 conv added to its identity at the active pixels.
+    Either a gather, the accumulating product and a copy back, or the native kernel
+    adding each tile's product onto its rows; chosen by measurement per shape class.
+    ``buffers``: a :class:`~mmdyn.ops.row_buffers.RowBuffers` for the PyTorch route's
+    gathered rows. Returns ``dest``."""
     if dest.shape != source.shape or dest.dim() != 2 or dest.stride(1) != 1 \
             or source.stride(1) != 1:
         raise ValueError(f'scatter_gemm_acc: dest and source must be [P, N] tensors of one '

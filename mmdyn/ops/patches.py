@@ -226,9 +226,10 @@ def scatter_add_rows(base: Tensor, values: Tensor, pixels: Tensor, relu: bool = 
     followed by ReLU over the whole map. ``pointwise`` (a 1x1 :class:`FoldedConv`, or
     None for the identity) is applied to the ``[N, C']`` rows ``values`` inside the
     scatter: its product is added straight onto the base rows
-    (:func:`~mmdyn.ops.gemm.scatter_gemm_acc`, no intermediate map). The result is channels-last; ``base`` is left untouched unless
-    ``inplace`` (then it must already be channels-last). The gathered base rows go to
-    the slot ``'scatter'`` of ``buffers`` when given. ``base_nonnegative``: ``base`` is a
+    (:func:`~mmdyn.ops.gemm.scatter_gemm_acc`, no intermediate map). The result is
+    channels-last; ``base`` is left untouched unless ``inplace`` (then it must already
+    be channels-last). Base rows gathered into a buffer go to the slot ``'scatter'`` of
+    ``buffers`` when given. ``base_nonnegative``: ``base`` is a
     ReLU output, so the ReLU leaves it unchanged outside the patches (no pass over the
     map).
     """

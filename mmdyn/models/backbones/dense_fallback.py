@@ -8,9 +8,9 @@ the code runs, the first time a block class meets a size class (the sparse cost 
 modelled as linear in the rate from runs at about 1/2 and 1, or one patch and 1/2 where
 the crossover lies lower; the routes' runs alternate), and kept with the kernel choices
 in the per-machine file of :mod:`mmdyn.ops.kernel_choice`, per device (the entry names
-it; CUDA timings synchronise). The sparse route is timed only at rates the
-block's grid can draw (whole patches, at least one); on a device that cannot be timed
-(``meta``) the block stays sparse. The records count the FLOPs the mask selects on
+it; CUDA timings synchronise). The sparse route is timed only at rates the block's grid
+can draw (whole patches, at least one); on a device that cannot be timed (``meta``) the
+block stays sparse. The records count the FLOPs the mask selects on
 either route: a FLOPs figure does not depend on the machine's timings.
 
 ``MMDYN_DENSE_FALLBACK``: ``measured`` (default), ``never`` (always the sparse
@@ -70,8 +70,8 @@ def _interleaved_medians(routes: Dict[str, Callable[[], object]], device: torch.
 def _rate_at_equal_cost(low: Tuple[float, float], high: Tuple[float, float],
                         dense: float) -> float:
     """The rate where the sparse cost, linear through the ``(rate, seconds)`` points
-    ``low`` and ``high``, meets ``dense``; 0.0 where it lies above ``dense`` at every rate
-    (no measurable growth with the rate and ``high`` slower: the fixed cost decides)."""
+    ``low`` and ``high``, meets ``dense``. Without measurable growth with the rate the
+    fixed cost decides: 0.0 where ``high`` is slower than ``dense``, else 1.0."""
     slope = (high[1] - low[1]) / (high[0] - low[0])
     if slope <= 0:
         return 0.0 if high[1] > dense else 1.0
