@@ -11,9 +11,9 @@ from .gumbel import gumbel_gate
 from .kernel_choice import kernel_choices, pin_kernel
 from .masker import PatchMasker
 from .patches import (PatchGrid, Window, active_patches, border_groups, border_pixels,
-                      cropped_window, gather_windows, grouped_rows, pair, patch_halo_pixels,
-                      patch_pixels, pixel_rows, scatter_add_patches, scatter_add_rows,
-                      upsample_patch_mask)
+                      conv_on_windows, cropped_window, gather_windows, grouped_rows, pair,
+                      patch_halo_pixels, patch_pixels, pixel_rows, scatter_add_patches,
+                      scatter_add_rows, upsample_patch_mask)
 from .pixel_sampling import (PixelMaskHead, apply_grid_prior, conv_rows, conv_tap_rows,
                              interpolate_dense, interpolate_rows, sample_mask,
                              sampled_pixels)
@@ -27,7 +27,7 @@ __all__ = [
     'scatter_add_patches', 'scatter_add_rows', 'upsample_patch_mask', 'patch_halo_pixels',
     'pixel_rows',
     'patch_pixels', 'pair', 'border_groups', 'border_pixels', 'cropped_window',
-    'grouped_rows',
+    'grouped_rows', 'conv_on_windows',
     'FoldedConv', 'gemm', 'gemm_acc', 'gemm_into', 'kernel_choices', 'pin_kernel',
     'fold_conv_bn', 'PixelMaskHead', 'apply_grid_prior', 'conv_rows', 'conv_tap_rows',
     'interpolate_dense', 'interpolate_rows', 'sample_mask', 'sampled_pixels'

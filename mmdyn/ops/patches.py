@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .row_buffers import RowBuffers, gather_rows
+from .row_buffers import RowBuffers, add_at_rows, gather_rows
 
 
 IntOrPair = Union[int, Tuple[int, int]]
@@ -180,6 +180,18 @@ def grouped_rows(groups, grid: PatchGrid, window: Window, patches_for) -> Tensor
     return rows[0] if len(rows) == 1 else torch.cat(rows)
 
 
+def conv_on_windows(conv, source: Tensor, buffers: Optional[RowBuffers] = None,
+                    relu_input: bool = False, relu: bool = False):
+    """``patches_for(cells, window)`` for :func:`grouped_rows`: ``conv`` (a
+    :class:`FoldedConv`, VALID) on the windows of ``source`` that feed ``cells``
+    (gathered into the slot ``'windows'`` of ``buffers``), ReLU'd first if
+    ``relu_input``, its output ReLU'd if ``relu``."""
+    def patches_for(cells, window):
+        windows = gather_windows(source, cells, window, buffers)
+        return conv(windows.relu_() if relu_input else windows, valid=True, relu=relu)
+    return patches_for
+
+
 def patch_pixels(index: Tensor, grid: PatchGrid, extent: Optional[Tuple[int, int]] = None):
     """Row ids (on the output map) of the pixels of every active patch that lie inside
     the map, and which rows of the ``[N * S_h * S_w]`` patch stack they are (None: all).
@@ -238,22 +250,15 @@ def scatter_add_rows(base: Tensor, values: Tensor, pixels: Tensor, relu: bool = 
             raise ValueError('scatter_add_patches(inplace=True) needs a channels-last base')
         base, inplace = base.contiguous(memory_format=torch.channels_last), True
     map_relu = relu and not base_nonnegative
-    if pointwise is not None:  # the product added onto the base rows, ReLU fused
-        out = base if inplace else F.relu(base) if map_relu else base.clone()
+    # the patch rows take relu(base + f(values)) from the un-ReLU'd base; the map-wide
+    # ReLU after them leaves them as they are (>= 0)
+    out = base if inplace else F.relu(base) if map_relu else base.clone()
+    if pointwise is None:
+        add_at_rows(pixel_rows(out), pixel_rows(base), pixels, values, relu, buffers)
+    else:  # the product added onto the base rows, ReLU fused
         pointwise.scatter_accumulate_(pixel_rows(out), pixel_rows(base), pixels, values,
                                       relu, buffers)
-        # the updated rows are already >= 0 where a ReLU was asked for
-        return out.relu_() if inplace and map_relu else out
-    updated = gather_rows(pixel_rows(base), pixels, buffers, 'scatter')
-    updated.add_(values)  # in-place add promotes across float dtypes
-    if relu:
-        updated.relu_()
-    if map_relu:
-        out = base.relu_() if inplace else F.relu(base)
-    else:
-        out = base if inplace else base.clone()
-    pixel_rows(out).index_copy_(0, pixels, updated.to(out.dtype))
-    return out
+    return out.relu_() if inplace and map_relu else out
 
 
 def upsample_patch_mask(mask: Tensor, grid: PatchGrid) -> Tensor:

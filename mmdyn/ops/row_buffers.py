@@ -57,3 +57,15 @@ def gather_rows(rows: Tensor, index: Tensor, buffers: Optional[RowBuffers] = Non
         return F.embedding(index, rows)
     out = buffers.take(name, (index.numel(), rows.shape[1]), rows)
     return torch.index_select(rows, 0, index, out=out)
+
+
+def add_at_rows(dest: Tensor, source: Tensor, pixels: Tensor, values: Tensor,
+                relu: bool = False, buffers: Optional[RowBuffers] = None) -> Tensor:
+    """``dest[pixels] = source[pixels] + values`` (then ReLU if ``relu``; ``source`` may
+    be ``dest``): the source rows gathered (:func:`gather_rows`, slot ``'scatter'``), the
+    values added, the rows copied to ``dest``. Returns ``dest``."""
+    updated = gather_rows(source, pixels, buffers, 'scatter')
+    updated.add_(values)  # in-place add promotes across float dtypes
+    if relu:
+        updated.relu_()
+    return dest.index_copy_(0, pixels, updated.to(dest.dtype))

@@ -26,8 +26,8 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmengine.registry import MODELS
 
 from mmdyn.ops import (FoldedConv, ForwardRecord, MaskTerms, PatchGrid, PatchMasker, Window,
-                       active_patches, border_groups, border_pixels, conv_macs, conv_tap_rows,
-                       gather_windows, gemm_acc, grouped_rows, patch_extents,
+                       active_patches, border_groups, border_pixels, conv_macs,
+                       conv_on_windows, conv_tap_rows, gemm_acc, grouped_rows, patch_extents,
                        patch_halo_pixels, patch_pixels, pixel_rows, sampled_pixels,
                        scatter_add_rows, upsample_patch_mask)
 from mmdyn.ops.gate import conv1_and_gate
@@ -187,11 +187,8 @@ class LASBottleneck(_LASBlockMixin, Bottleneck):
 
     def _residual_sparse(self, x, out1, identity, index, grid):
         """relu(identity + scatter(conv3(conv2(windows)))) on the active patches."""
-        conv2 = self.folded('conv2', self.conv2, self.norm2)
-
-        def hidden(group, window):
-            windows = gather_windows(out1, group, window, self.row_buffers).relu_()
-            return conv2(windows, valid=True).relu_()
+        hidden = conv_on_windows(self.folded('conv2', self.conv2, self.norm2), out1,
+                                 self.row_buffers, relu_input=True, relu=True)
         conv3 = self.folded('conv3', self.conv3, self.norm3)  # fused into the scatter-add
         return self.sparse_output(x, identity, index, grid, hidden, pointwise=conv3)
 
@@ -330,11 +327,8 @@ class LASBasicBlock(_LASBlockMixin, BasicBlock):
         return out1
 
     def _residual_sparse(self, x, out1, identity, index, grid):
-        conv2 = self.folded('conv2', self.conv2, self.norm2)
-
-        def patches(group, window):
-            windows = gather_windows(out1, group, window, self.row_buffers).relu_()
-            return conv2(windows, valid=True)
+        patches = conv_on_windows(self.folded('conv2', self.conv2, self.norm2), out1,
+                                  self.row_buffers, relu_input=True)
         return self.sparse_output(x, identity, index, grid, patches)
 
     def _residual_dense(self, out1, identity, mask, grid):

@@ -41,8 +41,9 @@ from torch import nn
 
 from mmdyn.ops import (ForwardRecord, MaskTerms, PatchGrid, PatchMasker, Window,
                        active_patches, border_groups, border_pixels, conv_macs,
-                       gather_windows, grouped_rows, patch_extents, pixel_rows,
-                       upsample_patch_mask)
+                       conv_on_windows, gather_windows, grouped_rows, patch_extents,
+                       pixel_rows, upsample_patch_mask)
+from mmdyn.ops.row_buffers import add_at_rows
 from .dynamic import DynamicBlockMixin, check_number, fold_cache_of
 from .resnet_parts import (DynamicResNetMixin, build_shortcut, first_block_dilation,
                            output_memory_format, plain_block_flops, plain_res_layer,
@@ -355,8 +356,8 @@ class RefineBottleneck(_RefineBlock):
         inputs = F.embedding(pixels, pixel_rows(x)[:, g * width:(g + 1) * width])
         hidden = conv1.rows(inputs).relu_()
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
-        hidden = grouped_rows(groups, grid, self.window(grid), lambda cells, window: conv2(
-            gather_windows(canvas, cells, window, self.row_buffers), valid=True).relu_())
+        hidden = grouped_rows(groups, grid, self.window(grid),
+                              conv_on_windows(conv2, canvas, self.row_buffers, relu=True))
         conv3.scatter_accumulate_(dest, identity, pixels, hidden, relu=True,
                                   buffers=self.row_buffers)
 
@@ -394,17 +395,17 @@ class RefineBasicBlock(_RefineBlock):
         # conv1 reads x with its halo, zero on the cells group g did not select.
         selected = upsample_patch_mask(mask[:, g:g + 1], grid).contiguous(
             memory_format=torch.channels_last)
-        x_g = x[:, g * width:(g + 1) * width]
+        x_g, window = x[:, g * width:(g + 1) * width], self.window(grid)
 
         def conv1_cells(cells, window):
             inputs = gather_windows(x_g, cells, window, self.row_buffers)
-            return conv1(inputs * gather_windows(selected, cells, window), valid=True).relu_()
-        hidden = grouped_rows(groups, grid, self.window(grid), conv1_cells)
+            return conv1(inputs * gather_windows(selected, cells, window), valid=True,
+                         relu=True)
+        hidden = grouped_rows(groups, grid, window, conv1_cells)
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
-        hidden = grouped_rows(groups, grid, self.window(grid), lambda cells, window: conv2(
-            gather_windows(canvas, cells, window, self.row_buffers), valid=True))
-        updated = F.embedding(pixels, identity).add_(hidden)  # a row gather
-        dest.index_copy_(0, pixels, updated.relu_())
+        hidden = grouped_rows(groups, grid, window,
+                              conv_on_windows(conv2, canvas, self.row_buffers))
+        add_at_rows(dest, identity, pixels, hidden, relu=True, buffers=self.row_buffers)
 
     def group_pixel_flops(self) -> int:
         g = self.groups
