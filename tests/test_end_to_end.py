@@ -11,9 +11,9 @@ import pytest
 from e2e_helpers import ROOT, logged, run, run_in_process, tiny_voc_config
 from mmdyn.datasets import build_coco_fixture
 
-LAS_DEMO = ROOT / 'configs' / 'demo' / 'faster-rcnn_las-r18-s4421-t07_fpn_demo-fixture.py'
+CONFIGS = ROOT / 'configs'
+LAS_DEMO = CONFIGS / 'demo' / 'faster-rcnn_las-r18-s4421-t07_fpn_demo-fixture.py'
 pytestmark = pytest.mark.slow
-
 
 
 @pytest.fixture(scope='module')
@@ -100,23 +100,31 @@ def test_distributed_training_with_two_cpu_processes(fixture_config):
     assert (work_dir / 'iter_2.pth').is_file()
 
 
-@pytest.mark.parametrize('arch_args', [
-    ['--depth', '18', '--granularity', '4', '4', '2', '1'],
-    ['--arch', 'sar', '--depth', '18', '--setting', 'G2s2a2b1', '--mask-size', '4', '4', '2'],
+@pytest.mark.parametrize('config,flags', [
+    ('las-r18-s4211-t05_1xb64-20e_digits-64px.py', ['--stages']),
+    ('sar-r18-g2s2a2b1-t05_1xb64-20e_digits-64px.py', ['--stages', '--reference']),
 ], ids=['las', 'sar'])
-def test_benchmark_script_writes_json(tmp_path, arch_args):
+def test_benchmark_script_writes_json_with_stages(tmp_path, config, flags):
+    """The config benchmark's per-stage pass: the stem and every stage of the twin and
+    the dynamic backbone (and its reference execution), the stages' FLOPs from the
+    records against the twin's per-stage count."""
     out = tmp_path / 'bench.json'
-    tool = run if '--arch' not in arch_args else run_in_process  # one subprocess per tool
-    tool('tools/analysis/benchmark_latency.py', *arch_args, '--input', '64', '96',
-         '--rates', '0.5', '--warmup', '0', '--repeats', '1', '--threads', '2', '1',
-         '--out', out)
+    tool = run if 'las' in config else run_in_process  # one subprocess per tool
+    printed = tool('tools/analysis/benchmark_latency.py', CONFIGS / 'learning_study' / config,
+                   *flags, '--input', '64', '96', '--rates', '0.5', '--warmup', '0',
+                   '--repeats', '1', '--threads', '2', '1', '--out', out)
+    assert 'per stage' in printed
     report = json.loads(out.read_text())
-    assert [(r['threads'], r['rate']) for r in report['runs']] == [(2, 0.5), (1, 0.5)]
-    for row in report['runs']:
+    assert [(r['threads'], r['rate']) for r in report['rows']] == [(2, 0.5), (1, 0.5)]
+    for row in report['rows']:
         assert set(row['stages']) == {'stem', 'layer1', 'layer2', 'layer3', 'layer4'}
-        total = row['total']
-        assert 0 < total['flops_ratio'] < 1 and total['sparse_latency_s'] > 0
-        assert ('masked_latency_s' in total) == ('--arch' in arch_args)
+        assert row['stages']['stem']['flops_ratio'] == pytest.approx(1.0)  # static
+        stages = [s['flops_ratio'] for k, s in row['stages'].items() if k != 'stem']
+        assert all(0 < f <= 1 for f in stages) and min(stages) < 1
+        assert all(s['dynamic_s'] > 0 for s in row['stages'].values())
+        assert all(('reference_s' in s) == ('--reference' in flags)
+                   for s in row['stages'].values())
+        assert 0 < row['flops_ratio'] < 1 and row['dynamic_s'] > 0
 
 
 def test_segmentation_trains_and_reports_miou_with_sparsity(tmp_path):

@@ -114,13 +114,14 @@ def test_stability_and_pruning_tools(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_benchmark_latency_arch_sfsi_writes_json_with_a_profile(tmp_path, monkeypatch):
+def test_config_benchmark_of_sfsi_writes_json_with_a_profile(tmp_path, monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     out = tmp_path / 'bench.json'
-    run('tools/analysis/benchmark_latency.py', '--arch', 'sfsi', '--depth', '50', '--input',
-        '64', '96', '--rates', '0.4', '--warmup', '0', '--repeats', '1', '--threads', '1',
-        '--profile', '--out', out)
-    (row,) = json.loads(out.read_text())['runs']
-    assert set(row['stages']) == {'stem', 'layer1', 'layer2', 'layer3', 'layer4'}
-    assert 0 < row['total']['flops_ratio'] < 1 and row['total']['sparse_latency_s'] > 0
+    printed = run('tools/analysis/benchmark_latency.py',
+                  'configs/learning_study/sfsi-r50-w01_1xb64-20e_digits-64px.py', '--input',
+                  '64', '96', '--rates', '0.4', '--warmup', '0', '--repeats', '1', '--threads',
+                  '1', '--profile', '--out', out)
+    (row,) = json.loads(out.read_text())['rows']
+    assert 0 < row['flops_ratio'] < 1 and row['dynamic_s'] > 0
     assert set(PROFILE_PARTS) <= set(row['profile']['parts_ms'])
+    assert 'ms per part' in printed

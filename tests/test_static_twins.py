@@ -146,7 +146,7 @@ def test_config_benchmark_cad_segmentor_with_its_own_masks_on_a_photo():
 def test_config_benchmark_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match='config not found'):
         benchmark_config(str(tmp_path / 'none.py'), [0.5], (64, 64))
-    with pytest.raises(TypeError, match='not an mmdyn dynamic ResNet'):
+    with pytest.raises(TypeError, match='not an mmdyn dynamic backbone'):
         benchmark_config(str(CONFIGS / 'demo' / 'faster-rcnn_r18_fpn_demo-fixture.py'),
                          [0.5], (64, 64))
     las = str(CONFIGS / 'learning_study' / 'las-r18-s4211-t05_1xb64-20e_digits-64px.py')
@@ -181,3 +181,70 @@ def test_cad_forced_activation_is_a_random_keep_mask_until_reset():
     assert ratios[0] < 0.7 and ratios[1] == pytest.approx(1.0) and ratios[2] == pytest.approx(1.0)
     assert 'forced_source' not in dict(cad.named_modules()) and not any(
         'forced' in k for k in cad.state_dict())
+
+
+# -- CAD-VGG (D2-Net's VGG16): the same contract and the same benchmark ---------------
+
+CAD_VGG = str(CONFIGS / 'd2net' / 'hpatches_cad-vgg16-os1-sift512-d25-51-51.py')
+NARROW_VGG = {'model.features.backbone.checkpoint': None,
+              'model.features.backbone.base_channels': 8}
+
+
+def test_cad_vgg_twins_are_the_two_ends_of_its_range():
+    """Every block kept computes the static twin (the dilated OS1 VGG16), every block
+    downsampled the coarse twin (OS8) broadcast over its cells (Guarantee 2), with the
+    backbone's weights; the timed call is ``extract`` (cells, no dense map)."""
+    from mmdyn.models.backbones import CADVGG, D2NetVGG
+    from mmdyn.models.backbones.cad_vgg import CellFeatures
+    torch.manual_seed(0)
+    cad = CADVGG(output_stride=1, base_channels=8, mask_source=dict(type='FullResolutionMask'))
+    twin, coarse = cad.static_twin(), cad.coarse_twin()
+    assert type(twin) is D2NetVGG and (twin.output_stride, coarse.output_stride) == (1, 8)
+    assert twin.mean_bgr == cad.mean_bgr and not twin.training
+    timed = cad.prepare_for_timing()
+    x = torch.randn(1, 3, 48, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        kept = timed(x)
+        assert isinstance(kept, CellFeatures)
+        assert relative_error(kept.dense(), twin(x)[0]) < 1e-4
+        cad.set_forced_activation(0.0)
+        down = timed(x).dense()
+        want = coarse(x)[0].repeat_interleave(8, 2).repeat_interleave(8, 3)
+    assert relative_error(down, want) < 1e-4
+
+
+def test_config_benchmark_cad_vgg_against_both_vgg16_twins():
+    from mmdyn.analysis.config_benchmark import build_model_offline, input_batch
+    from mmdyn.models.backbones import caffe_preprocess
+    report = benchmark_config(CAD_VGG, ['source', 0.0, 1.0], (96, 128), threads=(1, ),
+                              image='astronaut', warmup=0, repeats=1, coarse=True,
+                              cfg_options={**NARROW_VGG, 'model.features.backbone.'
+                                           'mask_source.num_keypoints': 4})
+    assert (report['backbone'], report['twin']) == ('CADVGG', 'D2NetVGG')
+    source, down, full = report['rows']
+    # the records against mmengine's FlopAnalyzer count of the OS8 and OS1 networks
+    assert down['gflops_executed'] == pytest.approx(down['gflops_coarse'], rel=1e-9)
+    assert full['gflops_executed'] == pytest.approx(full['gflops_static'], rel=1e-9)
+    assert down['gflops_coarse'] < source['gflops_executed'] < source['gflops_static']
+    assert all(r['dynamic_s'] > 0 and r['coarse_s'] > 0 for r in report['rows'])
+    # the timed input is Caffe-preprocessed (BGR minus the weights' mean pixel)
+    import cv2
+    from skimage import data
+    model = build_model_offline(CAD_VGG, cfg_options=NARROW_VGG)
+    photo = cv2.resize(data.astronaut(), (128, 96), interpolation=cv2.INTER_AREA)
+    want = caffe_preprocess(photo, model.extractor.backbone.mean_bgr)
+    assert torch.allclose(input_batch(model, (96, 128), image='astronaut'), want)
+
+
+def test_config_benchmark_options_a_backbone_cannot_serve_are_clear_errors():
+    las = str(CONFIGS / 'learning_study' / 'las-r18-s4211-t05_1xb64-20e_digits-64px.py')
+    with pytest.raises(ValueError, match="reads image files: use part='backbone'"):
+        benchmark_config(CAD_VGG, [0.5], (48, 64), part='model', cfg_options=NARROW_VGG)
+    for option in ('engine_twin', 'stages', 'reference'):
+        with pytest.raises(ValueError, match=f'{option}=True needs a ResNet backbone'):
+            benchmark_config(CAD_VGG, [0.5], (48, 64), cfg_options=NARROW_VGG,
+                             **{option: True})
+        with pytest.raises(ValueError, match='backbones only'):
+            benchmark_config(las, [0.5], (64, 64), part='model', **{option: True})
+    with pytest.raises(ValueError, match="SFSI-ResNet's sparse blocks, not LASResNet's"):
+        benchmark_config(las, [0.5], (64, 64), profile=True)

@@ -1,45 +1,48 @@
-"""Latency of a dynamic backbone's sparse path against the dense ResNet.
-
-LAS-ResNet and SFSI-ResNet are compared with their dense twins (same weights);
-SFSI's masks are pixel masks forced to the rate in every block (grid prior on top
-unless ``--grid-prior none``), with ``--profile`` a torch.profiler breakdown of its
-sparse forward per part. SAR-ResNet, whose
-architecture differs, with the plain ResNet of the same depth and with its own
-``masked`` execution. Every network has BatchNorm folded and runs channels-last; the
-dynamic ones get masks forced to the given activation rates. Everything runs in one
-process on the same input with the same thread count, the networks' passes
-alternating; each number is the median of ``--repeats`` timed runs after ``--warmup``
-runs. Prints per-stage and whole-backbone latency ratios next to executed-FLOPs ratios
-and saves JSON.
-
-    python tools/analysis/benchmark_latency.py --depth 101 --granularity 8 4 7 1
-    python tools/analysis/benchmark_latency.py --arch sar --depth 50 --setting G2s2a2b1 \
-        --threads 2 1
-    python tools/analysis/benchmark_latency.py --arch sfsi --depth 101 --rates 0.2 0.4 0.6 \
-        --profile
+"""Latency of an mmdyn config's dynamic backbone against its static twin.
 
 Any mmdyn config (DESIGN contract 7; mmdyn/analysis/config_benchmark.py): the config's
-backbone against its static twin, whole calls, in the default process (no allocator
-tuning), masks forced at the rates or ``source`` (the model's own maskers / mask source
-on ``--image``); ``--part model`` times the whole detector / segmentor / classifier::
+backbone against its static twin (the dense network it extends, same weights), whole
+calls, both BatchNorm-folded and channels-last, alternating in one process, in the
+default process (no allocator tuning); each figure is the median of ``--repeats`` calls
+after ``--warmup``. Masks are forced at the rates, or ``source`` (the model's own
+maskers / mask source on ``--image``); ``--part model`` times the whole detector /
+segmentor / classifier. Prints latency ratios next to executed-FLOPs ratios and saves
+JSON::
 
     python tools/analysis/benchmark_latency.py CONFIG [--checkpoint CKPT] \
         [--rates 0.3 0.5 source] [--image astronaut] [--input H W] [--threads 2 1] \
-        [--part backbone|model] [--coarse-twin] [--engine-twin]
+        [--part backbone|model] [--coarse-twin] [--engine-twin] [--stages [--reference]] \
+        [--profile] [--cfg-options KEY=VALUE ...]
 
-``--coarse-twin`` (CAD-ResNet configs): the strided network at the base output stride
-is timed too, and the latency interpolated between it and the dilated twin by
-multiply-adds is printed next to CAD's (e.g. edge masks of several thresholds on a
-photo: ``--rates source --image coffee --cfg-options
+``--coarse-twin`` (CAD-ResNet and CAD-VGG configs): the strided network at the base
+output stride is timed too, and the latency interpolated between it and the dilated
+twin by multiply-adds is printed next to CAD's (e.g. edge masks of several thresholds on
+a photo: ``--rates source --image coffee --cfg-options
 model.backbone.mask_source.threshold=0.95``). ``--engine-twin``: the static twin is
 timed a second time, run the way mmdyn runs the static parts of its backbones
 (BatchNorm-folded blocks, measured dense-convolution kernels), after the rates and
 against the stock twin only, and the dynamic backbone's latency over it is printed too:
-the part of a ratio the masks, not the engine, earn. Give each thread count its own
-process for figures you will quote.
+the part of a ratio the masks, not the engine, earn. ``--stages``: the stem and every
+stage timed apart in a pass of their own (ResNet backbones), with ``--reference`` the
+backbone's reference execution (the dense computation masked) in that pass too.
+``--profile`` (SFSI-ResNet): a torch.profiler breakdown of its sparse blocks per part.
+Give each thread count its own process for figures you will quote. Examples::
+
+    python tools/analysis/benchmark_latency.py \
+        configs/las_resnet/faster-rcnn_las-r101-s4471-t05_fpn_1x_coco.py \
+        --cfg-options 'model.backbone.granularity=[8,4,7,1]' --stages
+    python tools/analysis/benchmark_latency.py \
+        configs/sar_resnet/faster-rcnn_sar-r50-g2s2a2b1-t05_fpn_1x_coco.py \
+        --input 224 224 --rates 0.5 --stages --reference --threads 2 1
+    python tools/analysis/benchmark_latency.py \
+        configs/sfsi_resnet/faster-rcnn_sfsi-r101-dcn-w01_fpn_1x_coco.py --profile \
+        --rates 0.2 0.4 0.6 --cfg-options model.backbone.dcn=None \
+        'model.backbone.stage_with_dcn=(False,False,False,False)'
+    python tools/analysis/benchmark_latency.py \
+        configs/d2net/hpatches_cad-vgg16-os1-sift512-d25-51-51.py --input 480 640 \
+        --rates source --image astronaut --coarse-twin --warmup 1 --repeats 3
 """
 import argparse
-import copy
 import json
 import os
 import sys
@@ -49,45 +52,33 @@ import torch
 from mmengine.config import DictAction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from mmdyn.analysis import keep_freed_memory, stage_flops, time_models  # noqa: E402
-from mmdyn.analysis.complexity import dense_part_flops  # noqa: E402
 from mmdyn.analysis.config_benchmark import SOURCE, benchmark_config, parse_rate  # noqa: E402
-from mmdyn.analysis.sfsi import profile_sparse_parts  # noqa: E402
-from mmdyn.models.backbones import LASResNet, SARResNet, SFSIResNet  # noqa: E402
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', nargs='?', default=None,
-                        help='an mmdyn config (then --arch/--depth/... are not used)')
-    parser.add_argument('--checkpoint', default=None, help='config mode: weights to load')
+    parser.add_argument('config', help='an mmdyn config')
+    parser.add_argument('--checkpoint', default=None, help='weights to load')
     parser.add_argument('--part', choices=('backbone', 'model'), default='backbone',
-                        help='config mode: time the backbone or the whole model')
+                        help='time the backbone or the whole model')
     parser.add_argument('--image', default=None,
-                        help='config mode: a photo (path or skimage.data name) as input')
+                        help='a photo (path or skimage.data name) as input')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None)
     parser.add_argument('--coarse-twin', action='store_true',
-                        help='config mode, CAD-ResNet: also time the strided network and '
+                        help='CAD-ResNet / CAD-VGG: also time the strided network and '
                         'interpolate between the two twins by multiply-adds')
     parser.add_argument('--engine-twin', action='store_true',
-                        help='config mode: also time the static twin on mmdyn\'s engine')
-    parser.add_argument('--arch', choices=('las', 'sar', 'sfsi'), default='las')
-    parser.add_argument('--depth', type=int, default=None,
-                        help='default: 101 for LAS and SFSI, 50 for SAR')
-    parser.add_argument('--grid-prior', default='11',
-                        help='SFSI: grid-prior step, or "none"')
-    parser.add_argument('--sparse-conv3', choices=('sampled', 'dense'), default='dense',
-                        help='SFSI: conv3 on the sampled pixels or on every pixel')
+                        help='also time the static twin on mmdyn\'s engine')
+    parser.add_argument('--stages', action='store_true',
+                        help='also time the stem and every stage apart (ResNet backbones)')
+    parser.add_argument('--reference', action='store_true',
+                        help='with --stages: also the backbone\'s reference execution '
+                        '(the dense computation masked)')
     parser.add_argument('--profile', action='store_true',
-                        help='SFSI: torch.profiler breakdown of the sparse forward per rate')
-    parser.add_argument('--granularity', type=int, nargs='+', default=[8, 4, 7, 1],
-                        help='LAS: patch size S per stage')
-    parser.add_argument('--setting', default='G2s2a2b1', help='SAR: G<g>s<s>a<alpha>b<beta>')
-    parser.add_argument('--mask-size', type=int, nargs=3, default=[7, 7, 2],
-                        help='SAR: region-selection grid K per SAR stage')
+                        help='SFSI-ResNet: torch.profiler breakdown of the sparse blocks')
     parser.add_argument('--rates', nargs='+', default=['0.3', '0.5', '0.7'],
-                        help="activation rates; config mode also 'source' (the model's "
-                        'own masks)')
+                        help="activation rates (CAD: keep ratios), or 'source' (the "
+                        "model's own masks)")
     parser.add_argument('--input', type=int, nargs=2, default=[800, 1216],
                         metavar=('H', 'W'))
     parser.add_argument('--batch', type=int, default=1)
@@ -101,94 +92,7 @@ def parse_args():
         args.rates = [parse_rate(r) for r in args.rates]
     except ValueError as error:
         parser.error(str(error))
-    if args.config is None and SOURCE in args.rates:
-        parser.error("--rates source needs a config (the model's own masks)")
-    if args.depth is None:
-        args.depth = 50 if args.arch == 'sar' else 101
-    args.grid_prior = None if args.grid_prior == 'none' else int(args.grid_prior)
     return args
-
-
-def build_models(args):
-    """``({name: backbone}, dynamic backbones, dense FLOPs per part, title, file stem)``;
-    the dense network is named 'dense', the sparse path 'sparse'."""
-    if args.arch == 'las':
-        las = LASResNet(depth=args.depth, granularity=tuple(args.granularity), init_cfg=None)
-        dense = las.static_twin()
-        sparse = las.prepare_for_timing()
-        models = dict(dense=dense, sparse=sparse)
-        granularity = ''.join(map(str, args.granularity))
-        return models, [sparse], None, \
-            f'LAS-ResNet-{args.depth} S={"-".join(map(str, args.granularity))}', \
-            f'las-r{args.depth}-s{granularity}'
-    if args.arch == 'sfsi':
-        sfsi = SFSIResNet(depth=args.depth, grid_prior_interval=args.grid_prior,
-                          sparse_conv3=args.sparse_conv3, init_cfg=None)
-        dense = sfsi.static_twin()
-        sparse = sfsi.prepare_for_timing()
-        prior = 'off' if args.grid_prior is None else f'k={args.grid_prior}'
-        return dict(dense=dense, sparse=sparse), [sparse], None, \
-            f'SFSI-ResNet-{args.depth} (grid prior {prior}, conv3 {args.sparse_conv3}) vs ' \
-            f'ResNet-{args.depth}', f'sfsi-r{args.depth}-grid{args.grid_prior}-{args.sparse_conv3}'
-    sar = SARResNet(depth=args.depth, sar_setting=args.setting, mask_size=tuple(args.mask_size),
-                    min_input_size=min(args.input), init_cfg=None)
-    masked = copy.deepcopy(sar).prepare_for_timing('masked')
-    sparse = sar.prepare_for_timing()
-    dense = sar.static_twin()
-    models = dict(dense=dense, sparse=sparse, masked=masked)
-    return models, [sparse, masked], dense_part_flops(dense, args.input), \
-        f'SAR-ResNet-{args.depth} {args.setting} K={"-".join(map(str, args.mask_size))} ' \
-        f'vs ResNet-{args.depth}', f'sar-r{args.depth}-{args.setting.lower()}'
-
-
-def measure(args, models, dynamic, dense_flops, x, parts, threads):
-    torch.set_num_threads(threads)
-    runs = []
-    for rate in args.rates:
-        for backbone in dynamic:
-            backbone.set_forced_activation(rate, seed=args.seed)
-        with torch.no_grad():
-            models['sparse'](x)
-        reference, executed = stage_flops(models['sparse'].records, parts)
-        reference = dense_flops or reference  # LAS: its own dense FLOPs (the twin's)
-        timed = time_models(models, x, args.warmup, args.repeats)
-        (dense_parts, dense_total) = timed['dense']
-        stages = {}
-        for k, part in enumerate(parts):
-            stages[part] = dict(dense_latency_s=dense_parts[k],
-                                flops_ratio=executed[part] / reference[part])
-            for name in models.keys() - {'dense'}:
-                stages[part][f'{name}_latency_s'] = timed[name][0][k]
-                stages[part][f'{name}_latency_ratio'] = timed[name][0][k] / dense_parts[k]
-        total = dict(dense_latency_s=dense_total,
-                     flops_ratio=sum(executed.values()) / sum(reference.values()),
-                     gflops_dense=sum(reference.values()) / 1e9,
-                     gflops_executed=sum(executed.values()) / 1e9)
-        for name in models.keys() - {'dense'}:
-            total[f'{name}_latency_s'] = timed[name][1]
-            total[f'{name}_latency_ratio'] = timed[name][1] / dense_total
-        total['latency_over_flops'] = total['sparse_latency_ratio'] / total['flops_ratio']
-        print_rows(rate, threads, stages, total)
-        runs.append(dict(threads=threads, rate=rate, stages=stages, total=total))
-        if getattr(args, 'profile', False) and args.arch == 'sfsi':
-            runs[-1]['profile'] = profile_sparse_parts(models['sparse'], x)
-            print('  sparse forward, ms per part:', ', '.join(
-                f'{k}={v:.1f}' for k, v in runs[-1]['profile']['parts_ms'].items()))
-    return runs
-
-
-def print_rows(rate, threads, stages, total):
-    masked = 'masked_latency_s' in total
-    print(f'threads {threads}, rate {rate:.2f}: dense {total["dense_latency_s"] * 1e3:.1f} ms, '
-          f'sparse {total["sparse_latency_s"] * 1e3:.1f} ms'
-          + (f', masked {total["masked_latency_s"] * 1e3:.1f} ms' if masked else ''))
-    for part, row in list(stages.items()) + [('total', total)]:
-        line = (f'{rate:5.2f} {part:>7} {row["sparse_latency_s"] * 1e3:9.1f} '
-                f'{row["sparse_latency_ratio"]:9.3f} {row["flops_ratio"]:11.3f} '
-                f'{row["sparse_latency_ratio"] / row["flops_ratio"]:9.3f}')
-        if masked:
-            line += f' {row["masked_latency_ratio"]:12.3f}'
-        print(line)
 
 
 def print_config_rows(rows, columns, note: str = ''):
@@ -202,11 +106,27 @@ def print_config_rows(rows, columns, note: str = ''):
                                                           for _, width, cell in columns))
 
 
+def print_stages(row):
+    """The stem and stages of one row: milliseconds, ratios to the twin, FLOPs ratio."""
+    reference = 'reference_s' in row['stages']['stem']
+    rate = row['rate'] if row['rate'] == SOURCE else f"{row['rate']:.2f}"
+    print(f"per stage, threads {row['threads']}, rate {rate}:")
+    print(f"{'part':>7} {'static ms':>9} {'dynamic ms':>10} {'lat ratio':>9} "
+          f"{'FLOPs ratio':>11} {'lat/FLOPs':>9}" + (' reference ratio' if reference else ''))
+    for part, cells in row['stages'].items():
+        print(f"{part:>7} {cells['static_s'] * 1e3:9.1f} {cells['dynamic_s'] * 1e3:10.1f} "
+              f"{cells['dynamic_ratio']:9.3f} {cells['flops_ratio']:11.3f} "
+              f"{cells['dynamic_ratio'] / cells['flops_ratio']:9.3f}"
+              + (f" {cells['reference_ratio']:15.3f}" if reference else ''))
+
+
 def run_config(args):
     report = benchmark_config(args.config, args.rates, tuple(args.input), args.threads,
                               args.part, args.checkpoint, args.image, args.batch,
                               args.warmup, args.repeats, args.seed, args.cfg_options,
-                              coarse=args.coarse_twin, engine_twin=args.engine_twin)
+                              coarse=args.coarse_twin, engine_twin=args.engine_twin,
+                              stages=args.stages, reference=args.reference,
+                              profile=args.profile)
     print(f"{os.path.basename(args.config)}: {report['part']} {report['backbone']} against "
           f"{report['twin']}, input {'x'.join(map(str, report['input']))}, median of "
           f'{args.repeats} whole calls after {args.warmup} warm-up, default process')
@@ -234,6 +154,12 @@ def run_config(args):
             ('lat/engine', 10, lambda r: f"{r['latency_over_engine']:.3f}")],
             'engine: the static twin run the way mmdyn runs static parts, timed after the '
             'rates against the stock twin')
+    for row in report['rows']:
+        if 'stages' in row:
+            print_stages(row)
+        if 'profile' in row:
+            print(f"rate {row['rate']}: sparse forward, ms per part:", ', '.join(
+                f'{k}={v:.1f}' for k, v in row['profile']['parts_ms'].items()))
     report['torch'] = torch.__version__
     stem = os.path.splitext(os.path.basename(args.config))[0]
     return report, f'{stem}-{args.part}-t{"-".join(map(str, args.threads))}'
@@ -242,22 +168,8 @@ def run_config(args):
 def main():
     args = parse_args()
     torch.set_flush_denormal(True)  # denormals slow x86 CPUs by orders of magnitude
-    if args.config is not None:
-        report, stem = run_config(args)
-        return save(report, args.out, stem)
-    keep_freed_memory()
-    torch.manual_seed(args.seed)
-    models, dynamic, dense_flops, title, stem = build_models(args)
-    x = torch.randn(args.batch, 3, *args.input).contiguous(memory_format=torch.channels_last)
-    parts = ['stem'] + list(models['dense'].res_layers)
-    print(f'{title}, input {args.batch}x3x{args.input[0]}x{args.input[1]}, median of '
-          f'{args.repeats} after {args.warmup} warm-up; BatchNorm folded, channels-last')
-    print(f'{"rate":>5} {"part":>7} {"sparse ms":>9} {"lat ratio":>9} {"FLOPs ratio":>11} '
-          f'{"lat/FLOPs":>9}' + (f' {"masked ratio":>12}' if 'masked' in models else ''))
-    report = dict(config=vars(args), torch=torch.__version__, runs=[])
-    for threads in args.threads:
-        report['runs'] += measure(args, models, dynamic, dense_flops, x, parts, threads)
-    save(report, args.out, f'{stem}-t{"-".join(map(str, args.threads))}')
+    report, stem = run_config(args)
+    save(report, args.out, stem)
 
 
 def save(report: dict, out, stem: str):

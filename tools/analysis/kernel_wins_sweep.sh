@@ -23,7 +23,8 @@ for setting in t2 t1 t2-avx2; do
   $B configs/sar_resnet/faster-rcnn_sar-r50-g2s2a2b1-t05_fpn_1x_coco.py --input 224 224 $R
   $B configs/cad_resnet/deeplabv3_cad-r101-d8-edge035-os16to8_4xb2-80k_cityscapes-512x1024.py \
     --input 512 1024 $R
-  $B --arch sfsi --depth 101 --input 800 1216 $R
+  $B configs/sfsi_resnet/faster-rcnn_sfsi-r101-dcn-w01_fpn_1x_coco.py --input 800 1216 $R \
+    --cfg-options model.backbone.dcn=None 'model.backbone.stage_with_dcn=(False,False,False,False)'
 done
 unset MMDYN_KERNEL_CACHE ATEN_CPU_CAPABILITY ONEDNN_MAX_CPU_ISA MKL_ENABLE_INSTRUCTIONS
 $PY tools/analysis/kernel_wins.py "$OUT/t2" "$OUT/t1" "$OUT/t2-avx2" --out "$OUT/wins.json"

@@ -27,7 +27,7 @@ from typing import Dict
 
 import torch
 from mmengine.registry import MODELS
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmdyn.models.mask_sources.basic import (build_mask_source, check_source_steps,
                                             source_keep_masks)
@@ -62,6 +62,17 @@ class CellFeatures:
 
     def dense(self) -> Tensor:
         return rows_to_dense(self.rows, self.layout).contiguous()
+
+
+class CellExtraction(nn.Module):
+    """``backbone.extract`` as a module call (timing a CAD-VGG as its features use it)."""
+
+    def __init__(self, backbone: 'CADVGG'):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: Tensor):
+        return self.backbone.extract(x)
 
 
 @MODELS.register_module()
@@ -164,6 +175,37 @@ class CADVGG(ForcedKeepMasks, DynamicBackboneMixin, D2NetVGG):
         return [check_keep_mask(m.to(features.device), (features.shape[0], *g),
                                 f'keep mask of adaptive pool {s + 1}')
                 for s, (m, g) in enumerate(zip(masks, grids))]
+
+    # -- DESIGN contract 7: benchmarkable from its config ----------------------------------
+
+    def static_twin(self) -> D2NetVGG:
+        """The dilated network at this output stride, this backbone's weights (eval,
+        channels-last): what CAD-VGG computes with every block kept (Guarantee 2)."""
+        return self._vgg_with_own_weights(self.output_stride)
+
+    def coarse_twin(self) -> D2NetVGG:
+        """VGG16 at output stride 8, this backbone's weights: what CAD-VGG computes with
+        every block downsampled, the cheap end of its range."""
+        return self._vgg_with_own_weights(8)
+
+    def _vgg_with_own_weights(self, output_stride: int) -> D2NetVGG:
+        twin = D2NetVGG(output_stride=output_stride, final_relu=self.final_relu,
+                        base_channels=self.conv1_1.out_channels)
+        missing, unexpected = twin.load_state_dict(self.state_dict(), strict=False)
+        foreign = [k for k in unexpected if not k.startswith('mask_source.')]
+        if missing or foreign:
+            raise RuntimeError(f'CADVGG: the dense VGG16 does not match (missing '
+                               f'{missing[:5]}, unexpected {foreign[:5]})')
+        twin.mean_bgr, twin.weights_source = self.mean_bgr, self.weights_source
+        return twin.eval().to(memory_format=torch.channels_last)
+
+    def prepare_for_timing(self, mode: str = 'sparse') -> nn.Module:
+        """Eval mode, execution ``mode``, channels-last; returns a module whose call is
+        :meth:`extract`, what D2-Net's features read (sparse: the active cells, no dense
+        map of the fine grid)."""
+        self.eval()
+        self.set_execution_mode(mode)
+        return CellExtraction(self.to(memory_format=torch.channels_last))
 
     # -- forward --------------------------------------------------------------------------
 
