@@ -144,3 +144,28 @@ def test_keypoint_modules_resolve_in_both_scopes(scope):
             assert registry.MODELS.get(name) is not None, name
         assert registry.METRICS.get('HPatchesMMAMetric') is not None
         assert registry.DATASETS.get('HPatchesDataset') is not None
+
+
+def test_the_cad_vgg_config_runs_in_the_mmengine_test_loop(tmp_path):
+    """configs/d2net's CAD-VGG config (narrowed, random weights) on identity pairs: the
+    same keypoints and descriptors in every image of a sequence score MMA 1, its
+    multiply-adds below the OS1 network's."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    from mmdyn.models.backbones import D2NetVGG
+    root = tmp_path / 'identity'
+    build_hpatches_fixture(str(root), num_viewpoint=1, num_illumination=1, size=(96, 128),
+                           identity=True)
+    config = os.path.join(os.path.dirname(__file__), '..', 'configs', 'd2net',
+                          'hpatches_cad-vgg16-os1-sift512-d25-51-51.py')
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict({'model.features.backbone.checkpoint': None,
+                         'model.features.backbone.base_channels': 8,
+                         'model.features.num_keypoints': 16,
+                         'model.features.backbone.mask_source.num_keypoints': 16,
+                         'test_dataloader.dataset.data_root': str(root)})
+    cfg.work_dir = str(tmp_path / 'work')
+    metrics = Runner.from_cfg(cfg).test()
+    assert metrics['hpatches/mma@1'] == 1.0 and metrics['hpatches/num_pairs'] == 10
+    os1 = D2NetVGG(output_stride=1, base_channels=8).macs(96, 128)
+    assert 0 < metrics['hpatches/gmacs'] < os1 / 1e9
