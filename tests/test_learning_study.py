@@ -142,14 +142,18 @@ def test_ci_sized_study_learns_and_masks_prefer_ink(tmp_path):
     FLOPs ratio counts the static stem and each block's halo, so activation sits below
     it); ink preference above 1 in at least one stage. ``--no-train-val``: the trainings
     skip their val-split pass, which none of these checks reads (the study evaluates the
-    test split)."""
+    test split). ``--cfg-options``: both networks at half width (a quarter of the
+    multiply-adds), the same for training, evaluation, timing and tools/test.py."""
     epochs = 15
     work, data = tmp_path / 'study', tmp_path / 'digits-64'
     build_digits_fixture(str(data), size=64)
+    half_width = ['model.backbone.base_channels=32', 'model.backbone.stem_channels=32',
+                  'model.head.in_channels=256']
     learning_study.main(['--work-dir', str(work), '--data-root', str(data),
                          '--methods', 'static', 'las-t05',
                          '--seeds', '0', '--epochs', str(epochs), '--jobs', '2',
-                         '--threads', '2', '--latency-repeats', '2', '--no-train-val'])
+                         '--threads', '2', '--latency-repeats', '2', '--no-train-val',
+                         '--cfg-options', *half_width])
     study = learning.read_json(str(work / 'study.json'))
     rows = {r['method']: r for r in study['rows']}
     assert rows['static']['accuracy'] > 80 and rows['las-t05']['accuracy'] > 80
@@ -169,12 +173,12 @@ def test_ci_sized_study_learns_and_masks_prefer_ink(tmp_path):
     # reports the study's own evaluation
     out = run('tools/test.py', learning_study.CONFIGS / learning_study.METHODS['las-t05'][0],
               work / 'las-t05' / 'seed0' / f'epoch_{epochs}.pth', '--work-dir', tmp_path / 'test',
-              '--cfg-options', f'test_dataloader.dataset.data_root={data}')
+              '--cfg-options', f'test_dataloader.dataset.data_root={data}', *half_width)
     reported = float(out.split('accuracy/top1: ')[1].split()[0])
     assert reported == pytest.approx(las['accuracy'], abs=1e-3)
     # a rerun resumes: nothing is trained or evaluated again
     before = (work / 'las-t05' / 'seed0' / 'eval.json').stat().st_mtime
     learning_study.main(['--work-dir', str(work), '--data-root', str(data),
                          '--methods', 'static', 'las-t05', '--seeds', '0',
-                         '--epochs', str(epochs), '--no-latency'])
+                         '--epochs', str(epochs), '--no-latency', '--cfg-options', *half_width])
     assert (work / 'las-t05' / 'seed0' / 'eval.json').stat().st_mtime == before

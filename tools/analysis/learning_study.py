@@ -2,7 +2,7 @@
 
     python tools/analysis/learning_study.py [--work-dir work_dirs/learning_study]
         [--methods static las-t03 ...] [--seeds 0 1 2] [--jobs 2] [--epochs 20]
-        [--no-train-val]
+        [--no-train-val] [--cfg-options KEY=VALUE ...]
 
 Run from the repository root. Steps, each skipping what its output already holds (a
 rerun resumes after an interruption):
@@ -18,6 +18,10 @@ rerun resumes after an interruption):
    alternating in one process;
 5. writes ``study.json``, ``table.md`` (the tables), ``accuracy_vs_gmacs.png`` and mask
    overlays of the first test digits (``overlays/<method>/<block>.png``).
+
+``--cfg-options`` change every method's config alike, in training, evaluation and
+timing (e.g. a narrower network for a quick run: ``model.backbone.base_channels=32
+model.backbone.stem_channels=32 model.head.in_channels=256``).
 """
 import argparse
 import os
@@ -30,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import mmdyn  # noqa: E402,F401  (registers mmdyn modules, fixes checkpoint loading)
+from mmengine.config import DictAction  # noqa: E402
 from mmdyn.analysis import learning  # noqa: E402
 from mmdyn.datasets.digits_fixture import build_digits_fixture, check_digits_root  # noqa: E402
 
@@ -46,11 +51,12 @@ METHODS = {
 DATA_ROOT = ROOT / 'data' / 'digits-64'
 
 
-def run_options(epochs: int, data_root: Path, train_val: bool = True) -> dict:
+def run_options(epochs: int, data_root: Path, train_val: bool = True, extra=None) -> dict:
     """Config overrides that shorten or lengthen the shared schedule consistently and
     point every split at ``data_root``. ``train_val=False`` drops the val-split pass at
     the end of training (validation begins after the last epoch): the study evaluates
-    the test split itself, so the pass only adds its line to ``train.log``."""
+    the test split itself, so the pass only adds its line to ``train.log``. ``extra``:
+    the user's ``--cfg-options``, applied last."""
     options = {'train_cfg.max_epochs': epochs, 'train_cfg.val_interval': epochs,
                'default_hooks.checkpoint.interval': epochs,
                'param_scheduler.1.T_max': max(epochs - 1, 1)}
@@ -58,26 +64,27 @@ def run_options(epochs: int, data_root: Path, train_val: bool = True) -> dict:
         options['train_cfg.val_begin'] = epochs + 1
     options.update({f'{split}_dataloader.dataset.data_root': str(data_root)
                     for split in ('train', 'val', 'test')})
+    options.update(extra or {})
     return options
 
 
-def load_config(method: str, epochs: int, data_root: Path = DATA_ROOT):
+def load_config(method: str, epochs: int, data_root: Path = DATA_ROOT, extra=None):
     from mmengine.config import Config
     cfg = Config.fromfile(str(CONFIGS / METHODS[method][0]))
-    cfg.merge_from_dict(run_options(epochs, data_root))
+    cfg.merge_from_dict(run_options(epochs, data_root, extra=extra))
     return cfg
 
 
 def train(method: str, seed: int, run_dir: Path, epochs: int, threads: int,
-          data_root: Path = DATA_ROOT, train_val: bool = True) -> Path:
+          data_root: Path = DATA_ROOT, train_val: bool = True, extra=None) -> Path:
     checkpoint = run_dir / f'epoch_{epochs}.pth'
     if checkpoint.exists():
         return checkpoint
     run_dir.mkdir(parents=True, exist_ok=True)
-    options = {**run_options(epochs, data_root, train_val), 'randomness.seed': seed}
+    options = {**run_options(epochs, data_root, train_val, extra), 'randomness.seed': seed}
     args = [sys.executable, str(ROOT / 'tools' / 'train.py'), str(CONFIGS / METHODS[method][0]),
             '--work-dir', str(run_dir), '--cfg-options',
-            *(f'{key}={value}' for key, value in options.items())]
+            *(f'{key}={_option_text(value)}' for key, value in options.items())]
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': str(threads)}
     with open(run_dir / 'train.log', 'w') as log:
         subprocess.run(args, cwd=ROOT, check=True, env=env, stdout=log,
@@ -87,8 +94,16 @@ def train(method: str, seed: int, run_dir: Path, epochs: int, threads: int,
     return checkpoint
 
 
+def _option_text(value) -> str:
+    """A config value as ``tools/train.py --cfg-options`` reads it back."""
+    if isinstance(value, (list, tuple)):
+        inner = ','.join(_option_text(v) for v in value)
+        return f'[{inner}]' if isinstance(value, list) else f'({inner},)'
+    return str(value)
+
+
 def train_all(runs, work: Path, epochs: int, jobs: int, threads: int, data_root: Path,
-              train_val: bool = True):
+              train_val: bool = True, extra=None):
     todo = [(m, s) for m, s in runs
             if not (work / m / f'seed{s}' / f'epoch_{epochs}.pth').exists()]
     print(f'[train] {len(runs) - len(todo)} of {len(runs)} runs already trained; '
@@ -98,7 +113,7 @@ def train_all(runs, work: Path, epochs: int, jobs: int, threads: int, data_root:
     def one(run):
         method, seed = run
         train(method, seed, work / method / f'seed{seed}', epochs, max(threads // jobs, 1),
-              data_root, train_val)
+              data_root, train_val, extra)
         done[0] += 1
         print(f'[train {done[0]}/{len(todo)}] {method} seed {seed} done '
               f'({time.time() - start:.0f} s elapsed)', flush=True)
@@ -107,12 +122,12 @@ def train_all(runs, work: Path, epochs: int, jobs: int, threads: int, data_root:
         list(pool.map(one, todo))
 
 
-def evaluate_all(runs, work: Path, epochs: int, data_root: Path) -> dict:
+def evaluate_all(runs, work: Path, epochs: int, data_root: Path, extra=None) -> dict:
     results = {}
     for index, (method, seed) in enumerate(runs):
         out = work / method / f'seed{seed}' / 'eval.json'
         if not out.exists():
-            cfg = load_config(method, epochs, data_root)
+            cfg = load_config(method, epochs, data_root, extra)
             result = learning.evaluate_classifier(
                 cfg, str(work / method / f'seed{seed}' / f'epoch_{epochs}.pth'))
             learning.write_json(str(out), result)
@@ -123,13 +138,13 @@ def evaluate_all(runs, work: Path, epochs: int, data_root: Path) -> dict:
 
 
 def time_methods(methods, work: Path, epochs: int, data_root: Path, threads: int,
-                 warmup: int, repeats: int, seed: int) -> dict:
+                 warmup: int, repeats: int, seed: int, extra=None) -> dict:
     """Backbone latency of every method (run ``seed``) and its ratio to the static one."""
     import torch
     torch.set_num_threads(threads)
     backbones, batch = {}, None
     for method in methods:
-        cfg = load_config(method, epochs, data_root)
+        cfg = load_config(method, epochs, data_root, extra)
         model = learning.build_classifier(
             cfg, str(work / method / f'seed{seed}' / f'epoch_{epochs}.pth'))
         if batch is None:
@@ -157,6 +172,9 @@ def main(argv=None):
     parser.add_argument('--no-train-val', action='store_true',
                         help='skip the val-split pass at the end of each training (the '
                         'study reports the test split; the pass only logs to train.log)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                        help='overrides of every method\'s config (training, evaluation, '
+                        'timing)')
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error(f'--epochs {args.epochs}: the schedule is one warm-up epoch and a '
@@ -173,18 +191,20 @@ def main(argv=None):
     work = Path(args.work_dir)
     runs = [(m, s) for m in args.methods for s in args.seeds]
     wall = time.time()
+    extra = args.cfg_options
     train_all(runs, work, args.epochs, args.jobs, args.threads, data_root,
-              train_val=not args.no_train_val)
-    results = evaluate_all(runs, work, args.epochs, data_root)
+              train_val=not args.no_train_val, extra=extra)
+    results = evaluate_all(runs, work, args.epochs, data_root, extra)
     rows = [learning.summarize_method(m, results[m], METHODS[m][2]) for m in args.methods]
     latency = {}
     if not args.no_latency:
         latency = time_methods(args.methods, work, args.epochs, data_root, args.threads,
-                               warmup=2, repeats=args.latency_repeats, seed=args.seeds[0])
+                               warmup=2, repeats=args.latency_repeats, seed=args.seeds[0],
+                               extra=extra)
     for method in args.methods:
         if method != 'static':
             learning.save_mask_overlays(
-                load_config(method, args.epochs, data_root),
+                load_config(method, args.epochs, data_root, extra),
                 str(work / method / f'seed{args.seeds[0]}' / f'epoch_{args.epochs}.pth'),
                 str(work / 'overlays' / method))
     learning.plot_accuracy_vs_gmacs(rows, str(work / 'accuracy_vs_gmacs.png'),
