@@ -142,3 +142,27 @@ def test_folded_conv_with_relu_is_the_conv_then_relu(setting, layout):
     linear = reference(x, folded.weight, folded.bias, stride, padding, dilation, groups,
                        False)
     assert relative_error(folded(x), linear) < 1e-5
+
+
+@pytest.mark.parametrize('layout', ['channels_last', 'contiguous'])
+@pytest.mark.parametrize('setting', [(3, 2, 1, 1), (1, 1, 0, 1), (1, 2, 0, 1), (1, 1, 0, 2)],
+                         ids=['3x3-s2', '1x1', '1x1-s2', '1x1-g2'])
+@pytest.mark.parametrize('relu', [False, True])
+def test_accumulate_map_adds_the_conv_onto_the_map(setting, layout, relu):
+    """``out += conv(x)`` on whole maps: in place on ``out`` for a 1x1 unstrided conv
+    on channels-last maps (the product accumulated), a new sum otherwise; against
+    F.conv2d plus the map."""
+    k, stride, padding, groups = setting
+    folded = FoldedConv(torch.randn(12, 8 // groups, k, k), torch.randn(12), stride, 1,
+                        padding, groups)
+    x = torch.randn(2, 8, 11, 10)
+    out = torch.randn(2, 12, (11 + 2 * padding - k) // stride + 1,
+                      (10 + 2 * padding - k) // stride + 1)
+    if layout == 'channels_last':
+        x, out = x.contiguous(memory_format=CL), out.contiguous(memory_format=CL)
+    want = reference(x, folded.weight, folded.bias, stride, padding, 1, groups, False) + out
+    want = want.relu() if relu else want
+    got = folded.accumulate_map_(out, x, relu=relu)
+    assert relative_error(got, want) < 1e-5
+    in_place = layout == 'channels_last' and setting in ((1, 1, 0, 1), )
+    assert (got.data_ptr() == out.data_ptr()) == in_place

@@ -101,6 +101,23 @@ class FoldedConv:
         folded = self.cast(out.dtype)
         return gemm_acc(out, rows, folded.matrix, folded.bias, relu)
 
+    def accumulate_map_(self, out: Tensor, x: Tensor, relu: bool = False) -> Tensor:
+        """``out += conv(x)`` on whole maps (then ReLU if ``relu``); returns the sum,
+        ``out`` itself where it can: a 1x1 unstrided conv on channels-last maps of one
+        dtype adds its product onto ``out`` in place (:meth:`accumulate_`: no
+        temporary map, the sum and ReLU fused); any other conv adds ``out`` onto its
+        output map."""
+        if (self.weight.shape[-1] == 1 and self.stride == 1 and self.groups == 1
+                and out.dtype == x.dtype and out.shape[0] == x.shape[0]
+                and out.shape[1] == self.out_channels and out.shape[2:] == x.shape[2:]
+                and x.is_contiguous(memory_format=torch.channels_last)
+                and out.is_contiguous(memory_format=torch.channels_last)):
+            self.accumulate_(out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]),
+                             x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), relu)
+            return out
+        total = self(x).add_(out)
+        return total.relu_() if relu else total
+
     def scatter_accumulate_(self, dest: Tensor, source: Tensor, pixels: Tensor, rows: Tensor,
                             relu: bool = False, buffers=None) -> Tensor:
         """``dest[pixels] = source[pixels] + conv(rows)`` for a 1x1 conv on pixel rows

@@ -154,11 +154,15 @@ def run_folded_block(block, x):
         raise TypeError(f'run_folded_block: {type(block).__name__} is not an mmdet or '
                         'mmseg BasicBlock or Bottleneck')
     out = x
-    for k, (conv, norm) in enumerate(convs):
-        out = folded_cached(cache, f'conv{k + 1}', conv, norm)(out, relu=k + 1 < len(convs))
+    for k, (conv, norm) in enumerate(convs[:-1]):
+        out = folded_cached(cache, f'conv{k + 1}', conv, norm)(out, relu=True)
+    last = folded_cached(cache, f'conv{len(convs)}', *convs[-1])
     identity = x if block.downsample is None else run_folded_sequence(
         block.downsample, x, cache, 'downsample')
-    return out.add_(identity).relu_()
+    if identity is x:  # the block's input may be a returned stage output: not in place
+        return last(out).add_(identity).relu_()
+    # the shortcut's fresh map takes the last conv's product (no second map)
+    return last.accumulate_map_(identity, out, relu=True)
 
 
 def run_static_layer(layer, x, fold: bool):
