@@ -29,6 +29,8 @@ def test_every_framework_is_covered():
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
 def test_config_builds(path):
+    if path.parent.name == 'd2net':
+        return check_hpatches_config(Config.fromfile(str(path)), path.stem)
     cfg = offline(Config.fromfile(str(path)))
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
@@ -50,6 +52,22 @@ def test_config_builds(path):
     check(model, cfg, hooks, path.stem)
     if path.parent.name == 'learning_study':
         check_digits_classifier(model, path.stem)
+
+
+def check_hpatches_config(cfg, stem):
+    """A D2-Net / CAD-VGG config: HPatches in mmengine's test loop, the backbone (with
+    the VGG16 weights it names, local files only) as its name says."""
+    model = MODELS.build(cfg.model)
+    assert type(model).__name__ == 'HPatchesFeatureModel'
+    assert cfg.test_dataloader.dataset.type == 'HPatchesDataset'
+    assert cfg.test_evaluator.type == 'HPatchesMMAMetric'
+    backbone = model.extractor.backbone
+    assert type(backbone).__name__ == 'CADVGG' and backbone.weights_source == 'hed'
+    stride, keypoints, dilations = re.fullmatch(
+        r'hpatches_cad-vgg16-os(\d)-sift(\d+)-d([\d-]+)', stem).groups()
+    assert backbone.output_stride == int(stride)
+    assert model.extractor.num_keypoints == backbone.mask_source.num_keypoints == int(keypoints)
+    assert backbone.mask_source.dilations == tuple(int(d) for d in dilations.split('-'))
 
 
 def check_digits_classifier(model, stem):
