@@ -100,6 +100,24 @@ def test_run_options_keep_the_val_pass_unless_asked():
         'train_cfg.val_begin'] == 16  # mmengine validates at the last epoch from val_begin
 
 
+def test_cfg_options_reach_every_config_and_the_training_command_line():
+    """``--cfg-options`` change each method's config alike (applied last), and the
+    values train.py gets on its command line read back as the same values."""
+    import argparse
+    from mmengine.config import DictAction
+    extra = {'model.backbone.base_channels': 32, 'model.backbone.granularity': (4, 2, 1, 1),
+             'model.head.topk': [1], 'train_cfg.max_epochs': 3}
+    options = learning_study.run_options(15, Path('data'), extra=extra)
+    assert options['train_cfg.max_epochs'] == 3  # the user's value wins
+    cfg = learning_study.load_config('las-t05', 15, extra=extra)
+    assert cfg.model.backbone.base_channels == 32
+    assert tuple(cfg.model.backbone.granularity) == (4, 2, 1, 1)
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    texts = [f'{k}={learning_study._option_text(v)}' for k, v in extra.items()]
+    assert parser.parse_args(['--cfg-options', *texts]).cfg_options == extra
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match='does not exist'):
         learning_study.main(['--data-root', str(tmp_path / 'missing' / 'x'), '--methods',
