@@ -127,6 +127,23 @@ def test_benchmark_script_writes_json_with_stages(tmp_path, config, flags):
         assert 0 < row['flops_ratio'] < 1 and row['dynamic_s'] > 0
 
 
+def test_benchmark_script_measures_in_several_processes(tmp_path):
+    """``--processes 2``: the command in two fresh processes, each figure's median, every
+    process's report kept."""
+    out = tmp_path / 'bench.json'
+    printed = run('tools/analysis/benchmark_latency.py',
+                  CONFIGS / 'learning_study' / 'las-r18-s4211-t05_1xb64-20e_digits-64px.py',
+                  '--input', '64', '96', '--rates', '0.5', '--warmup', '0', '--repeats', '1',
+                  '--threads', '1', '--processes', '2', '--out', out)
+    assert printed.count('-- process') == 2 and 'median of 2 processes' in printed
+    report = json.loads(out.read_text())
+    (row,) = report['rows']
+    each = [p['rows'][0] for p in report['processes']]
+    assert len(each) == 2 and row['flops_ratio'] == each[0]['flops_ratio']
+    for key in ('static_s', 'dynamic_s', 'latency_ratio'):
+        assert row[key] == pytest.approx((each[0][key] + each[1][key]) / 2)
+
+
 def test_segmentation_trains_and_reports_miou_with_sparsity(tmp_path):
     """mmseg end to end: the LAS DeepLabv3 VOC config (shrunk to R18 and 128 px crops)
     trains on the offline VOC2012 fixture and evaluates mIoU next to the sparsity."""

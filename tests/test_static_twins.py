@@ -248,3 +248,25 @@ def test_config_benchmark_options_a_backbone_cannot_serve_are_clear_errors():
             benchmark_config(las, [0.5], (64, 64), part='model', **{option: True})
     with pytest.raises(ValueError, match="SFSI-ResNet's sparse blocks, not LASResNet's"):
         benchmark_config(las, [0.5], (64, 64), profile=True)
+
+
+def test_median_of_processes_takes_each_timed_figure_s_median():
+    from mmdyn.analysis.config_benchmark import median_of_processes
+
+    def report(static, dynamic, rows=((2, 0.5), )):
+        return dict(config='c', part='backbone', rows=[
+            dict(threads=t, rate=r, static_s=static, dynamic_s=dynamic,
+                 latency_ratio=dynamic / static, flops_ratio=0.5,
+                 latency_over_flops=dynamic / static / 0.5, gflops_executed=1.5,
+                 stages={'stem': {}}) for t, r in rows])
+    reports = [report(1.0, 0.6), report(1.2, 0.61), report(0.9, 0.62)]
+    merged = median_of_processes(reports)
+    (row,) = merged['rows']
+    assert (row['static_s'], row['dynamic_s']) == (1.0, 0.61)
+    assert row['latency_ratio'] == pytest.approx(0.6 / 1.0)  # the median of the ratios
+    assert row['latency_over_flops'] == pytest.approx(1.2)
+    assert row['flops_ratio'] == 0.5 and row['gflops_executed'] == 1.5
+    assert 'stages' not in row and merged['processes'] == reports
+    assert merged['config'] == 'c'
+    with pytest.raises(ValueError, match='different rows'):
+        median_of_processes([report(1.0, 0.6), report(1.0, 0.6, rows=((1, 0.5), ))])

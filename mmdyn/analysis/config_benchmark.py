@@ -30,6 +30,7 @@ reference execution) in a pass of their own, for where a ratio comes from.
 """
 import copy
 import os
+import statistics
 
 import numpy as np
 import torch
@@ -215,6 +216,34 @@ def check_options(model, part: str, coarse: bool, engine_twin: bool, stages: boo
     if profile and not isinstance(backbone, SFSIResNet):
         raise ValueError(f'profile=True breaks down SFSI-ResNet\'s sparse blocks, not '
                          f'{type(backbone).__name__}\'s')
+
+
+#: the row entries that are timings or ratios of timings (the others are counts)
+TIMED_ENTRIES = ('static_s', 'dynamic_s', 'latency_ratio', 'latency_over_flops', 'coarse_s',
+                 'interpolated_s', 'latency_over_interpolated', 'engine_s', 'engine_ratio',
+                 'latency_over_engine')
+
+
+def median_of_processes(reports) -> dict:
+    """One report from :func:`benchmark_config`'s reports of the same measurement in
+    several processes: each timed entry of a row (:data:`TIMED_ENTRIES`) is the median
+    of that entry over the processes, the counts are the first process's (they do not
+    depend on the process); ``processes`` keeps every report as it was."""
+    first = reports[0]
+    keys = [[(r['threads'], r['rate']) for r in report['rows']] for report in reports]
+    if any(k != keys[0] for k in keys):
+        raise ValueError('the processes measured different rows: '
+                         f'{[k for k in keys if k != keys[0]][0]} against {keys[0]}')
+    rows = []
+    for k, row in enumerate(first['rows']):
+        merged = {key: value for key, value in row.items()
+                  if key not in ('stages', 'profile')}
+        for key in TIMED_ENTRIES:
+            if key in row:
+                merged[key] = statistics.median(report['rows'][k][key] for report in reports)
+        rows.append(merged)
+    return dict({key: value for key, value in first.items() if key != 'rows'},
+                rows=rows, processes=list(reports))
 
 
 @torch.no_grad()

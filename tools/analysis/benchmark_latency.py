@@ -26,7 +26,11 @@ the part of a ratio the masks, not the engine, earn. ``--stages``: the stem and 
 stage timed apart in a pass of their own (ResNet backbones), with ``--reference`` the
 backbone's reference execution (the dense computation masked) in that pass too.
 ``--profile`` (SFSI-ResNet): a torch.profiler breakdown of its sparse blocks per part.
-Give each thread count its own process for figures you will quote. Examples::
+Give each thread count its own process for figures you will quote; ``--processes N``
+runs the command in N fresh processes one after another and reports each timed
+figure's median over them (the stock twin's latency varies between processes by up to
+a tenth on a 2-core EPYC; per-stage and profile results stay in each process's report,
+under ``processes`` in the JSON). Examples::
 
     python tools/analysis/benchmark_latency.py \
         configs/las_resnet/faster-rcnn_las-r101-s4471-t05_fpn_1x_coco.py \
@@ -45,14 +49,17 @@ Give each thread count its own process for figures you will quote. Examples::
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from mmengine.config import DictAction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from mmdyn.analysis.config_benchmark import SOURCE, benchmark_config, parse_rate  # noqa: E402
+from mmdyn.analysis.config_benchmark import (SOURCE, benchmark_config,  # noqa: E402
+                                             median_of_processes, parse_rate)
 
 
 def parse_args():
@@ -86,8 +93,14 @@ def parse_args():
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--processes', type=int, default=1,
+                        help='measure in this many fresh processes, one after another, and '
+                        'report the median of each figure (a twin\'s latency varies '
+                        'between processes)')
     parser.add_argument('--out', default=None, help='JSON path (default under work_dirs/)')
     args = parser.parse_args()
+    if args.processes < 1:
+        parser.error(f'--processes {args.processes} must be >= 1')
     try:
         args.rates = [parse_rate(r) for r in args.rates]
     except ValueError as error:
@@ -121,15 +134,56 @@ def print_stages(row):
 
 
 def run_config(args):
+    """Measure in this process (the report and the JSON file's stem)."""
     report = benchmark_config(args.config, args.rates, tuple(args.input), args.threads,
                               args.part, args.checkpoint, args.image, args.batch,
                               args.warmup, args.repeats, args.seed, args.cfg_options,
                               coarse=args.coarse_twin, engine_twin=args.engine_twin,
                               stages=args.stages, reference=args.reference,
                               profile=args.profile)
+    print_report(args, report, 'default process')
+    report['torch'] = torch.__version__
+    return report, file_stem(args)
+
+
+def run_processes(args, argv):
+    """The same command (``argv`` without ``--processes`` / ``--out``) in
+    ``args.processes`` fresh processes one after another; each timed figure's median."""
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(args.processes):
+            out = os.path.join(tmp, f'{k}.json')
+            print(f'-- process {k + 1} of {args.processes}', flush=True)
+            subprocess.run([sys.executable, __file__, *argv, '--out', out], check=True)
+            with open(out) as f:
+                reports.append(json.load(f))
+    report = median_of_processes(reports)
+    print_report(args, report, f'each figure the median of {args.processes} processes')
+    return report, file_stem(args)
+
+
+def without_options(argv, names):
+    """``argv`` without the options ``names`` and their values (``--x v`` or ``--x=v``)."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in names:
+            skip = True
+        elif not any(item.startswith(name + '=') for name in names):
+            kept.append(item)
+    return kept
+
+
+def file_stem(args) -> str:
+    stem = os.path.splitext(os.path.basename(args.config))[0]
+    return f'{stem}-{args.part}-t{"-".join(map(str, args.threads))}'
+
+
+def print_report(args, report, where: str):
     print(f"{os.path.basename(args.config)}: {report['part']} {report['backbone']} against "
           f"{report['twin']}, input {'x'.join(map(str, report['input']))}, median of "
-          f'{args.repeats} whole calls after {args.warmup} warm-up, default process')
+          f'{args.repeats} whole calls after {args.warmup} warm-up, {where}')
     print_config_rows(report['rows'], [
         ('static ms', 10, lambda r: f"{r['static_s'] * 1e3:.1f}"),
         ('dynamic ms', 10, lambda r: f"{r['dynamic_s'] * 1e3:.1f}"),
@@ -160,15 +214,16 @@ def run_config(args):
         if 'profile' in row:
             print(f"rate {row['rate']}: sparse forward, ms per part:", ', '.join(
                 f'{k}={v:.1f}' for k, v in row['profile']['parts_ms'].items()))
-    report['torch'] = torch.__version__
-    stem = os.path.splitext(os.path.basename(args.config))[0]
-    return report, f'{stem}-{args.part}-t{"-".join(map(str, args.threads))}'
 
 
 def main():
     args = parse_args()
     torch.set_flush_denormal(True)  # denormals slow x86 CPUs by orders of magnitude
-    report, stem = run_config(args)
+    if args.processes > 1:
+        argv = without_options(sys.argv[1:], ('--processes', '--out'))
+        report, stem = run_processes(args, argv)
+    else:
+        report, stem = run_config(args)
     save(report, args.out, stem)
 
 
