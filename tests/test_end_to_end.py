@@ -134,7 +134,7 @@ def test_benchmark_script_measures_in_several_processes(tmp_path):
     printed = run('tools/analysis/benchmark_latency.py',
                   CONFIGS / 'learning_study' / 'las-r18-s4211-t05_1xb64-20e_digits-64px.py',
                   '--input', '64', '96', '--rates', '0.5', '--warmup', '0', '--repeats', '1',
-                  '--threads', '1', '--processes', '2', '--out', out)
+                  '--threads', '1', '--proc', '2', '--out', out)  # an abbreviation too
     assert printed.count('-- process') == 2 and 'median of 2 processes' in printed
     report = json.loads(out.read_text())
     (row,) = report['rows']

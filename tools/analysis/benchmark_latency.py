@@ -148,13 +148,18 @@ def run_config(args):
 
 def run_processes(args, argv):
     """The same command (``argv`` without ``--processes`` / ``--out``) in
-    ``args.processes`` fresh processes one after another; each timed figure's median."""
+    ``args.processes`` fresh processes one after another; each timed figure's median.
+    Each process gets ``--processes 1`` last (argparse keeps the last value, whatever
+    abbreviation the user typed) and exits the tool with its code on an error."""
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.processes):
             out = os.path.join(tmp, f'{k}.json')
             print(f'-- process {k + 1} of {args.processes}', flush=True)
-            subprocess.run([sys.executable, __file__, *argv, '--out', out], check=True)
+            done = subprocess.run([sys.executable, __file__, *argv, '--out', out,
+                                   '--processes', '1'])
+            if done.returncode:
+                sys.exit(done.returncode)
             with open(out) as f:
                 reports.append(json.load(f))
     report = median_of_processes(reports)
