@@ -231,9 +231,10 @@ def median_of_processes(reports) -> dict:
     depend on the process); ``processes`` keeps every report as it was."""
     first = reports[0]
     keys = [[(r['threads'], r['rate']) for r in report['rows']] for report in reports]
-    if any(k != keys[0] for k in keys):
-        raise ValueError('the processes measured different rows: '
-                         f'{[k for k in keys if k != keys[0]][0]} against {keys[0]}')
+    for other in keys[1:]:
+        if other != keys[0]:
+            raise ValueError(f'the processes measured different rows: {other} against '
+                             f'{keys[0]}')
     rows = []
     for k, row in enumerate(first['rows']):
         merged = {key: value for key, value in row.items()

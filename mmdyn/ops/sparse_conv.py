@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .dense_conv import dense_conv
 from .gemm import gemm, gemm_acc, scatter_gemm_acc
+from .patches import pixel_rows
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,7 @@ class FoldedConv:
                 and out.shape[1] == self.out_channels and out.shape[2:] == x.shape[2:]
                 and x.is_contiguous(memory_format=torch.channels_last)
                 and out.is_contiguous(memory_format=torch.channels_last)):
-            self.accumulate_(out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]),
-                             x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), relu)
+            self.accumulate_(pixel_rows(out), pixel_rows(x), relu)
             return out
         total = self(x).add_(out)
         return total.relu_() if relu else total

@@ -147,10 +147,10 @@ def run_config(args):
 
 
 def run_processes(args, argv):
-    """The same command (``argv`` without ``--processes`` / ``--out``) in
-    ``args.processes`` fresh processes one after another; each timed figure's median.
-    Each process gets ``--processes 1`` last (argparse keeps the last value, whatever
-    abbreviation the user typed) and exits the tool with its code on an error."""
+    """The same command (``argv``) in ``args.processes`` fresh processes one after
+    another; each timed figure's median. Each process gets its own ``--out`` and
+    ``--processes 1`` last (argparse keeps the last value, whatever abbreviation the
+    user typed) and exits the tool with its code on an error."""
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.processes):
@@ -165,19 +165,6 @@ def run_processes(args, argv):
     report = median_of_processes(reports)
     print_report(args, report, f'each figure the median of {args.processes} processes')
     return report, file_stem(args)
-
-
-def without_options(argv, names):
-    """``argv`` without the options ``names`` and their values (``--x v`` or ``--x=v``)."""
-    kept, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item in names:
-            skip = True
-        elif not any(item.startswith(name + '=') for name in names):
-            kept.append(item)
-    return kept
 
 
 def file_stem(args) -> str:
@@ -225,8 +212,7 @@ def main():
     args = parse_args()
     torch.set_flush_denormal(True)  # denormals slow x86 CPUs by orders of magnitude
     if args.processes > 1:
-        argv = without_options(sys.argv[1:], ('--processes', '--out'))
-        report, stem = run_processes(args, argv)
+        report, stem = run_processes(args, sys.argv[1:])
     else:
         report, stem = run_config(args)
     save(report, args.out, stem)

@@ -84,7 +84,7 @@ def train(method: str, seed: int, run_dir: Path, epochs: int, threads: int,
     options = {**run_options(epochs, data_root, train_val, extra), 'randomness.seed': seed}
     args = [sys.executable, str(ROOT / 'tools' / 'train.py'), str(CONFIGS / METHODS[method][0]),
             '--work-dir', str(run_dir), '--cfg-options',
-            *(f'{key}={_option_text(value)}' for key, value in options.items())]
+            *(f'{key}={value}' for key, value in options.items())]
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': str(threads)}
     with open(run_dir / 'train.log', 'w') as log:
         subprocess.run(args, cwd=ROOT, check=True, env=env, stdout=log,
@@ -92,14 +92,6 @@ def train(method: str, seed: int, run_dir: Path, epochs: int, threads: int,
     if not checkpoint.exists():
         raise RuntimeError(f'training {method} seed {seed} wrote no {checkpoint}')
     return checkpoint
-
-
-def _option_text(value) -> str:
-    """A config value as ``tools/train.py --cfg-options`` reads it back."""
-    if isinstance(value, (list, tuple)):
-        inner = ','.join(_option_text(v) for v in value)
-        return f'[{inner}]' if isinstance(value, list) else f'({inner},)'
-    return str(value)
 
 
 def train_all(runs, work: Path, epochs: int, jobs: int, threads: int, data_root: Path,
