@@ -10,6 +10,8 @@ import torch
 from mmdyn.ops import native
 from mmdyn.ops.gemm import GATHER_GEMM, SCATTER_GEMM_ACC, gather_gemm, scatter_gemm_acc
 from mmdyn.ops.kernel_choice import ENV_PINS
+from mmdyn.ops.patches import Window, gather_windows
+from mmdyn.ops.row_buffers import RowBuffers
 from mmdyn.ops.pixel_sampling import (interpolate_dense, interpolate_rows, map_with_zero_row,
                                       sampled_pixels)
 
@@ -41,13 +43,14 @@ def spy_on_native(monkeypatch, route):
     ``'torch'`` for the ops that read native_kernels()."""
     gemm_module = importlib.import_module('mmdyn.ops.gemm')  # mmdyn.ops.gemm is a function
     pixel_sampling = importlib.import_module('mmdyn.ops.pixel_sampling')
+    patches = importlib.import_module('mmdyn.ops.patches')
     is_native = route.startswith('native')
     monkeypatch.setenv(native.ENV_SWITCH, '1' if is_native else '0')
     if not is_native:
         return None
     require_native()
     spy = KernelSpy(native.native_kernels())
-    for module in (pixel_sampling, gemm_module):
+    for module in (pixel_sampling, gemm_module, patches):
         monkeypatch.setattr(module, 'native_kernels', lambda: spy)
     return spy
 
@@ -265,3 +268,82 @@ def test_native_interpolation_rejects_unsorted_or_out_of_range_ids():
             kernels.interpolate_sampled_rows(rows, torch.tensor(bad), kernel, 1e-5, out, 1, 2, 5)
     kernels.interpolate_sampled_rows(rows, torch.tensor([1, 4, 7]), kernel, 1e-5, out, 1, 2, 5)
     assert torch.equal(out[[1, 4, 7]], rows)
+
+
+def padded_windows(x, index, window, relu):
+    """The windows ``((step_h, step_w), (size_h, size_w), (offset_h, offset_w))`` of the
+    patches ``index`` cut from ``x`` zero-padded on every side: a reference that shares
+    nothing with gather_windows' row ids."""
+    (step_h, step_w), (size_h, size_w), (offset_h, offset_w) = window
+    pad = 2 * max(size_h, size_w, step_h, step_w)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    cuts = [padded[b, :, pad + i * step_h - offset_h:pad + i * step_h - offset_h + size_h,
+                   pad + j * step_w - offset_w:pad + j * step_w - offset_w + size_w]
+            for b, i, j in index.tolist()]
+    out = torch.stack(cuts) if cuts else x.new_zeros(0, x.shape[1], size_h, size_w)
+    return out.relu() if relu else out
+
+
+@pytest.mark.parametrize('route', ['native', 'torch'])
+@pytest.mark.parametrize('window', [((4, 4), (6, 6), (1, 1)), ((14, 14), (15, 15), (1, 1)),
+                                    ((7, 7), (3, 9), (1, 1)), ((2, 3), (5, 4), (2, 0))],
+                         ids=['s4', 's7-stride2', 'cropped', 'pairs'])
+@pytest.mark.parametrize('relu', [False, True], ids=['linear', 'relu'])
+@pytest.mark.parametrize('buffers', [False, True], ids=['fresh', 'buffers'])
+@pytest.mark.parametrize('channels', [24, 1])
+def test_both_window_gathers_cut_the_zero_padded_windows(route, window, relu, buffers,
+                                                          channels, monkeypatch):
+    """Windows of every patch of odd-sized maps in a batch of two, border patches
+    reaching outside the map included, equal the windows cut from the zero-padded map;
+    the native kernel ran where asked."""
+    spy = spy_on_native(monkeypatch, route)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, 13, 17, generator=generator).contiguous(
+        memory_format=torch.channels_last)
+    (step_h, step_w), size = window[0], window[1]
+    # one patch row and column more than cover the map: some windows lie wholly outside
+    index = torch.tensor([[b, i, j] for b in range(2) for i in range(13 // step_h + 2)
+                          for j in range(17 // step_w + 2)])
+    index = index[torch.randperm(index.shape[0], generator=generator)[:max(1, len(index) // 2)]]
+    store = RowBuffers() if buffers else None
+    with torch.no_grad():
+        for _ in range(2):  # the second gather reuses the buffer
+            got = gather_windows(x, index, Window(*window), store, relu=relu)
+    assert got.shape == (index.shape[0], channels, *size)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, padded_windows(x, index, window, relu))
+    assert (spy.calls == ['gather_windows'] * 2) if spy else True
+    empty = gather_windows(x, index[:0], Window(*window), store, relu=relu)
+    assert empty.shape == (0, channels, *size)
+
+
+def test_window_gather_takes_the_torch_route_off_its_kernel(monkeypatch):
+    """A channel slice (not channels-last), a float64 map and a map whose gradient is
+    recorded gather through PyTorch, with the same windows (and the gradient)."""
+    spy = spy_on_native(monkeypatch, 'native')
+    window = ((4, 4), (6, 6), (1, 1))
+    index = torch.tensor([[0, 0, 0], [0, 2, 3], [1, 1, 4]])
+    base = torch.randn(2, 16, 9, 17).contiguous(memory_format=torch.channels_last)
+    for x in (base[:, 4:12], base.double()):
+        got = gather_windows(x, index, Window(*window), relu=True)
+        assert torch.equal(got, padded_windows(x, index, window, True))
+    x, reference = base.clone().requires_grad_(), base.clone().requires_grad_()
+    gather_windows(x, index, Window(*window), relu=True).square().sum().backward()
+    padded_windows(reference, index, window, True).square().sum().backward()
+    assert torch.equal(x.grad, reference.grad)
+    assert spy.calls == []
+
+
+def test_native_window_gather_rejects_bad_arguments():
+    require_native()
+    kernels = native.native_kernels()
+    rows, out = torch.randn(2 * 5 * 7, 3), torch.empty(4 * 9, 3)
+    with pytest.raises(RuntimeError, match='outside the batch'):
+        kernels.gather_windows(rows, torch.tensor([[2, 0, 0]] * 4), out, 5, 7, 3, 3, 3, 3,
+                               1, 1, False)
+    with pytest.raises(RuntimeError, match='out must be'):
+        kernels.gather_windows(rows, torch.tensor([[0, 0, 0]] * 3), out, 5, 7, 3, 3, 3, 3,
+                               1, 1, False)
+    with pytest.raises(RuntimeError, match='index must be'):
+        kernels.gather_windows(rows, torch.zeros(4, 2, dtype=torch.long), out, 5, 7, 3, 3,
+                               3, 3, 1, 1, False)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .native import native_kernels
 from .row_buffers import RowBuffers, add_at_rows, gather_rows
 
 
@@ -108,20 +109,38 @@ def _window_taps(index: Tensor, window: Window, height: int, width: int):
 
 
 def gather_windows(x: Tensor, index: Tensor, window: Window,
-                   buffers: Optional[RowBuffers] = None) -> Tensor:
+                   buffers: Optional[RowBuffers] = None, relu: bool = False) -> Tensor:
     """Stack the windows of ``x`` that feed the active patches: ``[N, C, size_h,
-    size_w]`` (channels-last memory).
+    size_w]`` (channels-last memory), ReLU'd if ``relu``.
 
     Pixels outside ``x`` read as zero, which is exactly the zero padding a dense conv
     would apply, so a VALID conv on the stack equals the dense conv on those patches.
     One row gather on the channels-last view: no padded copy of ``x`` is made; into the
     slot ``'windows'`` of ``buffers`` when given (see :func:`.row_buffers.gather_rows`).
+    float32 CPU maps of a channels-last layout take the native kernel where it is built
+    (one pass: row ids, zero padding and ReLU computed as the rows are copied); other
+    maps, and maps whose gradient is recorded, the PyTorch route.
     """
-    taps, outside = _window_taps(index, window, x.shape[2], x.shape[3])
-    windows = gather_rows(pixel_rows(x), taps, buffers, 'windows')
-    if outside.numel():
-        windows.index_fill_(0, outside, 0.0)
-    return windows.view(index.shape[0], *pair(window.size), x.shape[1]).permute(0, 3, 1, 2)
+    size_h, size_w = pair(window.size)
+    shape = (index.shape[0] * size_h * size_w, x.shape[1])
+    kernels = native_kernels() if x.device.type == 'cpu' and x.dtype == torch.float32 \
+        and x.is_contiguous(memory_format=torch.channels_last) \
+        and not (torch.is_grad_enabled() and x.requires_grad) else None
+    if kernels is not None:
+        windows = x.new_empty(shape) if buffers is None or torch.is_grad_enabled() \
+            else buffers.take('windows', shape, x)
+        (step_h, step_w), (offset_h, offset_w) = pair(window.step), pair(window.offset)
+        kernels.gather_windows(pixel_rows(x), index.contiguous(), windows, x.shape[2],
+                               x.shape[3], step_h, step_w, size_h, size_w, offset_h,
+                               offset_w, relu)
+    else:
+        taps, outside = _window_taps(index, window, x.shape[2], x.shape[3])
+        windows = gather_rows(pixel_rows(x), taps, buffers, 'windows')
+        if outside.numel():
+            windows.index_fill_(0, outside, 0.0)
+        if relu:
+            windows = windows.relu_()
+    return windows.view(index.shape[0], size_h, size_w, x.shape[1]).permute(0, 3, 1, 2)
 
 
 def border_groups(index: Tensor, grid: PatchGrid) -> List[Tuple[Tensor, Tuple[int, int]]]:
@@ -187,8 +206,8 @@ def conv_on_windows(conv, source: Tensor, buffers: Optional[RowBuffers] = None,
     (gathered into the slot ``'windows'`` of ``buffers``), ReLU'd first if
     ``relu_input``, its output ReLU'd if ``relu``."""
     def patches_for(cells, window):
-        windows = gather_windows(source, cells, window, buffers)
-        return conv(windows.relu_() if relu_input else windows, valid=True, relu=relu)
+        return conv(gather_windows(source, cells, window, buffers, relu=relu_input),
+                    valid=True, relu=relu)
     return patches_for
 
 

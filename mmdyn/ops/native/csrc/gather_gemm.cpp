@@ -224,6 +224,62 @@ at::Tensor conv_tap_rows(const at::Tensor& index, int64_t out_h, int64_t out_w, 
   return out;
 }
 
+// The windows of a channels-last map that feed the active patches (the native route of
+// mmdyn.ops.patches.gather_windows): window n of patch (b, i, j) = index[n] covers rows
+// i * step_h - offset_h + [0, size_h) and columns j * step_w - offset_w + [0, size_w);
+// its pixels are written to out[(n * size_h + r) * size_w + c], zero where they lie
+// outside the map (a dense conv's zero padding), ReLU'd if asked. `rows` are the map's
+// [B * H * W, C] pixel rows, each contiguous (their pitch may exceed C: a channel slice).
+// One pass: no tap-id tensor, no separate zero fill or ReLU over the stack.
+at::Tensor gather_windows(const at::Tensor& rows, const at::Tensor& index, at::Tensor out,
+                          int64_t height, int64_t width, int64_t step_h, int64_t step_w,
+                          int64_t size_h, int64_t size_w, int64_t offset_h, int64_t offset_w,
+                          bool relu) {
+  check_cpu("gather_windows", {rows, index, out});
+  TORCH_CHECK(rows.dim() == 2 && rows.scalar_type() == at::kFloat &&
+                  (rows.stride(1) == 1 || rows.size(1) == 1),
+              "rows must be a float32 [P, C] tensor of contiguous rows");
+  TORCH_CHECK(index.dim() == 2 && index.size(1) == 3 && index.scalar_type() == at::kLong &&
+                  index.is_contiguous(),
+              "index must be a contiguous int64 [N, 3] tensor of (batch, row, col)");
+  TORCH_CHECK(height >= 1 && width >= 1 && size_h >= 1 && size_w >= 1 &&
+                  rows.size(0) % (height * width) == 0,
+              "the map is height x width pixels per image, the window at least 1 x 1");
+  const int64_t channels = rows.size(1), count = index.size(0);
+  TORCH_CHECK(out.dim() == 2 && out.scalar_type() == at::kFloat && out.is_contiguous() &&
+                  out.size(0) == count * size_h * size_w && out.size(1) == channels,
+              "out must be a contiguous float32 [N * size_h * size_w, C] tensor");
+  if (count == 0 || channels == 0) return out;
+  const int64_t batch = rows.size(0) / (height * width), pitch = rows.stride(0);
+  const int64_t* __restrict__ ids = index.data_ptr<int64_t>();
+  const float* src = rows.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, count * size_h, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / size_h, r = task % size_h;
+      const int64_t b = ids[3 * n], y = ids[3 * n + 1] * step_h - offset_h + r;
+      TORCH_CHECK(b >= 0 && b < batch, "index names an image outside the batch");
+      const int64_t x0 = ids[3 * n + 2] * step_w - offset_w;
+      float* to_row = dst + task * size_w * channels;
+      for (int64_t c = 0; c < size_w; ++c) {
+        const int64_t x = x0 + c;
+        float* __restrict__ to = to_row + c * channels;
+        if (y < 0 || y >= height || x < 0 || x >= width) {
+          std::fill(to, to + channels, 0.0f);
+          continue;
+        }
+        const float* __restrict__ from = src + ((b * height + y) * width + x) * pitch;
+        if (relu) {
+          for (int64_t k = 0; k < channels; ++k) to[k] = std::max(0.0f, from[k]);
+        } else {
+          std::copy(from, from + channels, to);
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 
@@ -233,6 +289,12 @@ void register_gather_gemm(pybind11::module& m) {
         pybind11::arg("in_h"), pybind11::arg("in_w"), pybind11::arg("stride"),
         pybind11::arg("dilation"), pybind11::arg("padding"), pybind11::arg("zero_row"),
         pybind11::arg("kernel"));
+  m.def("gather_windows", &gather_windows,
+        "the windows of a channels-last map's pixel rows (see gather_gemm.cpp)",
+        pybind11::arg("rows"), pybind11::arg("index"), pybind11::arg("out"),
+        pybind11::arg("height"), pybind11::arg("width"), pybind11::arg("step_h"),
+        pybind11::arg("step_w"), pybind11::arg("size_h"), pybind11::arg("size_w"),
+        pybind11::arg("offset_h"), pybind11::arg("offset_w"), pybind11::arg("relu"));
   m.def("gather_gemm", &gather_gemm, "bias + gathered tap rows @ matrix (see gather_gemm.cpp)",
         pybind11::arg("table"), pybind11::arg("taps"), pybind11::arg("matrix"),
         pybind11::arg("bias"), pybind11::arg("relu"), pybind11::arg("tile"),
