@@ -130,7 +130,7 @@ def gather_windows(x: Tensor, index: Tensor, window: Window,
         windows = x.new_empty(shape) if buffers is None or torch.is_grad_enabled() \
             else buffers.take('windows', shape, x)
         (step_h, step_w), (offset_h, offset_w) = pair(window.step), pair(window.offset)
-        kernels.gather_windows(pixel_rows(x), index.contiguous(), windows, x.shape[2],
+        kernels.gather_windows(pixel_rows(x), index.long().contiguous(), windows, x.shape[2],
                                x.shape[3], step_h, step_w, size_h, size_w, offset_h,
                                offset_w, relu)
     else:
