@@ -11,9 +11,9 @@ from mmdyn.ops import native
 from mmdyn.ops.gemm import GATHER_GEMM, SCATTER_GEMM_ACC, gather_gemm, scatter_gemm_acc
 from mmdyn.ops.kernel_choice import ENV_PINS
 from mmdyn.ops.patches import Window, gather_windows
-from mmdyn.ops.row_buffers import RowBuffers
 from mmdyn.ops.pixel_sampling import (interpolate_dense, interpolate_rows, map_with_zero_row,
                                       sampled_pixels)
+from mmdyn.ops.row_buffers import RowBuffers
 
 
 def require_native():
@@ -312,7 +312,8 @@ def test_both_window_gathers_cut_the_zero_padded_windows(route, window, relu, bu
     assert got.shape == (index.shape[0], channels, *size)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got, padded_windows(x, index, window, relu))
-    assert (spy.calls == ['gather_windows'] * 2) if spy else True
+    if spy is not None:
+        assert spy.calls == ['gather_windows'] * 2
     empty = gather_windows(x, index[:0], Window(*window), store, relu=relu)
     assert empty.shape == (0, channels, *size)
 
