@@ -83,17 +83,34 @@ def test_train_resume_test_and_visualize(fixture_config):
     assert len(pngs) == 8 + 1  # ResNet-18 blocks + the mosaic
 
 
+#: what a rank prints when it aborts in exit-time destructors
+EXIT_ABORT = 'terminate called without an active exception'
+
+
+def free_port() -> str:
+    """A free port: an earlier run's may be in TIME_WAIT."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return str(probe.getsockname()[1])
+
+
 def test_distributed_training_with_two_cpu_processes(fixture_config):
     config, tmp, _ = fixture_config
     work_dir = tmp / 'dist'
-    with socket.socket() as probe:  # a free port: an earlier run's may be in TIME_WAIT
-        probe.bind(('127.0.0.1', 0))
-        port = str(probe.getsockname()[1])
+    port = free_port()
     env = {**os.environ, 'PYTHON': sys.executable, 'PORT': port, 'OMP_NUM_THREADS': '1'}
-    result = subprocess.run(
-        ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir),
-         '--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=3'],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    command = ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir),
+               '--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=3']
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=env)
+    if result.returncode != 0 and EXIT_ABORT in result.stderr \
+            and (work_dir / 'iter_2.pth').is_file():
+        # A rank that finished its work can abort in C++ static destruction at exit (no
+        # Python frame left; torch's gloo teardown; seen at 8e5ee42 and later, more
+        # often under load): one more run, on a port of its own, must pass.
+        env['PORT'] = free_port()
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                                timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert 'Distributed training: True' in log and 'GPU number: 2' in log  # world size
