@@ -289,13 +289,14 @@ def padded_windows(x, index, window, relu):
                                     ((7, 7), (3, 9), (1, 1)), ((2, 3), (5, 4), (2, 0))],
                          ids=['s4', 's7-stride2', 'cropped', 'pairs'])
 @pytest.mark.parametrize('relu', [False, True], ids=['linear', 'relu'])
-@pytest.mark.parametrize('buffers', [False, True], ids=['fresh', 'buffers'])
+@pytest.mark.parametrize('buffers', ['fresh', 'buffers', 'out'])
 @pytest.mark.parametrize('channels', [24, 1])
 def test_both_window_gathers_cut_the_zero_padded_windows(route, window, relu, buffers,
                                                           channels, monkeypatch):
     """Windows of every patch of odd-sized maps in a batch of two, border patches
-    reaching outside the map included, equal the windows cut from the zero-padded map;
-    the native kernel ran where asked."""
+    reaching outside the map included, equal the windows cut from the zero-padded map,
+    in fresh memory, a reused buffer or given rows (``out``: a slice of a larger
+    table, written in place); the native kernel ran where asked."""
     spy = spy_on_native(monkeypatch, route)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, 13, 17, generator=generator).contiguous(
@@ -305,13 +306,21 @@ def test_both_window_gathers_cut_the_zero_padded_windows(route, window, relu, bu
     index = torch.tensor([[b, i, j] for b in range(2) for i in range(13 // step_h + 2)
                           for j in range(17 // step_w + 2)])
     index = index[torch.randperm(index.shape[0], generator=generator)[:max(1, len(index) // 2)]]
-    store = RowBuffers() if buffers else None
+    store = RowBuffers() if buffers == 'buffers' else None
+    rows = index.shape[0] * size[0] * size[1]
+    table = torch.full((rows + 5, channels), -7.0)
+    out = table[2:2 + rows] if buffers == 'out' else None
     with torch.no_grad():
         for _ in range(2):  # the second gather reuses the buffer
-            got = gather_windows(x, index, Window(*window), store, relu=relu)
+            got = gather_windows(x, index, Window(*window), store, relu=relu, out=out)
     assert got.shape == (index.shape[0], channels, *size)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got, padded_windows(x, index, window, relu))
+    if out is not None:
+        assert got.data_ptr() == out.data_ptr()
+        assert table[:2].eq(-7).all() and table[2 + rows:].eq(-7).all()
+        with pytest.raises(ValueError, match='out must be contiguous'):
+            gather_windows(x, index, Window(*window), out=table[:rows - 1])
     if spy is not None:
         assert spy.calls == ['gather_windows'] * 2
     empty = gather_windows(x, index[:0], Window(*window), store, relu=relu)

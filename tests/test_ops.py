@@ -7,9 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdyn.ops import (PatchGrid, PatchMasker, Window, active_patches, border_groups,
-                       cropped_window, fold_conv_bn, gather_windows, gumbel_gate,
+from mmdyn.ops import (FoldedConv, PatchGrid, PatchMasker, Window, active_patches,
+                       border_groups, border_pixels, conv_on_windows, cropped_window,
+                       fold_conv_bn, gather_windows, grouped_rows, gumbel_gate,
                        patch_extents, scatter_add_patches, upsample_patch_mask)
+from mmdyn.ops import patches as patches_module
+from mmdyn.ops.gemm import gather_gemm
+from mmdyn.ops.patches import window_tap_rows
+from mmdyn.ops.row_buffers import RowBuffers
+from test_native_kernels import spy_on_native
 
 CASES = [  # H, W, patch, stride, dilation
     (13, 17, 4, 1, 1), (13, 17, 4, 2, 1), (16, 16, 8, 2, 1), (9, 11, 3, 1, 2),
@@ -64,6 +70,87 @@ def test_border_groups_by_hand():
     whole = PatchGrid(56, 77, 7)
     [(group, extent)] = border_groups(index, whole)
     assert group is index and extent == (7, 7)
+
+
+@pytest.mark.parametrize('height,width,patch,stride,dilation', CASES)
+@pytest.mark.parametrize('relu_input,relu', [(True, True), (False, False)],
+                         ids=['relu', 'linear'])
+@pytest.mark.parametrize('route', ['native', 'torch'])
+def test_window_conv_rows_of_all_groups_equal_the_dense_conv(height, width, patch, stride,
+                                                             dilation, relu_input, relu,
+                                                             route, monkeypatch):
+    """The border groups of a batch of two odd-sized maps in one product (the windows of
+    all groups as one table, a gather-GEMM on their tap rows) equal the dense conv of
+    the (ReLU'd) map at those pixels, group after group, and what each group's own conv
+    gives; one product ran whenever there are several groups."""
+    spy_on_native(monkeypatch, route)
+    products = []
+
+    def counted_gather_gemm(*args, **kwargs):
+        products.append(args[1].shape)
+        return gather_gemm(*args, **kwargs)
+    monkeypatch.setattr(patches_module, 'gather_gemm', counted_gather_gemm)
+    torch.manual_seed(height * width + patch + stride)
+    x = torch.randn(2, 5, height, width).contiguous(memory_format=torch.channels_last)
+    conv = FoldedConv(torch.randn(6, 5, 3, 3), torch.randn(6), stride, dilation, dilation)
+    dense = F.conv2d(x.relu() if relu_input else x, conv.weight, conv.bias, stride=stride,
+                     padding=dilation, dilation=dilation)
+    dense = dense.relu() if relu else dense
+    grid = PatchGrid(dense.shape[2], dense.shape[3], patch)
+    mask = (torch.rand(2, 1, *grid.shape) < 0.6).float()
+    mask[0, 0, -1, -1] = 1  # the corner group is never empty
+    groups = border_groups(active_patches(mask), grid)
+    window = Window(patch * stride, (patch - 1) * stride + 2 * dilation + 1, dilation)
+    window_conv = conv_on_windows(conv, x, RowBuffers(), relu_input=relu_input, relu=relu)
+    with torch.no_grad():
+        got = grouped_rows(groups, grid, window, window_conv)
+        per_group = torch.cat([
+            window_conv(group, cropped_window(window, grid, extent)).permute(0, 2, 3, 1)
+            .reshape(-1, 6) for group, extent in groups])
+    want = dense.permute(0, 2, 3, 1).reshape(-1, 6)[border_pixels(groups, grid)]
+    assert got.shape == want.shape == per_group.shape
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, per_group, rtol=1e-4, atol=1e-4)
+    assert len(products) == (1 if len(groups) > 1 else 0)
+
+
+def test_window_conv_keeps_group_convs_for_gradients_and_grouped_convs(monkeypatch):
+    """A source whose gradient is recorded, or a grouped conv, runs a conv per group
+    (the product on gathered rows is neither differentiable through the native kernel
+    nor grouped); the gradient equals the dense conv's."""
+    monkeypatch.setattr(patches_module, 'gather_gemm', None)  # must not be called
+    grid = PatchGrid(9, 11, 4)
+    window = Window(4, 6, 1)
+    groups = border_groups(torch.tensor([[0, 0, 0], [0, 2, 1], [0, 1, 2], [0, 2, 2]]), grid)
+    assert len(groups) == 4
+    x = torch.randn(1, 4, 9, 11).contiguous(memory_format=torch.channels_last)
+    source, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    conv = FoldedConv(torch.randn(4, 4, 3, 3), torch.randn(4), 1, 1, 1)
+    grouped_rows(groups, grid, window, conv_on_windows(conv, source)).sum().backward()
+    dense = F.conv2d(reference, conv.weight, conv.bias, padding=1)
+    dense.permute(0, 2, 3, 1).reshape(-1, 4)[border_pixels(groups, grid)].sum().backward()
+    torch.testing.assert_close(source.grad, reference.grad)
+    grouped = FoldedConv(torch.randn(4, 2, 3, 3), torch.randn(4), 1, 1, 1, 2)
+    with torch.no_grad():
+        got = grouped_rows(groups, grid, window, conv_on_windows(grouped, x))
+    dense = F.conv2d(x, grouped.weight, grouped.bias, padding=1, groups=2)
+    torch.testing.assert_close(got, dense.permute(0, 2, 3, 1).reshape(-1, 4)[
+        border_pixels(groups, grid)])
+
+
+def test_window_tap_rows_by_hand():
+    """Two 4x5 windows from row 10 of a table, 3x3 taps of stride 1: output (0, 0) reads
+    rows 10, 11, 12, 15, 16, 17, 20, 21, 22; the second window starts 20 rows later.
+    A window smaller than the kernel is a clear error."""
+    taps = window_tap_rows(2, (4, 5), 3, 1, 1, 10, 'cpu')
+    assert taps.shape == (2 * 2 * 3, 9)
+    assert taps[0].tolist() == [10, 11, 12, 15, 16, 17, 20, 21, 22]
+    assert taps[6].tolist() == [v + 20 for v in taps[0].tolist()]
+    assert taps[3].tolist() == [15, 16, 17, 20, 21, 22, 25, 26, 27]
+    strided = window_tap_rows(1, (5, 5), 3, 2, 1, 0, 'cpu')
+    assert strided.shape == (4, 9) and strided[3, 0] == 2 * 5 + 2
+    with pytest.raises(ValueError, match='smaller than'):
+        window_tap_rows(1, (2, 5), 3, 1, 1, 0, 'cpu')
 
 
 def test_scatter_does_not_modify_its_input():
