@@ -11,9 +11,10 @@ from mmdyn.ops import (FoldedConv, PatchGrid, PatchMasker, Window, active_patche
                        border_groups, border_pixels, conv_on_windows, cropped_window,
                        fold_conv_bn, gather_windows, grouped_rows, gumbel_gate,
                        patch_extents, scatter_add_patches, upsample_patch_mask)
-from mmdyn.ops import patches as patches_module
+from mmdyn.ops import window_conv as window_conv_module
 from mmdyn.ops.gemm import gather_gemm
-from mmdyn.ops.patches import window_tap_rows
+from mmdyn.ops.kernel_choice import ENV_PINS, KernelChooser
+from mmdyn.ops.window_conv import WINDOW_GROUPS, window_tap_rows
 from mmdyn.ops.row_buffers import RowBuffers
 from test_native_kernels import spy_on_native
 
@@ -76,20 +77,23 @@ def test_border_groups_by_hand():
 @pytest.mark.parametrize('relu_input,relu', [(True, True), (False, False)],
                          ids=['relu', 'linear'])
 @pytest.mark.parametrize('route', ['native', 'torch'])
+@pytest.mark.parametrize('way', ['one_product', 'group_by_group'])
 def test_window_conv_rows_of_all_groups_equal_the_dense_conv(height, width, patch, stride,
                                                              dilation, relu_input, relu,
-                                                             route, monkeypatch):
-    """The border groups of a batch of two odd-sized maps in one product (the windows of
-    all groups as one table, a gather-GEMM on their tap rows) equal the dense conv of
-    the (ReLU'd) map at those pixels, group after group, and what each group's own conv
-    gives; one product ran whenever there are several groups."""
+                                                             route, way, monkeypatch):
+    """The groups of whole and cropped border patches of a batch of two odd-sized maps,
+    in one product (every group's windows as one table, a gather-GEMM on their tap
+    rows) or group by group, equal the dense conv of the (ReLU'd) map at their pixels,
+    group after group; the product ran where there are several groups and it is the
+    way pinned."""
     spy_on_native(monkeypatch, route)
+    monkeypatch.setenv(ENV_PINS, f'window_groups={way}')
     products = []
 
     def counted_gather_gemm(*args, **kwargs):
         products.append(args[1].shape)
         return gather_gemm(*args, **kwargs)
-    monkeypatch.setattr(patches_module, 'gather_gemm', counted_gather_gemm)
+    monkeypatch.setattr(window_conv_module, 'gather_gemm', counted_gather_gemm)
     torch.manual_seed(height * width + patch + stride)
     x = torch.randn(2, 5, height, width).contiguous(memory_format=torch.channels_last)
     conv = FoldedConv(torch.randn(6, 5, 3, 3), torch.randn(6), stride, dilation, dilation)
@@ -103,22 +107,21 @@ def test_window_conv_rows_of_all_groups_equal_the_dense_conv(height, width, patc
     window = Window(patch * stride, (patch - 1) * stride + 2 * dilation + 1, dilation)
     window_conv = conv_on_windows(conv, x, RowBuffers(), relu_input=relu_input, relu=relu)
     with torch.no_grad():
-        got = grouped_rows(groups, grid, window, window_conv)
-        per_group = torch.cat([
-            window_conv(group, cropped_window(window, grid, extent)).permute(0, 2, 3, 1)
-            .reshape(-1, 6) for group, extent in groups])
+        for _ in range(2):  # the second call reuses the table's buffer
+            got = grouped_rows(groups, grid, window, window_conv)
     want = dense.permute(0, 2, 3, 1).reshape(-1, 6)[border_pixels(groups, grid)]
-    assert got.shape == want.shape == per_group.shape
+    assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(got, per_group, rtol=1e-4, atol=1e-4)
-    assert len(products) == (1 if len(groups) > 1 else 0)
+    assert len(products) == (2 if way == 'one_product' and len(groups) > 1 else 0)
 
 
 def test_window_conv_keeps_group_convs_for_gradients_and_grouped_convs(monkeypatch):
     """A source whose gradient is recorded, or a grouped conv, runs a conv per group
-    (the product on gathered rows is neither differentiable through the native kernel
-    nor grouped); the gradient equals the dense conv's."""
-    monkeypatch.setattr(patches_module, 'gather_gemm', None)  # must not be called
+    even where one product is pinned (the product on gathered rows is neither
+    differentiable through the native kernel nor grouped); the gradient equals the
+    dense conv's."""
+    monkeypatch.setenv(ENV_PINS, 'window_groups=one_product')
+    monkeypatch.setattr(window_conv_module, 'gather_gemm', None)  # must not be called
     grid = PatchGrid(9, 11, 4)
     window = Window(4, 6, 1)
     groups = border_groups(torch.tensor([[0, 0, 0], [0, 2, 1], [0, 1, 2], [0, 2, 2]]), grid)
@@ -136,6 +139,22 @@ def test_window_conv_keeps_group_convs_for_gradients_and_grouped_convs(monkeypat
     dense = F.conv2d(x, grouped.weight, grouped.bias, padding=1, groups=2)
     torch.testing.assert_close(got, dense.permute(0, 2, 3, 1).reshape(-1, 4)[
         border_pixels(groups, grid)])
+
+
+def test_window_groups_choice_times_both_ways_on_equal_results(tmp_path):
+    """The chooser's timing inputs for a LAS-like shape class (a 13x19 map in 4x4
+    patches: every border group present) run both ways to the same rows, and a
+    measurement times both."""
+    chooser = KernelChooser(cache_dir=tmp_path)
+    chooser.register(WINDOW_GROUPS)
+    shape_class = ('float32', 1, 8, 13, 19, 8, 3, 1, 1, 13, 19, 4, 4, 4, 4, 6, 6, 1, 1)
+    inputs = WINDOW_GROUPS.make_inputs(shape_class)
+    assert len(inputs[1]) == 4
+    with torch.no_grad():
+        ways = {name: fn(*inputs) for name, fn in WINDOW_GROUPS.candidates.items()}
+        torch.testing.assert_close(ways['one_product'], ways['group_by_group'])
+        fastest, seconds = chooser.measure('window_groups', shape_class)
+    assert set(seconds) == {'one_product', 'group_by_group'} and fastest in seconds
 
 
 def test_window_tap_rows_by_hand():

@@ -11,13 +11,14 @@ from .gumbel import gumbel_gate
 from .kernel_choice import kernel_choices, pin_kernel
 from .masker import PatchMasker
 from .patches import (PatchGrid, Window, active_patches, border_groups, border_pixels,
-                      conv_on_windows, cropped_window, gather_windows, grouped_rows, pair,
-                      patch_halo_pixels, patch_pixels, pixel_rows, scatter_add_patches,
-                      scatter_add_rows, upsample_patch_mask)
+                      cropped_window, gather_windows, grouped_rows, pair, patch_halo_pixels,
+                      patch_pixels, pixel_rows, scatter_add_patches, scatter_add_rows,
+                      upsample_patch_mask)
 from .pixel_sampling import (PixelMaskHead, apply_grid_prior, conv_rows, conv_tap_rows,
                              interpolate_dense, interpolate_rows, sample_mask,
                              sampled_pixels)
 from .sparse_conv import FoldedConv, fold_conv_bn
+from .window_conv import conv_on_windows
 
 __all__ = [
     'ConvOption', 'DynamicAttributeConv2d', 'as_option', 'attribute_conv2d', 'resize_kernel',

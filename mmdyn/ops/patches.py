@@ -12,7 +12,6 @@ and dilated kernel); each of the three is an int or a (vertical, horizontal) pai
 The sparse path works on channels-last maps: a map is then a ``[B * H * W, C]`` matrix
 of pixel rows, windows are one row gather and results one row copy.
 """
-import functools
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
@@ -21,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .gemm import gather_gemm
 from .native import native_kernels
 from .row_buffers import RowBuffers, add_at_rows, gather_rows
 
@@ -207,91 +205,21 @@ def border_pixels(groups, grid: PatchGrid) -> Tensor:
 def grouped_rows(groups, grid: PatchGrid, window: Window, patches_for) -> Tensor:
     """``[n, C]``: the pixel rows of ``patches_for(group, window)`` (channels-last
     ``[N, C, rows, cols]`` patches from ``window`` cropped to the group's extent) for
-    each of :func:`border_groups`' groups, group after group. Several groups of a
-    :class:`WindowConv` are computed in one product (:meth:`WindowConv.rows_of_groups`)."""
-    windows = [cropped_window(window, grid, extent) for _, extent in groups]
-    if len(groups) > 1 and isinstance(patches_for, WindowConv) \
-            and patches_for.computes_groups_at_once():
-        return patches_for.rows_of_groups([group for group, _ in groups], windows)
-    rows = [pixel_rows(patches_for(group, group_window))
-            for (group, _), group_window in zip(groups, windows)]
+    each of :func:`border_groups`' groups, group after group. A ``patches_for`` that
+    has a ``rows_of_groups(groups, grid, window)`` method computes them that way
+    (:class:`~mmdyn.ops.window_conv.WindowConv`: the groups in one product where that
+    is faster)."""
+    rows_of_groups = getattr(patches_for, 'rows_of_groups', None)
+    if rows_of_groups is not None:
+        return rows_of_groups(groups, grid, window)
+    return rows_group_by_group(groups, grid, window, patches_for)
+
+
+def rows_group_by_group(groups, grid: PatchGrid, window: Window, patches_for) -> Tensor:
+    """:func:`grouped_rows` computed by ``patches_for`` on each group's windows."""
+    rows = [pixel_rows(patches_for(group, cropped_window(window, grid, extent)))
+            for group, extent in groups]
     return rows[0] if len(rows) == 1 else torch.cat(rows)
-
-
-class WindowConv:
-    """``patches_for(cells, window)`` for :func:`grouped_rows`: ``conv`` (a
-    :class:`FoldedConv`, VALID) on the windows of ``source`` that feed ``cells``
-    (gathered into the slot ``'windows'`` of ``buffers``), ReLU'd first if
-    ``relu_input``, its output ReLU'd if ``relu``."""
-
-    def __init__(self, conv, source: Tensor, buffers: Optional[RowBuffers] = None,
-                 relu_input: bool = False, relu: bool = False):
-        self.conv, self.source, self.buffers = conv, source, buffers
-        self.relu_input, self.relu = relu_input, relu
-
-    def __call__(self, cells: Tensor, window: Window) -> Tensor:
-        return self.conv(gather_windows(self.source, cells, window, self.buffers,
-                                        relu=self.relu_input), valid=True, relu=self.relu)
-
-    def computes_groups_at_once(self) -> bool:
-        """Several groups' windows go to one product (an ungrouped conv, no autograd
-        graph recorded: the product may take the native kernel)."""
-        return self.conv.groups == 1 and not (torch.is_grad_enabled()
-                                              and self.source.requires_grad)
-
-    def rows_of_groups(self, groups: List[Tensor], windows: List[Window]) -> Tensor:
-        """The output rows of every group (``groups[g]``'s cells, on ``windows[g]``),
-        group after group, as one product: the windows of all groups stacked as rows
-        of one table, the conv a product on their tap rows
-        (:func:`~mmdyn.ops.gemm.gather_gemm`). Border groups hold few cropped windows
-        of odd sizes, for which a convolution call of their own costs several times
-        their share: in a stage-3 block of LAS-ResNet-101 at 800x1216 (S = 7 on a 50x76
-        map, r = 0.3) three border stacks of 76 pixels took 1.09 ms together, 0.39 ms
-        at the dense conv's rate, and the block 21.1 ms against 20.0 ms in one product
-        (28.3 against 26.5 ms at r = 0.5; AMD EPYC family 25, 2 threads, 2026-12-05)."""
-        source, conv = self.source, self.conv.cast(self.source.dtype)
-        sizes = [pair(window.size) for window in windows]
-        counts = [group.shape[0] * h * w for group, (h, w) in zip(groups, sizes)]
-        table_shape = (sum(counts), source.shape[1])
-        if self.buffers is None or torch.is_grad_enabled():
-            table = source.new_empty(table_shape)
-        else:
-            table = self.buffers.take('windows', table_shape, source)
-        taps, start = [], 0
-        for group, window, count in zip(groups, windows, counts):
-            gather_windows(source, group, window, relu=self.relu_input,
-                           out=table[start:start + count])
-            taps.append(window_tap_rows(group.shape[0], pair(window.size),
-                                        conv.weight.shape[-1], conv.stride, conv.dilation,
-                                        start, source.device))
-            start += count
-        return gather_gemm(table, torch.cat(taps), conv.matrix, conv.bias, relu=self.relu)
-
-
-def window_tap_rows(count: int, size: Tuple[int, int], kernel: int, stride: int,
-                    dilation: int, first: int, device) -> Tensor:
-    """``[count * out_h * out_w, kernel ** 2]``: for every output pixel of a VALID
-    ``kernel x kernel`` conv on ``count`` stacked ``size`` windows whose pixel rows
-    start at row ``first`` of a table (window after window, row-major), the table rows
-    of its taps, in the order of :attr:`FoldedConv.matrix` (tap row, tap column)."""
-    reach = (kernel - 1) * dilation
-    out_h, out_w = (size[0] - reach - 1) // stride + 1, (size[1] - reach - 1) // stride + 1
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f'window_tap_rows: a {size} window is smaller than the '
-                         f'{kernel}x{kernel} kernel of dilation {dilation}')
-    arange = functools.partial(torch.arange, device=device)
-    rows = (arange(count).view(-1, 1, 1, 1, 1) * size[0]
-            + arange(out_h).view(1, -1, 1, 1, 1) * stride
-            + arange(kernel).view(1, 1, 1, -1, 1) * dilation)
-    cols = (arange(out_w).view(1, 1, -1, 1, 1) * stride
-            + arange(kernel).view(1, 1, 1, 1, -1) * dilation)
-    return (first + rows * size[1] + cols).view(-1, kernel * kernel)
-
-
-def conv_on_windows(conv, source: Tensor, buffers: Optional[RowBuffers] = None,
-                    relu_input: bool = False, relu: bool = False) -> WindowConv:
-    """``patches_for(cells, window)`` for :func:`grouped_rows`: see :class:`WindowConv`."""
-    return WindowConv(conv, source, buffers, relu_input, relu)
 
 
 def patch_pixels(index: Tensor, grid: PatchGrid, extent: Optional[Tuple[int, int]] = None):

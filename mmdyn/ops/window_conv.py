@@ -1,0 +1,158 @@
+"""A convolution on the windows of active patches, group by group or in one product.
+
+:func:`~mmdyn.ops.patches.border_groups` splits the active patches of a map that ``S``
+does not divide into the whole patches and up to three groups of border patches cropped
+to the map, each with windows of its own size. Two ways compute their output rows:
+
+* ``group_by_group``: the VALID conv on each group's stack of windows (oneDNN), one call
+  per group;
+* ``one_product``: the windows of every group gathered as rows of one table and the
+  conv a product on the tap rows of each output pixel
+  (:func:`~mmdyn.ops.gemm.gather_gemm`), one call for all groups.
+
+Border groups hold few windows of odd sizes, for which a call of their own costs
+several times their share: in a stage-3 block of LAS-ResNet-101 at 800x1216 (S = 7 on a
+50x76 map, 256 channels) three border stacks of 76 output pixels took 1.09 ms, 0.39 ms
+at the dense conv's rate, and the block ran 20.0 ms in one product against 21.1 ms
+group by group at r = 0.3 (26.5 against 28.3 ms at r = 0.5); the whole backbone 899
+against 910 ms at r = 0.3 and 1082 against 1112 ms at r = 0.5. SAR-ResNet-50's
+refinement windows (31x46 pixels, 32 or 64 channels) run faster group by group: its
+backbone took 673 ms in one product against 656 ms (r = 0.5; AMD EPYC family 25, 2
+threads, medians of alternating rounds in one process, 2026-12-05). So
+:mod:`.kernel_choice` times both per shape class where the code runs (and chose so in
+both cases).
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .gemm import dtype_name, gather_gemm
+from .kernel_choice import CHOOSER, KernelOp, Serves
+from .patches import (PatchGrid, Window, active_patches, border_groups, cropped_window,
+                      gather_windows, pair, rows_group_by_group)
+from .row_buffers import RowBuffers
+from .sparse_conv import FoldedConv
+
+
+class WindowConv:
+    """``patches_for(cells, window)`` for :func:`~mmdyn.ops.patches.grouped_rows`:
+    ``conv`` (a :class:`FoldedConv`, VALID) on the windows of ``source`` that feed
+    ``cells`` (gathered into the slot ``'windows'`` of ``buffers``), ReLU'd first if
+    ``relu_input``, its output ReLU'd if ``relu``; several groups at once by the
+    way measured faster for their shape class (:meth:`rows_of_groups`)."""
+
+    def __init__(self, conv, source: Tensor, buffers: Optional[RowBuffers] = None,
+                 relu_input: bool = False, relu: bool = False):
+        self.conv, self.source, self.buffers = conv, source, buffers
+        self.relu_input, self.relu = relu_input, relu
+
+    def __call__(self, cells: Tensor, window: Window) -> Tensor:
+        return self.conv(gather_windows(self.source, cells, window, self.buffers,
+                                        relu=self.relu_input), valid=True, relu=self.relu)
+
+    def rows_of_groups(self, groups, grid: PatchGrid, window: Window) -> Tensor:
+        """The output rows of :func:`~mmdyn.ops.patches.border_groups`' ``groups``, group
+        after group: one group, a grouped conv or a recorded gradient group by group,
+        else the way chosen for the shape class."""
+        if len(groups) == 1 or self.conv.groups != 1 or (
+                torch.is_grad_enabled() and self.source.requires_grad):
+            return rows_group_by_group(groups, grid, window, self)
+        impl = CHOOSER.choose('window_groups', self.shape_class(grid, window),
+                              self.source.device)
+        return WINDOW_GROUPS.candidates[impl](self, groups, grid, window)
+
+    def shape_class(self, grid: PatchGrid, window: Window) -> tuple:
+        source, weight = self.source, self.conv.weight
+        return (dtype_name(source), source.shape[0], source.shape[1], source.shape[2],
+                source.shape[3], weight.shape[0], weight.shape[-1], self.conv.stride,
+                self.conv.dilation, grid.height, grid.width, grid.patch_h, grid.patch_w,
+                *pair(window.step), *pair(window.size), *pair(window.offset))
+
+    def one_product(self, groups, grid: PatchGrid, window: Window) -> Tensor:
+        """Every group's windows as rows of one table (the slot ``'window_table'`` of
+        ``buffers``), the conv one product on their tap rows."""
+        source, conv = self.source, self.conv.cast(self.source.dtype)
+        windows = [cropped_window(window, grid, extent) for _, extent in groups]
+        counts = [group.shape[0] * pair(w.size)[0] * pair(w.size)[1]
+                  for (group, _), w in zip(groups, windows)]
+        table_shape = (sum(counts), source.shape[1])
+        if self.buffers is None or torch.is_grad_enabled():
+            table = source.new_empty(table_shape)
+        else:
+            table = self.buffers.take('window_table', table_shape, source)
+        taps, start = [], 0
+        for (group, _), group_window, count in zip(groups, windows, counts):
+            gather_windows(source, group, group_window, relu=self.relu_input,
+                           out=table[start:start + count])
+            taps.append(window_tap_rows(group.shape[0], pair(group_window.size),
+                                        conv.weight.shape[-1], conv.stride, conv.dilation,
+                                        start, source.device))
+            start += count
+        return gather_gemm(table, torch.cat(taps), conv.matrix, conv.bias, relu=self.relu)
+
+
+def window_tap_rows(count: int, size: Tuple[int, int], kernel: int, stride: int,
+                    dilation: int, first: int, device) -> Tensor:
+    """``[count * out_h * out_w, kernel ** 2]``: for every output pixel of a VALID
+    ``kernel x kernel`` conv on ``count`` stacked ``size`` windows whose pixel rows
+    start at row ``first`` of a table (window after window, row-major), the table rows
+    of its taps, in the order of :attr:`FoldedConv.matrix` (tap row, tap column)."""
+    reach = (kernel - 1) * dilation
+    out_h, out_w = (size[0] - reach - 1) // stride + 1, (size[1] - reach - 1) // stride + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f'window_tap_rows: a {size} window is smaller than the '
+                         f'{kernel}x{kernel} kernel of dilation {dilation}')
+    taps = torch.arange(kernel, device=device) * dilation
+    rows = (torch.arange(count, device=device).view(-1, 1, 1, 1, 1) * size[0]
+            + (torch.arange(out_h, device=device) * stride).view(1, -1, 1, 1, 1)
+            + taps.view(1, 1, 1, -1, 1))
+    cols = (torch.arange(out_w, device=device) * stride).view(1, 1, -1, 1, 1) \
+        + taps.view(1, 1, 1, 1, -1)
+    return (first + rows * size[1] + cols).view(-1, kernel * kernel)
+
+
+def _timing_inputs(shape_class):
+    """A map of the class's size, a conv of its channels and the groups of a mask at
+    rate 1/2 over its patch grid, the corner patch on (every border group present
+    where the grid has them)."""
+    (dtype, batch, channels, height, width, out_channels, kernel, stride, dilation,
+     out_h, out_w, patch_h, patch_w, *window) = shape_class
+    generator = torch.Generator().manual_seed(0)
+    dtype = getattr(torch, dtype)
+    source = torch.randn(batch, channels, height, width, generator=generator).to(
+        dtype).contiguous(memory_format=torch.channels_last)
+    conv = FoldedConv(torch.randn(out_channels, channels, kernel, kernel,
+                                  generator=generator).to(dtype),
+                      torch.zeros(out_channels, dtype=dtype), stride, dilation)
+    grid = PatchGrid(out_h, out_w, (patch_h, patch_w))
+    mask = (torch.rand(batch, 1, *grid.shape, generator=generator) < 0.5).float()
+    mask[:, :, -1, -1] = 1
+    step_h, step_w, size_h, size_w, offset_h, offset_w = window
+    window = Window((step_h, step_w), (size_h, size_w), (offset_h, offset_w))
+    return (WindowConv(conv, source, RowBuffers()), border_groups(active_patches(mask), grid),
+            grid, window)
+
+
+def _group_by_group(window_conv: WindowConv, groups, grid: PatchGrid, window: Window):
+    return rows_group_by_group(groups, grid, window, window_conv)
+
+
+def _one_product(window_conv: WindowConv, groups, grid: PatchGrid, window: Window):
+    return window_conv.one_product(groups, grid, window)
+
+
+#: one product is timed against the convs on CPU tensors only (the timing inputs hold the
+#: map inside a WindowConv, which the chooser does not move to another device); CUDA
+#: tensors run group by group (cuDNN)
+WINDOW_GROUPS = CHOOSER.register(KernelOp(
+    'window_groups', {'group_by_group': _group_by_group, 'one_product': _one_product},
+    _timing_inputs, {'one_product': Serves(devices=frozenset({'cpu'}))}))
+
+
+def conv_on_windows(conv, source: Tensor, buffers: Optional[RowBuffers] = None,
+                    relu_input: bool = False, relu: bool = False) -> WindowConv:
+    """``patches_for(cells, window)`` for :func:`~mmdyn.ops.patches.grouped_rows`: see
+    :class:`WindowConv`."""
+    return WindowConv(conv, source, buffers, relu_input, relu)
+
