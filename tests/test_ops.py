@@ -142,18 +142,24 @@ def test_window_conv_keeps_group_convs_for_gradients_and_grouped_convs(monkeypat
 
 
 def test_window_groups_choice_times_both_ways_on_equal_results(tmp_path):
-    """The chooser's timing inputs for a LAS-like shape class (a 13x19 map in 4x4
-    patches: every border group present) run both ways to the same rows, and a
+    """A 13x19 map and a 17x15 one in 4x4 patches share a shape class (pixel-count
+    class 256, border patches 1 and 3 pixels deep), a 12x19 one does not; the class's
+    timing inputs (every border group present) run both ways to the same rows, and a
     measurement times both."""
+    def shape_class(height, width):
+        source = torch.zeros(1, 8, height, width)
+        conv = FoldedConv(torch.zeros(8, 8, 3, 3), torch.zeros(8), 1, 1, 1)
+        return conv_on_windows(conv, source).shape_class(PatchGrid(height, width, 4),
+                                                         Window(4, 6, 1))
+    assert shape_class(13, 19) == shape_class(17, 15) != shape_class(12, 19)
     chooser = KernelChooser(cache_dir=tmp_path)
     chooser.register(WINDOW_GROUPS)
-    shape_class = ('float32', 1, 8, 13, 19, 8, 3, 1, 1, 13, 19, 4, 4, 4, 4, 6, 6, 1, 1)
-    inputs = WINDOW_GROUPS.make_inputs(shape_class)
-    assert len(inputs[1]) == 4
+    inputs = WINDOW_GROUPS.make_inputs(shape_class(13, 19))
+    assert len(inputs[1]) == 4 and inputs[2].height % 4 == 1 and inputs[2].width % 4 == 3
     with torch.no_grad():
         ways = {name: fn(*inputs) for name, fn in WINDOW_GROUPS.candidates.items()}
         torch.testing.assert_close(ways['one_product'], ways['group_by_group'])
-        fastest, seconds = chooser.measure('window_groups', shape_class)
+        fastest, seconds = chooser.measure('window_groups', shape_class(13, 19))
     assert set(seconds) == {'one_product', 'group_by_group'} and fastest in seconds
 
 

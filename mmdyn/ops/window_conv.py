@@ -22,11 +22,13 @@ threads, medians of alternating rounds in one process, 2026-12-05). So
 :mod:`.kernel_choice` times both per shape class where the code runs (and chose so in
 both cases).
 """
+import math
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .dense_conv import pixel_class
 from .gemm import dtype_name, gather_gemm
 from .kernel_choice import CHOOSER, KernelOp, Serves
 from .patches import (PatchGrid, Window, active_patches, border_groups, cropped_window,
@@ -63,11 +65,17 @@ class WindowConv:
         return WINDOW_GROUPS.candidates[impl](self, groups, grid, window)
 
     def shape_class(self, grid: PatchGrid, window: Window) -> tuple:
+        """dtype, batch, channels, kernel, stride, dilation, the output map's pixel-count
+        class, the patch size, the border patches' extent inside the map (what sizes
+        the border groups' windows) and the window: maps of other sizes in one class
+        (input images of varying shapes) share a choice."""
         source, weight = self.source, self.conv.weight
-        return (dtype_name(source), source.shape[0], source.shape[1], source.shape[2],
-                source.shape[3], weight.shape[0], weight.shape[-1], self.conv.stride,
-                self.conv.dilation, grid.height, grid.width, grid.patch_h, grid.patch_w,
-                *pair(window.step), *pair(window.size), *pair(window.offset))
+        last_h = grid.height - (grid.rows - 1) * grid.patch_h
+        last_w = grid.width - (grid.cols - 1) * grid.patch_w
+        return (dtype_name(source), source.shape[0], source.shape[1], weight.shape[0],
+                weight.shape[-1], self.conv.stride, self.conv.dilation,
+                pixel_class(grid.height * grid.width), grid.patch_h, grid.patch_w, last_h,
+                last_w, *pair(window.step), *pair(window.size), *pair(window.offset))
 
     def one_product(self, groups, grid: PatchGrid, window: Window) -> Tensor:
         """Every group's windows as rows of one table (the slot ``'window_table'`` of
@@ -113,15 +121,20 @@ def window_tap_rows(count: int, size: Tuple[int, int], kernel: int, stride: int,
 
 
 def _timing_inputs(shape_class):
-    """A map of the class's size, a conv of its channels and the groups of a mask at
-    rate 1/2 over its patch grid, the corner patch on (every border group present
-    where the grid has them)."""
-    (dtype, batch, channels, height, width, out_channels, kernel, stride, dilation,
-     out_h, out_w, patch_h, patch_w, *window) = shape_class
+    """A conv of the class's channels on a map of about the class's pixel count whose
+    border patches have the class's extent, and the groups of a mask at rate 1/2 over
+    its patch grid, the corner patch on (every border group present where the grid has
+    them)."""
+    (dtype, batch, channels, out_channels, kernel, stride, dilation, pixels, patch_h,
+     patch_w, last_h, last_w, *window) = shape_class
+    side = math.isqrt(pixels)
+    out_h = (max(1, round(side / patch_h)) - 1) * patch_h + last_h
+    out_w = (max(1, round(side / patch_w)) - 1) * patch_w + last_w
     generator = torch.Generator().manual_seed(0)
     dtype = getattr(torch, dtype)
-    source = torch.randn(batch, channels, height, width, generator=generator).to(
-        dtype).contiguous(memory_format=torch.channels_last)
+    source = torch.randn(batch, channels, (out_h - 1) * stride + 1, (out_w - 1) * stride + 1,
+                         generator=generator).to(dtype).contiguous(
+        memory_format=torch.channels_last)
     conv = FoldedConv(torch.randn(out_channels, channels, kernel, kernel,
                                   generator=generator).to(dtype),
                       torch.zeros(out_channels, dtype=dtype), stride, dilation)
