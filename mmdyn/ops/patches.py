@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .native import native_kernels
-from .row_buffers import RowBuffers, add_at_rows, gather_rows
+from .row_buffers import RowBuffers, add_at_rows, buffer_slot, gather_rows
 
 
 IntOrPair = Union[int, Tuple[int, int]]
@@ -132,12 +132,9 @@ def gather_windows(x: Tensor, index: Tensor, window: Window,
         raise ValueError(f'gather_windows: out must be contiguous {shape} rows, got '
                          f'{tuple(out.shape)}')
     if kernels is not None:
-        if out is not None:
-            windows = out
-        elif buffers is None or torch.is_grad_enabled():
+        windows = out if out is not None else buffer_slot(buffers, 'windows', shape, x)
+        if windows is None:
             windows = x.new_empty(shape)
-        else:
-            windows = buffers.take('windows', shape, x)
         (step_h, step_w), (offset_h, offset_w) = pair(window.step), pair(window.offset)
         kernels.gather_windows(pixel_rows(x), index.long().contiguous(), windows, x.shape[2],
                                x.shape[3], step_h, step_w, size_h, size_w, offset_h,

@@ -46,16 +46,25 @@ class RowBuffers:
         return {'_flat': {}}
 
 
+def buffer_slot(buffers: Optional[RowBuffers], name: str, shape, like: Tensor
+                ) -> Optional[Tensor]:
+    """The slot ``name`` of ``buffers`` for an ``out=`` op (see :meth:`RowBuffers.take`),
+    or None when no buffers are given or grad mode is on (an ``out=`` op records no
+    autograd graph): the caller then computes into fresh memory."""
+    if buffers is None or torch.is_grad_enabled():
+        return None
+    return buffers.take(name, shape, like)
+
+
 def gather_rows(rows: Tensor, index: Tensor, buffers: Optional[RowBuffers] = None,
                 name: str = 'gather') -> Tensor:
     """``rows[index]`` (``index`` flattened) as ``[index.numel(), C]``: into the slot
-    ``name`` of ``buffers`` when given and no autograd graph is recorded (an ``out=``
-    gather does not record one), else into fresh memory (a row gather: faster than
-    ``index_select`` there)."""
+    ``name`` of ``buffers`` (:func:`buffer_slot`), else into fresh memory (a row
+    gather: faster than ``index_select`` there)."""
     index = index.reshape(-1)
-    if buffers is None or torch.is_grad_enabled():
+    out = buffer_slot(buffers, name, (index.numel(), rows.shape[1]), rows)
+    if out is None:
         return F.embedding(index, rows)
-    out = buffers.take(name, (index.numel(), rows.shape[1]), rows)
     return torch.index_select(rows, 0, index, out=out)
 
 

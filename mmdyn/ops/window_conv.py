@@ -33,7 +33,7 @@ from .gemm import dtype_name, gather_gemm
 from .kernel_choice import CHOOSER, KernelOp, Serves
 from .patches import (PatchGrid, Window, active_patches, border_groups, cropped_window,
                       gather_windows, pair, rows_group_by_group)
-from .row_buffers import RowBuffers
+from .row_buffers import RowBuffers, buffer_slot
 from .sparse_conv import FoldedConv
 
 
@@ -85,10 +85,9 @@ class WindowConv:
         counts = [group.shape[0] * pair(w.size)[0] * pair(w.size)[1]
                   for (group, _), w in zip(groups, windows)]
         table_shape = (sum(counts), source.shape[1])
-        if self.buffers is None or torch.is_grad_enabled():
+        table = buffer_slot(self.buffers, 'window_table', table_shape, source)
+        if table is None:
             table = source.new_empty(table_shape)
-        else:
-            table = self.buffers.take('window_table', table_shape, source)
         taps, start = [], 0
         for (group, _), group_window, count in zip(groups, windows, counts):
             gather_windows(source, group, group_window, relu=self.relu_input,
