@@ -79,7 +79,7 @@ def _rate_at_equal_cost(low: Tuple[float, float], high: Tuple[float, float],
 
 
 def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable[[], object],
-                      cells: int, device='cpu', repeats: int = 3,
+                      cells: int, device='cpu', repeats: int = 5,
                       run_dense_full: Optional[Callable[[], object]] = None,
                       full_mask_dense: bool = False) -> float:
     """The activation rate above which ``run_dense()`` (the dense route with a partial
@@ -94,7 +94,10 @@ def measure_crossover(run_sparse: Callable[[float], object], run_dense: Callable
     ``(cells - 1) / cells``, so that a full mask runs densely; ``full_mask_dense`` sets
     that bound without timing it (a block whose dense route with every patch on is
     exactly its dense block: SAR's refinement). 1.0: the sparse executor wins even with
-    every patch on. The routes are timed in alternating rounds (median of ``repeats``)."""
+    every patch on. The routes are timed in alternating rounds (median of ``repeats``:
+    six measurements of LAS-ResNet-101's stage-3 crossover, 50x76 map, S = 7, spread
+    over 0.912-0.926 with 5 rounds and 0.873-0.965 with 3, in one process, AMD EPYC
+    family 25, 2 threads, 2026-12-05; the measurement took 0.71 s against 0.48 s)."""
     device = torch.device(device)
     low_rate = (cells // 2) / cells
     routes = {'full': lambda: run_sparse(1.0), 'dense': run_dense}
