@@ -7,12 +7,17 @@ from collections import defaultdict
 
 import torch
 
-from mmdyn.models.backbones.resnet_parts import run_resnet_stem
+from mmdyn.models.backbones.resnet_parts import run_stem_and_pool
 from mmdyn.ops.kernel_choice import time_call
 
 
 def run_stem(backbone, x):
-    return backbone.maxpool(run_resnet_stem(backbone, x))
+    """The stem and max-pool as the backbone's forward runs them (a dynamic backbone's
+    own path, folded on its sparse path; mmdet's for a static twin)."""
+    stem_forward = getattr(backbone, 'stem_forward', None)
+    if stem_forward is not None:
+        return stem_forward(x)[0]
+    return run_stem_and_pool(backbone, x)
 
 
 def stage_flops(record, parts):

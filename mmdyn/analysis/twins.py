@@ -5,7 +5,7 @@ import torch
 from mmcv.cnn import fuse_conv_bn
 from mmdet.models.backbones import ResNet
 
-from mmdyn.models.backbones.resnet_parts import run_resnet_stem, run_static_layer
+from mmdyn.models.backbones.resnet_parts import run_stem_and_pool, run_static_layer
 
 
 def prepare_dense_for_timing(backbone):
@@ -32,7 +32,7 @@ class EngineForward:
     @torch.no_grad()
     def __call__(self, x):
         net = self.resnet
-        x = net.maxpool(run_resnet_stem(net, x, fold=True))
+        x = run_stem_and_pool(net, x, fold=True)
         outs = []
         for i, name in enumerate(net.res_layers):
             x = run_static_layer(getattr(net, name), x, fold=True)

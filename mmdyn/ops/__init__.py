@@ -18,6 +18,7 @@ from .pixel_sampling import (PixelMaskHead, apply_grid_prior, conv_rows, conv_ta
                              interpolate_dense, interpolate_rows, sample_mask,
                              sampled_pixels)
 from .sparse_conv import FoldedConv, fold_conv_bn
+from .stem import stem_conv_pool
 from .window_conv import conv_on_windows
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
     'scatter_add_patches', 'scatter_add_rows', 'upsample_patch_mask', 'patch_halo_pixels',
     'pixel_rows',
     'patch_pixels', 'pair', 'border_groups', 'border_pixels', 'cropped_window',
-    'grouped_rows', 'conv_on_windows',
+    'grouped_rows', 'conv_on_windows', 'stem_conv_pool',
     'FoldedConv', 'gemm', 'gemm_acc', 'gemm_into', 'kernel_choices', 'pin_kernel',
     'fold_conv_bn', 'PixelMaskHead', 'apply_grid_prior', 'conv_rows', 'conv_tap_rows',
     'interpolate_dense', 'interpolate_rows', 'sample_mask', 'sampled_pixels'
