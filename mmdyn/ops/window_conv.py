@@ -22,6 +22,7 @@ threads, medians of alternating rounds in one process, 2026-12-05). So
 :mod:`.kernel_choice` times both per shape class where the code runs (and chose so in
 both cases).
 """
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -105,18 +106,26 @@ def window_tap_rows(count: int, size: Tuple[int, int], kernel: int, stride: int,
     ``kernel x kernel`` conv on ``count`` stacked ``size`` windows whose pixel rows
     start at row ``first`` of a table (window after window, row-major), the table rows
     of its taps, in the order of :attr:`FoldedConv.matrix` (tap row, tap column)."""
+    one_window = _one_window_taps(tuple(size), kernel, stride, dilation, torch.device(device))
+    starts = torch.arange(first, first + count * size[0] * size[1], size[0] * size[1],
+                          device=device)
+    return (starts.view(-1, 1, 1) + one_window).view(-1, kernel * kernel)
+
+
+@functools.lru_cache(maxsize=256)
+def _one_window_taps(size: Tuple[int, int], kernel: int, stride: int, dilation: int,
+                     device: torch.device) -> Tensor:
+    """``[out_h * out_w, kernel ** 2]`` tap rows of one window starting at row 0 (a few
+    window shapes per network: kept per device)."""
     reach = (kernel - 1) * dilation
     out_h, out_w = (size[0] - reach - 1) // stride + 1, (size[1] - reach - 1) // stride + 1
     if out_h < 1 or out_w < 1:
         raise ValueError(f'window_tap_rows: a {size} window is smaller than the '
                          f'{kernel}x{kernel} kernel of dilation {dilation}')
     taps = torch.arange(kernel, device=device) * dilation
-    rows = (torch.arange(count, device=device).view(-1, 1, 1, 1, 1) * size[0]
-            + (torch.arange(out_h, device=device) * stride).view(1, -1, 1, 1, 1)
-            + taps.view(1, 1, 1, -1, 1))
-    cols = (torch.arange(out_w, device=device) * stride).view(1, 1, -1, 1, 1) \
-        + taps.view(1, 1, 1, 1, -1)
-    return (first + rows * size[1] + cols).view(-1, kernel * kernel)
+    rows = (torch.arange(out_h, device=device) * stride).view(-1, 1, 1, 1) + taps.view(1, 1, -1, 1)
+    cols = (torch.arange(out_w, device=device) * stride).view(1, -1, 1, 1) + taps.view(1, 1, 1, -1)
+    return (rows * size[1] + cols).view(out_h * out_w, kernel * kernel)
 
 
 def _timing_inputs(shape_class):
