@@ -270,3 +270,41 @@ def test_median_of_processes_takes_each_timed_figure_s_median():
     assert merged['config'] == 'c'
     with pytest.raises(ValueError, match='different rows'):
         median_of_processes([report(1.0, 0.6), report(1.0, 0.6, rows=((1, 0.5), ))])
+
+
+def test_folded_blocks_add_onto_an_input_they_own():
+    """A folded block without a projection adds its last conv onto its input where the
+    caller never reads that input again (the later blocks of ``run_static_layer``, an
+    SFSI block at rate 1 that owns its input): the output is the input's memory and
+    equals the block's own forward. The stage's input, and an input that is read
+    again, are left as they were."""
+    from mmdyn.models.backbones.resnet_parts import run_folded_block, run_static_layer
+    torch.manual_seed(0)
+    twin = randomize_batchnorm_(MMDetResNet(depth=50, **SMALL))
+    twin.eval()
+    layer = twin.layer1
+    x = torch.randn(2, 8, 15, 17).contiguous(memory_format=torch.channels_last)
+    kept = x.clone()
+    with torch.no_grad():
+        want = layer(x)
+        torch.testing.assert_close(run_static_layer(layer, x, fold=True), want,
+                                   rtol=1e-4, atol=1e-4)
+        assert torch.equal(x, kept)
+        y = layer[0](x)
+        y_kept = y.clone()
+        want = layer[1](y_kept)
+        out = run_folded_block(layer[1], y, overwrite_input=False)
+        assert torch.equal(y, y_kept) and out.data_ptr() != y.data_ptr()
+        out = run_folded_block(layer[1], y, overwrite_input=True)
+        assert out.data_ptr() == y.data_ptr()
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    sfsi = full_on(randomize_batchnorm_(SFSIResNet(depth=50, **SMALL))).prepare_for_timing()
+    block = sfsi.layer1[1]
+    y = torch.randn(1, 32, 11, 13).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for owns in (False, True):
+            block.owns_input = owns
+            source = y.clone()
+            out = block(source)
+            assert block.ran_densely and (out.data_ptr() == source.data_ptr()) == owns
+            assert owns or torch.equal(source, y)

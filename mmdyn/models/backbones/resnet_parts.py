@@ -134,11 +134,10 @@ def stem_convs(backbone) -> list:
 def stem_output_size(backbone, height: int, width: int) -> Tuple[int, int]:
     """The size of the stem's output (before the max-pool) for a ``height x width``
     input."""
+    size = (height, width)
     for conv in stem_convs(backbone):
-        height, width = (
-            (size + 2 * conv.padding[k] - conv.dilation[k] * (conv.kernel_size[k] - 1) - 1)
-            // conv.stride[k] + 1 for k, size in enumerate((height, width)))
-    return height, width
+        size = conv_output_size(size, conv)
+    return size
 
 
 def run_folded_sequence(layers, x, cache: dict, prefix: str):
@@ -164,10 +163,13 @@ def _is_block(block, name: str) -> bool:
     return type(block).__name__ == name and type(block).__module__.startswith('mmseg.')
 
 
-def run_folded_block(block, x):
+def run_folded_block(block, x, overwrite_input: bool = False):
     """An mmdet (or mmseg) ``BasicBlock`` / ``Bottleneck`` at inference with its
     BatchNorms (and its shortcut's) folded into the convs, cached on the block: the same
-    function as ``block(x)`` in eval mode, without the separate normalisation passes."""
+    function as ``block(x)`` in eval mode, without the separate normalisation passes.
+    ``overwrite_input``: the caller never reads ``x`` again, so a block without a
+    projection adds its last conv onto ``x`` in place (no fresh output map; while an
+    autograd graph is recorded it never does)."""
     cache = fold_cache_of(block)
     if getattr(block, 'with_dcn', False) or getattr(block, 'with_plugins', False):
         raise TypeError(f'run_folded_block: {type(block).__name__} has a deformable conv '
@@ -186,9 +188,9 @@ def run_folded_block(block, x):
     last = folded_cached(cache, f'conv{len(convs)}', *convs[-1])
     identity = x if block.downsample is None else run_folded_sequence(
         block.downsample, x, cache, 'downsample')
-    if identity is x:  # the block's input may be a returned stage output: not in place
-        return last(out).add_(identity).relu_()
-    # the shortcut's fresh map takes the last conv's product (no second map)
+    if identity is x and not (overwrite_input and not torch.is_grad_enabled()):
+        return last(out).add_(identity).relu_()  # x may be read again: not in place
+    # the shortcut's fresh map (or the free input) takes the last conv's product
     return last.accumulate_map_(identity, out, relu=True)
 
 
@@ -197,8 +199,8 @@ def run_static_layer(layer, x, fold: bool):
     block with folded BatchNorms at sparse inference."""
     if not fold:
         return layer(x)
-    for block in layer:
-        x = run_folded_block(block, x)
+    for k, block in enumerate(layer):  # blocks after the first own their input
+        x = run_folded_block(block, x, overwrite_input=k > 0)
     return x
 
 

@@ -195,7 +195,7 @@ class SFSIBottleneck(DynamicBlockMixin, ResNeXtBottleneck):
         """The dense route when every pixel is sampled: the bottleneck itself, its
         BatchNorms folded (a deformable conv2 runs as mmcv's module)."""
         if not self.deformable:
-            return run_folded_block(self, x)
+            return run_folded_block(self, x, overwrite_input=self.may_overwrite(x, x))
         conv1, conv3 = (self.folded(f'conv{i}', getattr(self, f'conv{i}'),
                                     getattr(self, f'norm{i}')) for i in (1, 3))
         # mmcv's deformable conv reads its input as contiguous NCHW memory
