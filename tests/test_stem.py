@@ -128,3 +128,18 @@ def test_the_choice_times_both_ways_on_cpu_only(tmp_path):
         fastest, seconds = chooser.measure('stem_conv_pool', shape_class)
     assert set(seconds) == {'banded', 'whole'} and fastest in seconds
     assert STEM_CONV_POOL.eligible('meta', torch.float32) == ['whole']
+
+
+@pytest.mark.parametrize('way', ['banded', 'whole'])
+def test_bfloat16_maps_run_with_the_float_weights_cast(way, monkeypatch):
+    """A bfloat16 map with a float32 folded conv: both ways cast the conv and match the
+    float reference within bfloat16's precision."""
+    monkeypatch.setenv(ENV_PINS, f'stem_conv_pool={way}')
+    torch.manual_seed(0)
+    conv = FoldedConv(torch.randn(16, 3, 7, 7) / 10, torch.randn(16), 2, 1, 3)
+    x = torch.randn(2, 3, 45, 38).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = stem_conv_pool(x.bfloat16(), conv, nn.MaxPool2d(3, 2, 1))
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), reference(x, conv, nn.MaxPool2d(3, 2, 1)),
+                               rtol=3e-2, atol=3e-2)

@@ -35,8 +35,9 @@ from .sparse_conv import FoldedConv
 BAND_ELEMENTS = 1 << 20
 
 
-def _out_length(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+def _out_length(size: int, reach: int, stride: int, padding: int) -> int:
+    """Output length of a conv or pool whose window spans ``reach`` inputs."""
+    return (size + 2 * padding - reach) // stride + 1
 
 
 def _pool_setting(pool: nn.MaxPool2d) -> Optional[Tuple[int, int, int]]:
@@ -53,6 +54,9 @@ def _whole(x: Tensor, conv: FoldedConv, pool: nn.MaxPool2d) -> Tensor:
 
 
 def _banded(x: Tensor, conv: FoldedConv, pool: nn.MaxPool2d) -> Tensor:
+    """``pool(relu(conv(x)))`` a band of about ``BAND_ELEMENTS`` conv outputs at a time
+    (module docstring)."""
+    conv = conv.cast(x.dtype)
     kernel, stride, padding = _pool_setting(pool)
     reach = conv.dilation * (conv.weight.shape[-1] - 1) + 1
     height, width = x.shape[-2:]
