@@ -51,7 +51,7 @@ demo: $(STAMP) $(NATIVE)
 	$(PY) -m mmdyn.demo $(DEMO_ARGS)
 
 test: $(STAMP) $(NATIVE)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 clean-venv:
 	rm -rf $(VENV)
