@@ -41,6 +41,14 @@ def _out_length(size: int, reach: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - reach) // stride + 1
 
 
+def _conv_output(x: Tensor, conv: FoldedConv) -> Tuple[int, int, int]:
+    """``(reach, height, width)``: the input rows or columns one conv output spans, and
+    the conv output's size for the map ``x``."""
+    reach = conv.dilation * (conv.weight.shape[-1] - 1) + 1
+    return (reach, _out_length(x.shape[2], reach, conv.stride, conv.padding),
+            _out_length(x.shape[3], reach, conv.stride, conv.padding))
+
+
 def _pool_setting(pool: nn.MaxPool2d) -> Optional[Tuple[int, int, int]]:
     """``(kernel, stride, padding)`` of a square max-pool, None for another one."""
     pairs = [value if isinstance(value, tuple) else (value, value)
@@ -59,10 +67,8 @@ def _banded(x: Tensor, conv: FoldedConv, pool: nn.MaxPool2d) -> Tensor:
     (module docstring)."""
     conv = conv.cast(x.dtype)
     kernel, stride, padding = _pool_setting(pool)
-    reach = conv.dilation * (conv.weight.shape[-1] - 1) + 1
-    height, width = x.shape[-2:]
-    conv_h = _out_length(height, reach, conv.stride, conv.padding)
-    conv_w = _out_length(width, reach, conv.stride, conv.padding)
+    reach, conv_h, conv_w = _conv_output(x, conv)
+    height = x.shape[2]
     pooled_h = _out_length(conv_h, kernel, stride, padding)
     pooled_w = _out_length(conv_w, kernel, stride, padding)
     channels = conv.weight.shape[0]
@@ -130,11 +136,9 @@ def stem_conv_pool(x: Tensor, conv: FoldedConv, pool) -> Tensor:
     size share it)."""
     if not bandable(x, conv, pool):
         return _whole(x, conv, pool)
-    reach = conv.dilation * (conv.weight.shape[-1] - 1) + 1
-    pixels = _out_length(x.shape[2], reach, conv.stride, conv.padding) * \
-        _out_length(x.shape[3], reach, conv.stride, conv.padding)
+    _, conv_h, conv_w = _conv_output(x, conv)
     shape = (dtype_name(x), x.shape[0], x.shape[1], conv.weight.shape[0],
              conv.weight.shape[-1], conv.stride, conv.dilation, conv.padding,
-             *_pool_setting(pool), round(math.log2(max(1, pixels))))
+             *_pool_setting(pool), round(math.log2(max(1, conv_h * conv_w))))
     impl = CHOOSER.choose('stem_conv_pool', shape, x.device)
     return STEM_CONV_POOL.candidates[impl](x, conv, pool)
