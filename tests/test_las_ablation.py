@@ -19,7 +19,8 @@ def test_ablation_on_a_small_map(tmp_path, monkeypatch):
     assert [r['S'] for r in saved] == [2, 4] == [r['S'] for r in results]
     for r in saved:
         assert {'static', 'mmdyn', 'masker separate', 'conv3 separate', 'no fusion',
-                'kernels: portable', 'gemm: addmm', 'gemm_acc: addmm'} <= set(r['ms'])
+                'kernels: portable', 'gemm: addmm', 'gemm_acc: addmm',
+                'window_groups: from_map', 'window_groups: group_by_group'} <= set(r['ms'])
         assert all(v > 0 for v in r['ms'].values())
         assert r['patches'] == round(0.6 * r['cells'])
     import os

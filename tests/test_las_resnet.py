@@ -6,7 +6,9 @@ from mmengine.analysis import FlopAnalyzer
 from mmseg.models.backbones import ResNetV1c
 
 from backbone_table import randomize_batchnorm_
+from mmdyn.latency.accuracy import route_policy
 from mmdyn.models.backbones import LASResNet
+from mmdyn.ops.window_conv import WINDOW_GROUPS
 
 MMSEG_V1C = dict(deep_stem=True, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
                  contract_dilation=True)
@@ -86,6 +88,33 @@ def test_learned_masks_fused_gate_agrees_with_masker(depth, gate, monkeypatch):
         assert torch.equal(m_block.mask, s_block.mask)
     for a, b in zip(sparse, masked):
         assert relative_error(a, b) < 1e-4
+
+
+@pytest.mark.parametrize('case', [CASES[0], CASES[2], CASES[7]],
+                         ids=['r18', 'r50-8-4-7-1', 'r18-sparseconv1'])
+@pytest.mark.parametrize('way', sorted(WINDOW_GROUPS.candidates))
+@pytest.mark.parametrize('gate', ['fused', 'pooled'])
+def test_every_window_way_of_conv2_equals_the_masked_reference(case, way, gate,
+                                                               monkeypatch):
+    """conv2 on the active patches by each way of ``window_groups`` pinned (from the
+    map: conv1's map read in place, a channel slice of it where the gate is fused into
+    conv1), the sparse executor only (no dense route), on odd sizes with border patches:
+    equal to the masked reference; the way pinned is the way that ran."""
+    monkeypatch.setenv('MMDYN_KERNELS', f'window_groups={way},conv1_gate={gate}')
+    ran = []
+    for name, candidate in WINDOW_GROUPS.candidates.items():
+        def spy(*args, _name=name, _candidate=candidate):
+            ran.append(_name)
+            return _candidate(*args)
+        monkeypatch.setitem(WINDOW_GROUPS.candidates, name, spy)
+    model = build(**case)
+    model.set_forced_activation(0.35, seed=2)
+    x = torch.randn(2, 3, 75, 101)
+    with route_policy('never'):
+        masked, sparse, _, _ = run_both(model, x)
+    for a, b in zip(sparse, masked):
+        assert relative_error(a, b) < 1e-4
+    assert ran and set(ran) == {way}
 
 
 @pytest.mark.parametrize('size', [(1, 1), (17, 9), (32, 32)])

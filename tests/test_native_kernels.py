@@ -169,6 +169,43 @@ def test_every_gather_gemm_kernel_computes_the_gathered_product(impl, shape, thr
     assert spy is None or spy.calls == ['gather_gemm']
 
 
+@pytest.mark.parametrize('impl', sorted(GATHER_GEMM.candidates))
+@pytest.mark.parametrize('threads', [1, 2])
+def test_every_gather_gemm_kernel_reads_a_relud_padded_slice_in_place(impl, threads,
+                                                                      monkeypatch):
+    """``relu_table`` and ``zero_past_end`` against a float64 reference on a ReLU'd
+    copy with a zero row appended: taps one past the table read zeros, rows are read
+    through their pitch (a channel slice, 2500 rows crossing oneDNN's tiles) and the
+    table is left as it was; a tap past the end without ``zero_past_end`` is an
+    error on the native route."""
+    monkeypatch.setenv(ENV_PINS, f'gather_gemm={impl}')
+    spy = spy_on_native(monkeypatch, impl)
+    generator = torch.Generator().manual_seed(2)
+    wide = torch.randn(70, 13, generator=generator)
+    before = wide.clone()
+    table = wide[:, 2:12]  # 10 channels, rows 13 apart
+    index = torch.randint(0, 71, (2500, 9), generator=generator)
+    index[0] = 70
+    matrix = torch.randn(90, 24, generator=generator)
+    bias = torch.randn(24, generator=generator)
+    padded = torch.cat([table.relu(), torch.zeros(1, 10)]).double()
+    want = padded[index].reshape(2500, 90) @ matrix.double() + bias.double()
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            got = gather_gemm(table, index, matrix, bias, relu=True, relu_table=True,
+                              zero_past_end=True)
+    finally:
+        torch.set_num_threads(before_threads)
+    assert relative_error(got.double(), want.relu()) < 1e-6
+    assert torch.equal(wide, before)
+    assert spy is None or spy.calls == ['gather_gemm']
+    if spy is not None:
+        with pytest.raises(RuntimeError, match='outside the table'):
+            gather_gemm(table, index, matrix, bias)
+
+
 @pytest.mark.parametrize('impl', sorted(SCATTER_GEMM_ACC.candidates))
 @pytest.mark.parametrize('shape', [(0, 8, 5), (1, 3, 4), (37, 16, 24), (1300, 64, 256)])
 @pytest.mark.parametrize('threads', [1, 2])

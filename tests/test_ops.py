@@ -77,15 +77,18 @@ def test_border_groups_by_hand():
 @pytest.mark.parametrize('relu_input,relu', [(True, True), (False, False)],
                          ids=['relu', 'linear'])
 @pytest.mark.parametrize('way,route', [('one_product', 'native'), ('one_product', 'torch'),
-                                       ('group_by_group', 'native')])
+                                       ('group_by_group', 'native'), ('from_map', 'native'),
+                                       ('from_map', 'torch')])
 def test_window_conv_rows_of_all_groups_equal_the_dense_conv(height, width, patch, stride,
                                                              dilation, relu_input, relu,
                                                              route, way, monkeypatch):
     """The groups of whole and cropped border patches of a batch of two odd-sized maps,
     in one product (every group's windows as one table, a gather-GEMM on their tap
-    rows) or group by group, equal the dense conv of the (ReLU'd) map at their pixels,
-    group after group; the product ran where there are several groups and it is the
-    way pinned."""
+    rows), group by group, or from the map (one gather-GEMM on tap rows into the map
+    itself, the ReLU and the zero padding applied as they are read), equal the dense
+    conv of the (ReLU'd) map at their pixels, group after group; the product ran where
+    there are several groups and one product is pinned, and always from the map (the
+    map itself left as it was)."""
     spy_on_native(monkeypatch, route)
     monkeypatch.setenv(ENV_PINS, f'window_groups={way}')
     products = []
@@ -105,14 +108,49 @@ def test_window_conv_rows_of_all_groups_equal_the_dense_conv(height, width, patc
     mask[0, 0, -1, -1] = 1  # the corner group is never empty
     groups = border_groups(active_patches(mask), grid)
     window = Window(patch * stride, (patch - 1) * stride + 2 * dilation + 1, dilation)
-    window_conv = conv_on_windows(conv, x, RowBuffers(), relu_input=relu_input, relu=relu)
+    window_conv = conv_on_windows(conv, x.clone(), RowBuffers(), relu_input=relu_input,
+                                  relu=relu)
     with torch.no_grad():
         for _ in range(2):  # the second call reuses the table's buffer
             got = grouped_rows(groups, grid, window, window_conv)
     want = dense.permute(0, 2, 3, 1).reshape(-1, 6)[border_pixels(groups, grid)]
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert len(products) == (2 if way == 'one_product' and len(groups) > 1 else 0)
+    torch.testing.assert_close(window_conv.source, x, rtol=0, atol=0)
+    products_run = {'one_product': 2 if len(groups) > 1 else 0, 'from_map': 2,
+                    'group_by_group': 0}
+    assert len(products) == products_run[way]
+
+
+@pytest.mark.parametrize('route', ['native', 'torch'])
+def test_window_conv_from_map_reads_a_channel_slice_in_place(route, monkeypatch):
+    """A channel slice of a channels-last map (LAS's conv1 with the gate's logit as
+    one more output) is read where it lies, through the rows' pitch, with the given
+    pixel ids; equal to the dense conv of the slice, the map left as it was. Windows
+    that are not one padded conv's (a step other than S x stride, unequal offsets)
+    are computed from windows."""
+    spy_on_native(monkeypatch, route)
+    monkeypatch.setenv(ENV_PINS, 'window_groups=from_map')
+    torch.manual_seed(3)
+    wide = torch.randn(2, 9, 15, 22).contiguous(memory_format=torch.channels_last)
+    before = wide.clone()
+    x = wide[:, :-1]
+    conv = FoldedConv(torch.randn(5, 8, 3, 3), torch.randn(5), 1, 2, 2)
+    dense = F.conv2d(x.relu(), conv.weight, conv.bias, padding=2, dilation=2)
+    grid = PatchGrid(15, 22, 4)
+    mask = (torch.rand(2, 1, *grid.shape) < 0.5).float()
+    mask[1, 0, -1, -1] = 1
+    groups = border_groups(active_patches(mask), grid)
+    pixels = border_pixels(groups, grid)
+    window_conv = conv_on_windows(conv, x, relu_input=True)
+    assert window_conv.reads_map_directly(grid, Window(4, 8, 2))
+    with torch.no_grad():
+        got = grouped_rows(groups, grid, Window(4, 8, 2), window_conv, pixels)
+    want = dense.permute(0, 2, 3, 1).reshape(-1, 5)[pixels]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(wide, before)
+    for window in (Window(5, 9, 2), Window(4, 8, (2, 1))):
+        assert not window_conv.reads_map_directly(grid, window)
 
 
 def test_window_conv_keeps_group_convs_for_gradients_and_grouped_convs(monkeypatch):
@@ -141,11 +179,11 @@ def test_window_conv_keeps_group_convs_for_gradients_and_grouped_convs(monkeypat
         border_pixels(groups, grid)])
 
 
-def test_window_groups_choice_times_both_ways_on_equal_results(tmp_path):
+def test_window_groups_choice_times_every_way_on_equal_results(tmp_path):
     """A 13x19 map and a 17x15 one in 4x4 patches share a shape class (pixel-count
     class 256, border patches 1 and 3 pixels deep), a 12x19 one does not; the class's
-    timing inputs (every border group present) run both ways to the same rows, and a
-    measurement times both."""
+    timing inputs (every border group present) run every way to the same rows, and a
+    measurement times every way."""
     def shape_class(height, width):
         source = torch.zeros(1, 8, height, width)
         conv = FoldedConv(torch.zeros(8, 8, 3, 3), torch.zeros(8), 1, 1, 1)
@@ -159,8 +197,10 @@ def test_window_groups_choice_times_both_ways_on_equal_results(tmp_path):
     with torch.no_grad():
         ways = {name: fn(*inputs) for name, fn in WINDOW_GROUPS.candidates.items()}
         torch.testing.assert_close(ways['one_product'], ways['group_by_group'])
+        torch.testing.assert_close(ways['from_map'], ways['group_by_group'], rtol=1e-4,
+                                   atol=1e-4)
         fastest, seconds = chooser.measure('window_groups', shape_class(13, 19))
-    assert set(seconds) == {'one_product', 'group_by_group'} and fastest in seconds
+    assert set(seconds) == {'one_product', 'group_by_group', 'from_map'} and fastest in seconds
 
 
 def test_window_tap_rows_by_hand():

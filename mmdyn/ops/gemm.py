@@ -287,13 +287,22 @@ GEMM_INTO = CHOOSER.register(KernelOp('gemm_into', _INTO_CANDIDATES,
                                       _timing_inputs(with_out=True, into=True), PRODUCT_SERVES))
 
 
-def _gather_then_gemm(table, taps, matrix, bias, relu=False):
+def _gather_then_gemm(table, taps, matrix, bias, relu=False, relu_table=False,
+                      zero_past_end=False):
+    outside = taps == table.shape[0] if zero_past_end else None
+    if outside is not None:
+        taps = taps.clamp(max=table.shape[0] - 1)
     gathered = F.embedding(taps.reshape(-1), table)  # one row gather, [n * T, C]
+    if relu_table:
+        gathered = gathered.relu_()
+    if outside is not None:
+        gathered.view(*taps.shape, table.shape[1]).masked_fill_(outside.unsqueeze(-1), 0.0)
     out = gemm(gathered.view(taps.shape[0], matrix.shape[0]), matrix, bias)
     return out.relu_() if relu else out
 
 
-def _gather_gemm_native(table, taps, matrix, bias, relu=False, onednn: str = 'plain'):
+def _gather_gemm_native(table, taps, matrix, bias, relu=False, relu_table=False,
+                        zero_past_end=False, onednn: str = 'plain'):
     """The gather fused into the product, tile by tile (mmdyn/ops/native), each tile
     multiplied by oneDNN's 1x1 convolution (``onednn``: ``'plain'`` weight, or
     ``'packed'`` once in oneDNN's layout), the ReLU applied to the tile while it is in
@@ -301,11 +310,12 @@ def _gather_gemm_native(table, taps, matrix, bias, relu=False, onednn: str = 'pl
     float32."""
     kernels = native_kernels()
     if kernels is None or not CPU_FLOAT32.covers(table.device, table.dtype):
-        return _gather_then_gemm(table, taps, matrix, bias, relu)
+        return _gather_then_gemm(table, taps, matrix, bias, relu, relu_table, zero_past_end)
     tile = balanced_tile(taps.shape[0], max(64, min(ONEDNN_GATHER_TILE,
                                                     ONEDNN_TILE_FLOATS // matrix.shape[0])))
     weight = _packed_weight(matrix, tile) if onednn == 'packed' else _conv_weight(matrix)
-    return kernels.gather_gemm(table, taps, matrix, bias, relu, tile, weight)
+    return kernels.gather_gemm(table, taps, matrix, bias, relu, tile, weight, relu_table,
+                               zero_past_end)
 
 
 def balanced_tile(rows: int, tile: int) -> int:
@@ -319,8 +329,10 @@ def balanced_tile(rows: int, tile: int) -> int:
     return max(1, -(-rows // tiles))
 
 
-def _gather_gemm_native_packed(table, taps, matrix, bias, relu=False):
-    return _gather_gemm_native(table, taps, matrix, bias, relu, onednn='packed')
+def _gather_gemm_native_packed(table, taps, matrix, bias, relu=False, relu_table=False,
+                               zero_past_end=False):
+    return _gather_gemm_native(table, taps, matrix, bias, relu, relu_table, zero_past_end,
+                               onednn='packed')
 
 
 def _gather_timing_inputs(shape_class):
@@ -365,23 +377,37 @@ GATHER_GEMM = register_tiled_op('gather_gemm', _gather_then_gemm, _gather_gemm_n
                                 _gather_gemm_native_packed, _gather_timing_inputs)
 
 
+def has_separate_rows(table: Tensor) -> bool:
+    """``table``'s rows are each contiguous and do not overlap (what the native
+    gather-GEMM reads in place)."""
+    return (table.stride(1) == 1 or table.shape[1] <= 1) and (
+        table.shape[0] <= 1 or table.stride(0) >= table.shape[1])
+
+
 def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tensor],
-                relu: bool = False) -> Tensor:
+                relu: bool = False, relu_table: bool = False,
+                zero_past_end: bool = False) -> Tensor:
     """``bias + concat_t(table[taps[:, t]]) @ matrix`` -> ``[n, N]`` (then ReLU if
     ``relu``): a convolution on
     gathered tap rows (``table`` ``[rows, C]``, ``taps`` ``[n, T]`` row ids, ``matrix``
     ``[T * C, N]``). Either the gather then one GEMM, or the native kernel gathering a
     tile at a time into a buffer that stays in cache; chosen by measurement per shape
-    class like the other products."""
+    class like the other products. ``relu_table``: the rows are ReLU'd as they are
+    gathered (``table`` is left as it is); ``zero_past_end``: a tap equal to the
+    table's row count reads zeros (a conv's zero padding on a map with no zero row
+    after it: :func:`~mmdyn.ops.pixel_sampling.conv_tap_rows`' ``zero_row``). Rows that lie apart (a channel
+    slice of a channels-last map) are read where they are."""
     if matrix.shape[0] != taps.shape[1] * table.shape[1]:
         raise ValueError(f'gather_gemm: matrix has {matrix.shape[0]} rows, taps x channels '
                          f'is {taps.shape[1]} x {table.shape[1]}')
-    table = table.contiguous()
+    if not has_separate_rows(table):
+        table = table.contiguous()
     matrix, bias = _follow(table, matrix).contiguous(), _follow(table, bias)
     shape = (dtype_name(table), row_class(taps.shape[0]),
              matrix.shape[0], matrix.shape[1], taps.shape[1])
     impl = CHOOSER.choose('gather_gemm', shape, table.device)
-    return GATHER_GEMM.candidates[impl](table, taps.contiguous(), matrix, bias, relu)
+    return GATHER_GEMM.candidates[impl](table, taps.contiguous(), matrix, bias, relu,
+                                        relu_table, zero_past_end)
 
 
 def _acc_then_scatter(dest, source, pixels, rows, matrix, bias, relu=False, buffers=None):

@@ -199,16 +199,18 @@ def border_pixels(groups, grid: PatchGrid) -> Tensor:
     return pixels[0] if len(pixels) == 1 else torch.cat(pixels)
 
 
-def grouped_rows(groups, grid: PatchGrid, window: Window, patches_for) -> Tensor:
+def grouped_rows(groups, grid: PatchGrid, window: Window, patches_for,
+                 pixels: Optional[Tensor] = None) -> Tensor:
     """``[n, C]``: the pixel rows of ``patches_for(group, window)`` (channels-last
     ``[N, C, rows, cols]`` patches from ``window`` cropped to the group's extent) for
     each of :func:`border_groups`' groups, group after group. A ``patches_for`` that
-    has a ``rows_of_groups(groups, grid, window)`` method computes them that way
-    (:class:`~mmdyn.ops.window_conv.WindowConv`: the groups in one product where that
-    is faster)."""
+    has a ``rows_of_groups(groups, grid, window, pixels)`` method computes them that
+    way (:class:`~mmdyn.ops.window_conv.WindowConv`: the groups in one product, or
+    straight from the map, where that is faster); ``pixels``: the groups' ids on the
+    output map (:func:`border_pixels`) when the caller has them."""
     rows_of_groups = getattr(patches_for, 'rows_of_groups', None)
     if rows_of_groups is not None:
-        return rows_of_groups(groups, grid, window)
+        return rows_of_groups(groups, grid, window, pixels)
     return rows_group_by_group(groups, grid, window, patches_for)
 
 

@@ -1,14 +1,21 @@
-"""A convolution on the windows of active patches, group by group or in one product.
+"""A convolution on the windows of active patches: group by group, in one product, or
+straight from the map.
 
 :func:`~mmdyn.ops.patches.border_groups` splits the active patches of a map that ``S``
 does not divide into the whole patches and up to three groups of border patches cropped
-to the map, each with windows of its own size. Two ways compute their output rows:
+to the map, each with windows of its own size. Three ways compute their output rows:
 
 * ``group_by_group``: the VALID conv on each group's stack of windows (oneDNN), one call
   per group;
 * ``one_product``: the windows of every group gathered as rows of one table and the
   conv a product on the tap rows of each output pixel
-  (:func:`~mmdyn.ops.gemm.gather_gemm`), one call for all groups.
+  (:func:`~mmdyn.ops.gemm.gather_gemm`), one call for all groups;
+* ``from_map``: no windows at all (LAS Sec. 3.4's gather fused into the conv): the tap
+  rows of each output pixel point into the channels-last map itself (taps outside it
+  read zeros, the ReLU of the input applied as they are read), and the native
+  gather-GEMM gathers them tile by tile while it multiplies. Neighbouring patches share
+  the halo of their windows; the windows copy it once per patch ((S + 2)^2 / S^2 of the
+  active pixels at S = 7), this way not at all.
 
 Border groups hold few windows of odd sizes, for which a call of their own costs
 several times their share: in a stage-3 block of LAS-ResNet-101 at 800x1216 (S = 7 on a
@@ -18,9 +25,14 @@ group by group at r = 0.3 (26.5 against 28.3 ms at r = 0.5); the whole backbone 
 against 910 ms at r = 0.3 and 1082 against 1112 ms at r = 0.5. SAR-ResNet-50's
 refinement windows (31x46 pixels, 32 or 64 channels) run faster group by group: its
 backbone took 673 ms in one product against 656 ms (r = 0.5; AMD EPYC family 25, 2
-threads, medians of alternating rounds in one process, 2026-12-05). So
-:mod:`.kernel_choice` times both per shape class where the code runs (and chose so in
-both cases).
+threads, medians of alternating rounds in one process, 2026-12-05). From the map,
+LAS-ResNet-101's stage 3 (23 blocks, S = 7) took 503 / 650 / 803 ms against 513 / 657 /
+814 ms in one product at r = 0.3 / 0.5 / 0.7, while its stages 1 and 2 (whole 8x8 and
+4x4 patches, one stack each) ran faster on the window stack (94.5 against 98.0 ms and
+141.3 against 144.8 ms at r = 0.3; same machine and day, medians of 25 and 15
+alternating calls of the stage). So :mod:`.kernel_choice` times every way per shape
+class where the code runs (and chose as these figures did; with one group of whole
+patches ``one_product`` is the stack's conv).
 """
 import functools
 import math
@@ -32,8 +44,9 @@ from torch import Tensor
 from .dense_conv import pixel_class
 from .gemm import dtype_name, gather_gemm
 from .kernel_choice import CHOOSER, KernelOp, Serves
-from .patches import (PatchGrid, Window, active_patches, border_groups, cropped_window,
-                      gather_windows, pair, rows_group_by_group)
+from .patches import (PatchGrid, Window, active_patches, border_groups, border_pixels,
+                      cropped_window, gather_windows, pair, pixel_rows, rows_group_by_group)
+from .pixel_sampling import conv_tap_rows
 from .row_buffers import RowBuffers, buffer_slot
 from .sparse_conv import FoldedConv
 
@@ -54,16 +67,20 @@ class WindowConv:
         return self.conv(gather_windows(self.source, cells, window, self.buffers,
                                         relu=self.relu_input), valid=True, relu=self.relu)
 
-    def rows_of_groups(self, groups, grid: PatchGrid, window: Window) -> Tensor:
+    def rows_of_groups(self, groups, grid: PatchGrid, window: Window,
+                       pixels: Optional[Tensor] = None) -> Tensor:
         """The output rows of :func:`~mmdyn.ops.patches.border_groups`' ``groups``, group
-        after group: one group, a grouped conv or a recorded gradient group by group,
-        else the way chosen for the shape class."""
-        if len(groups) == 1 or self.conv.groups != 1 or (
-                torch.is_grad_enabled() and self.source.requires_grad):
+        after group (``pixels``: their ids on the output map,
+        :func:`~mmdyn.ops.patches.border_pixels`, when the caller has them): a grouped
+        conv or a recorded gradient group by group, else the way chosen for the shape
+        class."""
+        if self.conv.groups != 1 or (torch.is_grad_enabled() and self.source.requires_grad):
             return rows_group_by_group(groups, grid, window, self)
         impl = CHOOSER.choose('window_groups', self.shape_class(grid, window),
                               self.source.device)
-        return WINDOW_GROUPS.candidates[impl](self, groups, grid, window)
+        if pixels is None and impl == 'from_map':
+            pixels = border_pixels(groups, grid)
+        return WINDOW_GROUPS.candidates[impl](self, groups, grid, window, pixels)
 
     def shape_class(self, grid: PatchGrid, window: Window) -> tuple:
         """dtype, batch, channels, kernel, stride, dilation, the output map's pixel-count
@@ -99,6 +116,28 @@ class WindowConv:
             start += count
         return gather_gemm(table, torch.cat(taps), conv.matrix, conv.bias, relu=self.relu)
 
+    def from_map(self, grid: PatchGrid, window: Window, pixels: Tensor) -> Tensor:
+        """The conv at the output ``pixels`` (ids on ``grid``'s map) as one product on
+        tap rows read straight from the source map's pixel rows: the padded conv
+        whose VALID windows these are (padding = the window's offset: the window of
+        patch ``i`` starts at ``i * S * stride - offset``)."""
+        source, conv = self.source, self.conv.cast(self.source.dtype)
+        batch, _, height, width = source.shape
+        taps = conv_tap_rows(pixels, (grid.height, grid.width), (height, width), conv.stride,
+                             conv.dilation, pair(window.offset)[0],
+                             zero_row=batch * height * width, kernel=conv.weight.shape[-1])
+        return gather_gemm(pixel_rows(source), taps, conv.matrix, conv.bias, relu=self.relu,
+                           relu_table=self.relu_input, zero_past_end=True)
+
+    def reads_map_directly(self, grid: PatchGrid, window: Window) -> bool:
+        """The windows are those of one padded conv on the whole map (what
+        :meth:`from_map` computes): a square kernel, windows ``S * stride`` apart, the
+        same offset (padding) on both axes."""
+        kernel_h, kernel_w = self.conv.weight.shape[-2:]
+        offset_h, offset_w = pair(window.offset)
+        return kernel_h == kernel_w and offset_h == offset_w and pair(window.step) == (
+            grid.patch_h * self.conv.stride, grid.patch_w * self.conv.stride)
+
 
 def window_tap_rows(count: int, size: Tuple[int, int], kernel: int, stride: int,
                     dilation: int, first: int, device) -> Tensor:
@@ -132,7 +171,7 @@ def _timing_inputs(shape_class):
     """A conv of the class's channels on a map of about the class's pixel count whose
     border patches have the class's extent, and the groups of a mask at rate 1/2 over
     its patch grid, the corner patch on (every border group present where the grid has
-    them)."""
+    them), with their pixel ids."""
     (dtype, batch, channels, out_channels, kernel, stride, dilation, pixels, patch_h,
      patch_w, last_h, last_w, *window) = shape_class
     side = math.isqrt(pixels)
@@ -151,24 +190,37 @@ def _timing_inputs(shape_class):
     mask[:, :, -1, -1] = 1
     step_h, step_w, size_h, size_w, offset_h, offset_w = window
     window = Window((step_h, step_w), (size_h, size_w), (offset_h, offset_w))
-    return (WindowConv(conv, source, RowBuffers()), border_groups(active_patches(mask), grid),
-            grid, window)
+    groups = border_groups(active_patches(mask), grid)
+    return WindowConv(conv, source, RowBuffers()), groups, grid, window, border_pixels(
+        groups, grid)
 
 
-def _group_by_group(window_conv: WindowConv, groups, grid: PatchGrid, window: Window):
+def _group_by_group(window_conv: WindowConv, groups, grid: PatchGrid, window: Window,
+                    pixels=None):
     return rows_group_by_group(groups, grid, window, window_conv)
 
 
-def _one_product(window_conv: WindowConv, groups, grid: PatchGrid, window: Window):
+def _one_product(window_conv: WindowConv, groups, grid: PatchGrid, window: Window,
+                 pixels=None):
+    if len(groups) == 1:  # one group's windows are one stack: its conv is the product
+        return rows_group_by_group(groups, grid, window, window_conv)
     return window_conv.one_product(groups, grid, window)
 
 
-#: one product is timed against the convs on CPU tensors only (the timing inputs hold the
-#: map inside a WindowConv, which the chooser does not move to another device); CUDA
-#: tensors run group by group (cuDNN)
+def _from_map(window_conv: WindowConv, groups, grid: PatchGrid, window: Window, pixels):
+    if not window_conv.reads_map_directly(grid, window):  # not one conv's windows
+        return _one_product(window_conv, groups, grid, window)
+    return window_conv.from_map(grid, window, pixels)
+
+
+#: one product and the product from the map are timed against the convs on CPU tensors
+#: only (the timing inputs hold the map inside a WindowConv, which the chooser does not
+#: move to another device); CUDA tensors run group by group (cuDNN)
+_CPU_ONLY = Serves(devices=frozenset({'cpu'}))
 WINDOW_GROUPS = CHOOSER.register(KernelOp(
-    'window_groups', {'group_by_group': _group_by_group, 'one_product': _one_product},
-    _timing_inputs, {'one_product': Serves(devices=frozenset({'cpu'}))}))
+    'window_groups', {'group_by_group': _group_by_group, 'one_product': _one_product,
+                      'from_map': _from_map},
+    _timing_inputs, {'one_product': _CPU_ONLY, 'from_map': _CPU_ONLY}))
 
 
 def conv_on_windows(conv, source: Tensor, buffers: Optional[RowBuffers] = None,

@@ -17,11 +17,12 @@ calls on a fresh copy of the input. Variants:
 - ``no fusion``: both of the above;
 - ``kernels: portable``: every product pinned to its portable candidate (MKL's addmm,
   the PyTorch gather), the choice by measurement off;
-- ``gemm: <candidate>`` / ``gemm_acc: <candidate>``: one op pinned to one candidate.
-
-The gather of conv2's windows is not fused into its convolution in mmdyn's LAS
-executor (a separate row gather, then a VALID conv on the window stack), so that row of
-the paper's table has no "on" here. ::
+- ``gemm: <candidate>`` / ``gemm_acc: <candidate>``: one op pinned to one candidate;
+- ``window_groups: <candidate>``: conv2's way, the row of the paper's table on the
+  gather: ``from_map`` fuses the window gather into conv2 (tap rows read straight
+  from conv1's map by the native gather-GEMM), ``group_by_group`` gathers the windows
+  into a stack and convolves it (``one_product``: the stack's rows multiplied in one
+  gather-GEMM; the same as ``group_by_group`` where every active patch is whole). ::
 
     python tools/analysis/las_ablation.py --sizes 4 8 --rate 0.6 --threads 2
 """
@@ -95,7 +96,7 @@ def variant_blocks(block):
                                _residual_sparse=separate_conv3), ''),
            'kernels: portable': (nothing, ','.join(f'{name}={op.portable}'
                                                    for name, op in CHOOSER.ops.items()))}
-    for op in ('gemm', 'gemm_acc'):
+    for op in ('gemm', 'gemm_acc', 'window_groups'):
         for candidate in CHOOSER.ops[op].candidates:
             out[f'{op}: {candidate}'] = (nothing, f'{op}={candidate}')
     return out

@@ -124,9 +124,10 @@ class _LASBlockMixin(DynamicBlockMixin):
                 return identity if reuse else identity.clone()
             return identity.relu_() if reuse else F.relu(identity)
         groups = border_groups(index, grid)
+        pixels = border_pixels(groups, grid)
         return scatter_add_rows(identity, grouped_rows(groups, grid, self.conv2_window,
-                                                       patches_for),
-                                border_pixels(groups, grid), relu=True, inplace=reuse,
+                                                       patches_for, pixels),
+                                pixels, relu=True, inplace=reuse,
                                 pointwise=pointwise, buffers=self.row_buffers,
                                 base_nonnegative=nonnegative)
 

@@ -357,7 +357,8 @@ class RefineBottleneck(_RefineBlock):
         hidden = conv1.rows(inputs).relu_()
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
         hidden = grouped_rows(groups, grid, self.window(grid),
-                              conv_on_windows(conv2, canvas, self.row_buffers, relu=True))
+                              conv_on_windows(conv2, canvas, self.row_buffers, relu=True),
+                              pixels)
         conv3.scatter_accumulate_(dest, identity, pixels, hidden, relu=True,
                                   buffers=self.row_buffers)
 
@@ -404,7 +405,7 @@ class RefineBasicBlock(_RefineBlock):
         hidden = grouped_rows(groups, grid, window, conv1_cells)
         canvas = self.halo_canvas(hidden, pixels, x, hidden.shape[1])
         hidden = grouped_rows(groups, grid, window,
-                              conv_on_windows(conv2, canvas, self.row_buffers))
+                              conv_on_windows(conv2, canvas, self.row_buffers), pixels)
         add_at_rows(dest, identity, pixels, hidden, relu=True, buffers=self.row_buffers)
 
     def group_pixel_flops(self) -> int:

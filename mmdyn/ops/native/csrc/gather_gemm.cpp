@@ -3,6 +3,11 @@
 //
 //     out[i] = bias + concat_t(table[taps[i, t]]) @ matrix      (then ReLU if asked)
 //
+// The table's rows may lie apart (a pitch above C: a channel slice of a channels-last
+// map). With `relu_table` every row is ReLU'd as it is gathered (a conv on the ReLU of
+// a map, the map left as it is); with `zero_past_end` a tap equal to the table's row
+// count reads zeros (a conv's zero padding on a map that has no zero row after it).
+//
 // The PyTorch route gathers every tap row of every output row into one [n, T*C]
 // matrix in memory and multiplies it afterwards; for a 3x3 conv that matrix is 9x the
 // input's size. Here each task gathers a tile of output rows into a buffer that stays
@@ -42,11 +47,14 @@ at::Tensor pointwise_conv(const at::Tensor& map, const at::Tensor& packed,
 
 at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
                        const at::Tensor& matrix, const c10::optional<at::Tensor>& bias,
-                       bool relu, int64_t tile, const at::Tensor& conv_weight) {
+                       bool relu, int64_t tile, const at::Tensor& conv_weight,
+                       bool relu_table, bool zero_past_end) {
   check_cpu("gather_gemm", {table, taps, matrix, conv_weight});
   if (bias.has_value()) check_cpu("gather_gemm", {*bias});
-  TORCH_CHECK(table.dim() == 2 && table.scalar_type() == at::kFloat && table.is_contiguous(),
-              "table must be a contiguous float32 [N, C] tensor");
+  TORCH_CHECK(table.dim() == 2 && table.scalar_type() == at::kFloat &&
+                  (table.stride(1) == 1 || table.size(1) <= 1) &&
+                  (table.size(0) <= 1 || table.stride(0) >= table.size(1)),
+              "table must be a float32 [N, C] tensor of contiguous rows");
   TORCH_CHECK(taps.dim() == 2 && taps.scalar_type() == at::kLong && taps.is_contiguous(),
               "taps must be a contiguous int64 [n, T] tensor");
   const int64_t rows = taps.size(0), count = taps.size(1), channels = table.size(1);
@@ -64,7 +72,7 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
                   conv_weight.size(1) == width && conv_weight.size(2) == 1 &&
                   conv_weight.size(3) == 1 && conv_weight.scalar_type() == at::kFloat,
               "conv_weight must be the float32 [C_out, T*C, 1, 1] weight of the matrix");
-  const int64_t table_rows = table.size(0);
+  const int64_t table_rows = table.size(0), pitch = table.stride(0);
   const int64_t* __restrict__ ids = taps.data_ptr<int64_t>();
   const float* __restrict__ source = table.data_ptr<float>();
   at::Tensor out = at::empty({rows, out_channels}, table.options());
@@ -87,11 +95,20 @@ at::Tensor gather_gemm(const at::Tensor& table, const at::Tensor& taps,
         float* dst = buffer.data() + r * width;
         const int64_t* row_ids = ids + (first + r) * count;
         for (int64_t k = 0; k < count; ++k) {
+          float* __restrict__ to = dst + k * channels;
+          if (zero_past_end && row_ids[k] == table_rows) {
+            std::fill(to, to + channels, 0.0f);
+            continue;
+          }
           // checked as it is read (ATen's parallel_for rethrows on the calling thread)
           TORCH_CHECK(row_ids[k] >= 0 && row_ids[k] < table_rows,
                       "taps index rows outside the table");
-          const float* src = source + row_ids[k] * channels;
-          std::copy(src, src + channels, dst + k * channels);
+          const float* __restrict__ src = source + row_ids[k] * pitch;
+          if (relu_table) {
+            for (int64_t c = 0; c < channels; ++c) to[c] = std::max(0.0f, src[c]);
+          } else {
+            std::copy(src, src + channels, to);
+          }
         }
       }
       at::Tensor gathered = at::from_blob(buffer.data(), {size, width}, table.options());
@@ -298,7 +315,8 @@ void register_gather_gemm(pybind11::module& m) {
   m.def("gather_gemm", &gather_gemm, "bias + gathered tap rows @ matrix (see gather_gemm.cpp)",
         pybind11::arg("table"), pybind11::arg("taps"), pybind11::arg("matrix"),
         pybind11::arg("bias"), pybind11::arg("relu"), pybind11::arg("tile"),
-        pybind11::arg("conv_weight"));
+        pybind11::arg("conv_weight"), pybind11::arg("relu_table") = false,
+        pybind11::arg("zero_past_end") = false);
   m.def("scatter_gemm_acc", &scatter_gemm_acc,
         "dest[pixels] = source[pixels] + bias + rows @ matrix (see gather_gemm.cpp)",
         pybind11::arg("dest"), pybind11::arg("source"), pybind11::arg("pixels"),
