@@ -395,8 +395,8 @@ def gather_gemm(table: Tensor, taps: Tensor, matrix: Tensor, bias: Optional[Tens
     class like the other products. ``relu_table``: the rows are ReLU'd as they are
     gathered (``table`` is left as it is); ``zero_past_end``: a tap equal to the
     table's row count reads zeros (a conv's zero padding on a map with no zero row
-    after it: :func:`~mmdyn.ops.pixel_sampling.conv_tap_rows`' ``zero_row``). Rows that lie apart (a channel
-    slice of a channels-last map) are read where they are."""
+    after it: ``zero_row`` of :func:`~mmdyn.ops.pixel_sampling.conv_tap_rows`). Rows
+    that lie apart (a channel slice of a channels-last map) are read where they are."""
     if matrix.shape[0] != taps.shape[1] * table.shape[1]:
         raise ValueError(f'gather_gemm: matrix has {matrix.shape[0]} rows, taps x channels '
                          f'is {taps.shape[1]} x {table.shape[1]}')
