@@ -9,6 +9,7 @@ from backbone_table import randomize_batchnorm_
 from mmdyn.latency.accuracy import route_policy
 from mmdyn.models.backbones import LASResNet
 from mmdyn.ops.window_conv import WINDOW_GROUPS
+from test_native_kernels import spy_on_candidates
 
 MMSEG_V1C = dict(deep_stem=True, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
                  contract_dilation=True)
@@ -90,23 +91,19 @@ def test_learned_masks_fused_gate_agrees_with_masker(depth, gate, monkeypatch):
         assert relative_error(a, b) < 1e-4
 
 
-@pytest.mark.parametrize('case', [CASES[0], CASES[2], CASES[7]],
-                         ids=['r18', 'r50-8-4-7-1', 'r18-sparseconv1'])
+@pytest.mark.parametrize('case,gate', [(CASES[0], 'pooled'), (CASES[2], 'fused'),
+                                       (CASES[2], 'pooled'), (CASES[7], 'pooled')],
+                         ids=['r18', 'r50-8-4-7-1-fused-gate', 'r50-8-4-7-1',
+                              'r18-sparseconv1'])
 @pytest.mark.parametrize('way', sorted(WINDOW_GROUPS.candidates))
-@pytest.mark.parametrize('gate', ['fused', 'pooled'])
-def test_every_window_way_of_conv2_equals_the_masked_reference(case, way, gate,
+def test_every_window_way_of_conv2_equals_the_masked_reference(case, gate, way,
                                                                monkeypatch):
     """conv2 on the active patches by each way of ``window_groups`` pinned (from the
     map: conv1's map read in place, a channel slice of it where the gate is fused into
     conv1), the sparse executor only (no dense route), on odd sizes with border patches:
     equal to the masked reference; the way pinned is the way that ran."""
     monkeypatch.setenv('MMDYN_KERNELS', f'window_groups={way},conv1_gate={gate}')
-    ran = []
-    for name, candidate in WINDOW_GROUPS.candidates.items():
-        def spy(*args, _name=name, _candidate=candidate):
-            ran.append(_name)
-            return _candidate(*args)
-        monkeypatch.setitem(WINDOW_GROUPS.candidates, name, spy)
+    ran = spy_on_candidates(monkeypatch, WINDOW_GROUPS)
     model = build(**case)
     model.set_forced_activation(0.35, seed=2)
     x = torch.randn(2, 3, 75, 101)

@@ -55,6 +55,17 @@ def spy_on_native(monkeypatch, route):
     return spy
 
 
+def spy_on_candidates(monkeypatch, op) -> list:
+    """The names of ``op``'s (a :class:`KernelOp`) candidates as they run, in order."""
+    ran = []
+    for name, candidate in op.candidates.items():
+        def spy(*args, _name=name, _candidate=candidate):
+            ran.append(_name)
+            return _candidate(*args)
+        monkeypatch.setitem(op.candidates, name, spy)
+    return ran
+
+
 def relative_error(a, b):
     return float((a - b).norm() / b.norm().clamp(min=1e-12))
 

@@ -6,9 +6,12 @@ import torch
 from mmcv.cnn import fuse_conv_bn
 from mmdet.models.backbones import ResNet
 
+from mmdyn.latency.accuracy import route_policy
 from mmdyn.models.backbones import SARResNet, parse_sar_setting
 from mmdyn.models.losses import RefineRateLoss
 from mmdyn.ops import BlockRecord, ForwardRecord
+from mmdyn.ops.window_conv import WINDOW_GROUPS
+from test_native_kernels import spy_on_candidates
 
 
 def build(depth=18, **kwargs):
@@ -63,6 +66,22 @@ def test_sparse_equals_masked_with_forced_masks(depth, groups, size):
             assert record.mask.shape[:2] == (2, groups)
             if rate in (0.0, 1.0):
                 assert torch.allclose(record.activation_rate, torch.full((2,), rate))
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+@pytest.mark.parametrize('way', sorted(WINDOW_GROUPS.candidates))
+def test_every_window_way_of_the_refinement_equals_masked(depth, way, monkeypatch):
+    """The refinement's 3x3 conv on its canvas by each way of ``window_groups``
+    pinned (from the map: tap rows straight into the canvas), the sparse executor only,
+    on an odd size whose cells leave border groups: equal to the masked reference; the
+    way pinned is the way that ran."""
+    monkeypatch.setenv('MMDYN_KERNELS', f'window_groups={way}')
+    ran = spy_on_candidates(monkeypatch, WINDOW_GROUPS)
+    model = shared_model(depth, 2)
+    model.set_forced_activation(0.4, seed=5)
+    with route_policy('never'):
+        assert_same(run_both(model, torch.randn(2, 3, 75, 101)))
+    assert ran and set(ran) == {way}
 
 
 @pytest.mark.parametrize('setting', ['G2s1a1', 'G2s4a2b2', 'G4s8a4b1'])
