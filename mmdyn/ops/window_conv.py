@@ -31,8 +31,8 @@ LAS-ResNet-101's stage 3 (23 blocks, S = 7) took 503 / 650 / 803 ms against 513 
 4x4 patches, one stack each) ran faster on the window stack (94.5 against 98.0 ms and
 141.3 against 144.8 ms at r = 0.3; same machine and day, medians of 25 and 15
 alternating calls of the stage). So :mod:`.kernel_choice` times every way per shape
-class where the code runs (and chose as these figures did; with one group of whole
-patches ``one_product`` is the stack's conv).
+class where the code runs (and chose as these figures did), maps of whole patches only
+(one group) included.
 """
 import functools
 import math
@@ -202,8 +202,6 @@ def _group_by_group(window_conv: WindowConv, groups, grid: PatchGrid, window: Wi
 
 def _one_product(window_conv: WindowConv, groups, grid: PatchGrid, window: Window,
                  pixels=None):
-    if len(groups) == 1:  # one group's windows are one stack: its conv is the product
-        return rows_group_by_group(groups, grid, window, window_conv)
     return window_conv.one_product(groups, grid, window)
 
 

@@ -21,8 +21,8 @@ calls on a fresh copy of the input. Variants:
 - ``window_groups: <candidate>``: conv2's way, the row of the paper's table on the
   gather: ``from_map`` fuses the window gather into conv2 (tap rows read straight
   from conv1's map by the native gather-GEMM), ``group_by_group`` gathers the windows
-  into a stack and convolves it (``one_product``: the stack's rows multiplied in one
-  gather-GEMM; the same as ``group_by_group`` where every active patch is whole). ::
+  into a stack and convolves it, ``one_product`` gathers them as rows of one table
+  multiplied in one gather-GEMM. ::
 
     python tools/analysis/las_ablation.py --sizes 4 8 --rate 0.6 --threads 2
 """
