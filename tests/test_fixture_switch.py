@@ -38,7 +38,7 @@ def test_every_config_family_trains_and_validates_through_the_switch(config, fix
     iters = 1 if fixture == 'voc' else 2
     out = run_in_process('tools/train.py', ROOT / 'configs' / config, '--fixture', fixture,
                          '--work-dir', work_dir,
-                         *(['--fixture-iters', '1'] if iters == 1 else []))
+                         *(['--fixture-iters', str(iters)] if fixture == 'voc' else []))
     assert (work_dir / f'iter_{iters}.pth').is_file()
     assert not (work_dir / f'iter_{iters + 1}.pth').exists()
     assert logged(work_dir, 'loss'), 'no training loss was logged'
@@ -50,7 +50,7 @@ def test_every_config_family_trains_and_validates_through_the_switch(config, fix
         logged(work_dir, 'sparsity/backbone_gflops_executed')
     if fixture == 'voc':
         out = run_in_process('tools/test.py', ROOT / 'configs' / config,
-                             work_dir / 'iter_1.pth', '--fixture', 'voc', '--work-dir',
+                             work_dir / f'iter_{iters}.pth', '--fixture', 'voc', '--work-dir',
                              tmp_path / 'test')
         assert 'mIoU' in out and 'sparsity/flops_ratio' in out
 

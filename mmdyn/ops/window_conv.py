@@ -15,7 +15,8 @@ to the map, each with windows of its own size. Three ways compute their output r
   read zeros, the ReLU of the input applied as they are read), and the native
   gather-GEMM gathers them tile by tile while it multiplies. Neighbouring patches share
   the halo of their windows; the windows copy it once per patch ((S + 2)^2 / S^2 of the
-  active pixels at S = 7), this way not at all.
+  active pixels at S = 7) into memory, this way gathers taps only into the product's
+  cache-sized tile.
 
 Border groups hold few windows of odd sizes, for which a call of their own costs
 several times their share: in a stage-3 block of LAS-ResNet-101 at 800x1216 (S = 7 on a
